@@ -1,0 +1,131 @@
+"""What every command shares: connection options, config resolution, output, confirmation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInput
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+    from ..config import AdminConfig
+    from ..directory.connection import ConnectionOptions
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("connection (also from adba.toml [directory] and ADBA_* variables)")
+    g.add_argument("-H", "--uri", help="ldap://, ldaps:// or ldapi:// URI of the directory (ADBA_URI)")
+    g.add_argument("-b", "--base", help="forest root DN, e.g. dc=example,dc=test (default: from the root DSE)")
+    g.add_argument("-D", "--bind-dn", help="DN to bind as (default: anonymous, or SASL EXTERNAL on ldapi)")
+    g.add_argument("--password-file", metavar="FILE", help="file whose first line is the bind password")
+    g.add_argument("--ca-file", metavar="PEM", help="CA certificate(s) to validate the server with")
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a password bind without TLS on ldap:// (never do this on a network)",
+    )
+    g.add_argument("--timeout", type=float, default=5.0, metavar="S", help="connect timeout (default 5 s)")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output (sorted keys)")
+
+
+def admin_config(args: argparse.Namespace) -> AdminConfig:
+    cached: AdminConfig | None = getattr(args, "_config", None)
+    if cached is None:
+        from ..config import load_admin_config
+
+        cached = load_admin_config()
+        args._config = cached
+    return cached
+
+
+def pick(args: argparse.Namespace, name: str, section: str = "directory") -> Any:
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    return getattr(getattr(admin_config(args), section), name)
+
+
+def connection_options(args: argparse.Namespace) -> ConnectionOptions:
+    from ..directory.connection import ConnectionOptions, read_password_file
+
+    uri = pick(args, "uri")
+    if not uri:
+        raise InvalidInput("no directory URI: give --uri (or ADBA_URI, or uri in adba.toml)")
+    pw_file = pick(args, "password_file")
+    bind_dn = pick(args, "bind_dn")
+    if bind_dn:
+        from ..directory.store import validate_dn
+
+        validate_dn(bind_dn)
+    return ConnectionOptions(
+        uri=uri,
+        bind_dn=bind_dn,
+        password=read_password_file(pw_file) if pw_file else None,
+        ca_file=pick(args, "ca_file"),
+        insecure=bool(pick(args, "insecure")),
+        connect_timeout=args.timeout,
+    )
+
+
+def root_dn(args: argparse.Namespace, opts: ConnectionOptions) -> str:
+    base = pick(args, "base")
+    if base:
+        from ..directory.store import validate_dn
+
+        validate_dn(base)
+        return str(base)
+    from ..directory.openldap import discover_root
+
+    return discover_root(opts)
+
+
+def catalog(args: argparse.Namespace) -> Catalog:
+    from ..catalog import load_catalog
+
+    return load_catalog(pick(args, "catalog"))
+
+
+def root_public_key(args: argparse.Namespace) -> bytes | None:
+    path = getattr(args, "root_key", None) or admin_config(args).authority.root_key
+    if not path:
+        return None
+    from ..license import load_root_public_key
+
+    return load_root_public_key(path)
+
+
+def emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InvalidInput("refusing without confirmation: pass --yes")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise InvalidInput("not confirmed; nothing changed")
+
+
+def say(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,212 @@
+"""``adba ao publish|list|show|delete`` -- activation objects."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInput
+from ._common import (
+    Formatter,
+    add_connection_options,
+    add_json,
+    catalog,
+    confirm,
+    connection_options,
+    emit_json,
+    pick,
+    root_dn,
+    root_public_key,
+    say,
+    table,
+)
+
+ADMIN = "-H ldaps://ldap.example.test --ca-file ca.pem -D uid=adbaadmin,ou=People,dc=example,dc=test --password-file pw"
+
+PUBLISH = f"""\
+Activates a CSVLK for this forest with the activation authority and publishes the
+activation object under cn=Activation Objects. The key is read from a file (or stdin with
+--key-file -) so it does not show in the process list; it is never logged whole.
+
+example:
+  adba ao publish --key-file csvlk.txt --authority /var/lib/adba/authority \\
+      {ADMIN}
+"""
+LIST = f"""\
+Lists activation objects: DN, CSVLK SKU, partial key, PID, KMS IDs, license status.
+With --root-key (the authority's pinned root public key) each license is verified.
+
+example:
+  adba ao list --root-key /etc/adba/root.pub --json {ADMIN}
+"""
+SHOW = f"""\
+example:
+  adba ao show "cn=Nimbus Server 2026 CSVLK 7QX2K,cn=Activation Objects,cn=Microsoft SPP,cn=Services,cn=Configuration,dc=example,dc=test" {ADMIN}
+"""
+DELETE = f"""\
+Deletes one activation object (asks first unless --yes). Refuses anything that is not an
+activation object directly under the container.
+
+example:
+  adba ao delete --yes "cn=...,cn=Activation Objects,cn=Microsoft SPP,cn=Services,cn=Configuration,dc=example,dc=test" {ADMIN}
+"""
+
+
+def register(nouns: Any) -> None:
+    p = nouns.add_parser("ao", help="activation objects: publish, list, show, delete")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    pub = verbs.add_parser("publish", help="activate a CSVLK and publish its object",
+                           description=PUBLISH, formatter_class=Formatter)
+    key = pub.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key-file", metavar="FILE", help="file holding the CSVLK ('-' for stdin)")
+    key.add_argument("--key", help="the CSVLK itself (visible in the process list: prefer --key-file)")
+    pub.add_argument("--name", help="object name (cn); default: CSVLK product and partial key")
+    pub.add_argument("--authority", metavar="DIR", help="local activation authority directory (ADBA_AUTHORITY)")
+    pub.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
+    add_connection_options(pub)
+    add_json(pub)
+    pub.set_defaults(func=cmd_publish)
+
+    lst = verbs.add_parser("list", help="list activation objects", description=LIST,
+                           formatter_class=Formatter)
+    lst.add_argument("--edition", help="only objects that activate this edition (name or SKU)")
+    _read_options(lst)
+    lst.set_defaults(func=cmd_list)
+
+    show = verbs.add_parser("show", help="show one activation object", description=SHOW,
+                            formatter_class=Formatter)
+    show.add_argument("dn")
+    _read_options(show)
+    show.set_defaults(func=cmd_show)
+
+    delete = verbs.add_parser("delete", help="delete one activation object", description=DELETE,
+                              formatter_class=Formatter)
+    delete.add_argument("dn")
+    delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    add_connection_options(delete)
+    delete.set_defaults(func=cmd_delete)
+
+
+def _read_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root-key", metavar="PEM", help="pinned authority root public key (verifies licenses)")
+    p.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
+    add_connection_options(p)
+    add_json(p)
+
+
+def _read_key(args: argparse.Namespace) -> str:
+    if args.key is not None:
+        return str(args.key)
+    import sys
+
+    try:
+        text = sys.stdin.read() if args.key_file == "-" else Path(args.key_file).read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read key file {args.key_file}: {exc.strerror}") from exc
+    return text.strip()
+
+
+def _rows(views: list[Any]) -> list[list[str]]:
+    return [
+        [
+            v.dn,
+            v.csvlk_name or v.csvlk_sku,
+            v.partial_key,
+            v.pid,
+            ", ".join(v.kms_names),
+            v.license,
+        ]
+        for v in views
+    ]
+
+
+HEADERS = ["DN", "CSVLK SKU", "PARTIAL", "PID", "KMS IDS", "LICENSE"]
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from ..authority import LocalAuthority
+    from ..directory.objects import publish_csvlk
+    from ..keys import parse_key
+
+    key = _read_key(args)
+    parse_key(key)  # a typo is reported before anything else happens
+    cat = catalog(args)
+    path = pick(args, "authority") or pick(args, "path", "authority")
+    if not path:
+        raise InvalidInput("no activation authority: give --authority DIR (or ADBA_AUTHORITY)")
+    activator = LocalAuthority.open(path)
+    opts = connection_options(args)
+    root = root_dn(args, opts)
+    dn, view = publish_csvlk(
+        opts, root=root, key=key, activator=activator, catalog=cat, name=args.name,
+        progress=None if args.json else (lambda m: say(m)),
+    )
+    if args.json:
+        emit_json(view.to_dict())
+    else:
+        print(f"published {dn}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ..directory.objects import list_views
+
+    cat = catalog(args)
+    kms_id = cat.edition(args.edition).group if args.edition else None
+    opts = connection_options(args)
+    views = list_views(
+        opts, root=root_dn(args, opts), catalog=cat, root_public_key=root_public_key(args),
+        kms_id=kms_id,
+    )
+    if args.json:
+        emit_json([v.to_dict() for v in views])
+    elif views:
+        print(table(_rows(views), HEADERS))
+    else:
+        print("no activation objects")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ..directory.objects import show_view
+    from ..directory.store import validate_dn
+
+    validate_dn(args.dn)
+    cat = catalog(args)
+    opts = connection_options(args)
+    view = show_view(
+        opts, root=root_dn(args, opts), dn=args.dn, catalog=cat,
+        root_public_key=root_public_key(args),
+    )
+    if args.json:
+        emit_json(view.to_dict())
+        return 0
+    fields = [
+        ("dn", view.dn),
+        ("name", view.cn),
+        ("CSVLK SKU", f"{view.csvlk_name or '(not in catalogue)'} {{{view.csvlk_sku}}}"),
+        ("partial key", view.partial_key),
+        ("PID", view.pid),
+        ("KMS IDs", "; ".join(f"{n} {{{i}}}" for n, i in zip(view.kms_names, view.kms_ids, strict=True))),
+        ("license", f"{view.license} ({view.license_detail}), {view.license_bytes} bytes"),
+        ("installation ID", view.installation_id or "-"),
+        ("confirmation ID", view.confirmation_id or "-"),
+    ]
+    for name, value in fields:
+        print(f"{name + ':':<17}{value}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from ..directory.objects import delete_object
+    from ..directory.store import validate_dn
+
+    validate_dn(args.dn)
+    opts = connection_options(args)
+    root = root_dn(args, opts)
+    confirm(f"Delete activation object {args.dn}?", args.yes)
+    delete_object(opts, root=root, dn=args.dn)
+    print(f"deleted {args.dn}")
+    return 0

@@ -1,0 +1,121 @@
+"""``adba directory init|check``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import Formatter, add_connection_options, add_json, emit_json, pick, say
+
+INIT_EXAMPLE = """\
+Loads the msSPP schema into a running slapd over ldapi (SASL EXTERNAL, as root), indexes
+msSPP-KMSIds, raises the size limits for 5 MiB licenses, installs the access rules and
+creates the activation-objects container. Safe to run again.
+
+example:
+  sudo adba directory init -b dc=example,dc=test \\
+      --admin-group "cn=ADBA Admins,ou=Groups,dc=example,dc=test" \\
+      --computers ou=Computers,dc=example,dc=test \\
+      -H ldap://127.0.0.1 -D cn=admin,dc=example,dc=test --password-file /root/ldap.pw
+"""
+
+CHECK_EXAMPLE = """\
+Reports what is missing or wrong (exit code 8 if anything is).
+
+example:
+  adba directory check -H ldaps://ldap.example.test --ca-file ca.pem \\
+      -D uid=adbaadmin,ou=People,dc=example,dc=test --password-file pw --json
+"""
+
+
+def register(nouns: Any) -> None:
+    p = nouns.add_parser("directory", help="prepare and check a directory for ADBA")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    init = verbs.add_parser(
+        "init", help="load schema, index, limits, ACLs, container", description=INIT_EXAMPLE,
+        formatter_class=Formatter,
+    )
+    _config_options(init)
+    add_connection_options(init)
+    add_json(init)
+    init.set_defaults(func=cmd_init)
+
+    check = verbs.add_parser(
+        "check", help="report what is missing or wrong", description=CHECK_EXAMPLE,
+        formatter_class=Formatter,
+    )
+    _config_options(check)
+    add_connection_options(check)
+    add_json(check)
+    check.set_defaults(func=cmd_check)
+
+
+def _config_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("slapd configuration")
+    g.add_argument(
+        "--config-uri",
+        metavar="LDAPI",
+        help="ldapi:// URI of slapd's cn=config (default ldapi://%%2Fvar%%2Frun%%2Fslapd%%2Fldapi)",
+    )
+    g.add_argument("--admin-group", metavar="DN", help="group whose members publish and delete objects")
+    g.add_argument("--computers", metavar="DN", help="subtree holding the computer accounts")
+
+
+def _config_opts(args: argparse.Namespace) -> Any:
+    from ..directory.connection import ConnectionOptions
+    from ..directory.openldap import DEFAULT_LDAPI
+
+    return ConnectionOptions(uri=pick(args, "config_uri") or DEFAULT_LDAPI, connect_timeout=args.timeout)
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    print(f"container {report.container}")
+    for item in report.items:
+        mark = "ok  " if item.ok else "FAIL"
+        fix = f"  -> {item.fix}" if item.fix else ""
+        print(f"  [{mark}] {item.name}: {item.detail}{fix}")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ..directory import openldap
+    from ..directory.store import validate_dn
+    from ..errors import InvalidInput
+    from ._common import connection_options, root_dn
+
+    data = connection_options(args)
+    admin_group, computers = pick(args, "admin_group"), pick(args, "computers")
+    if not admin_group or not computers:
+        raise InvalidInput("give --admin-group DN and --computers DN (who may publish, who reads)")
+    validate_dn(admin_group)
+    validate_dn(computers)
+    root = root_dn(args, data)
+    report = openldap.init(
+        _config_opts(args), data, root=root, admin_group=admin_group, computers=computers,
+        progress=None if args.json else (lambda step: say(f"init: {step}")),
+    )
+    _print_report(report, args.json)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ..directory import openldap
+    from ..errors import CheckFailed
+    from ._common import connection_options, root_dn
+
+    data = connection_options(args)
+    root = root_dn(args, data)
+    config = _config_opts(args) if pick(args, "config_uri") else None
+    try:
+        report = openldap.check(
+            data, root=root, config=config,
+            admin_group=pick(args, "admin_group"), computers=pick(args, "computers"),
+        )
+    except CheckFailed as exc:
+        _print_report(exc.report, args.json)
+        raise
+    _print_report(report, args.json)
+    return 0

@@ -1,0 +1,118 @@
+"""Admin-side configuration: ``/etc/adba/adba.toml``, ``~/.config/adba/adba.toml``, ``ADBA_*``
+variables, then command-line flags, each overriding the one before. Validated by pydantic,
+with messages that name the file and the key.
+
+Example ``adba.toml``::
+
+    [directory]
+    uri = "ldaps://dc1.example.test"
+    base = "dc=example,dc=test"
+    bind_dn = "uid=adbaadmin,ou=People,dc=example,dc=test"
+    password_file = "/etc/adba/admin.password"
+    ca_file = "/etc/adba/ca.pem"
+
+    [authority]
+    path = "/var/lib/adba/authority"
+    root_key = "/etc/adba/root.pub"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+__all__ = ["AdminConfig", "AuthoritySection", "DirectorySection", "ENV", "load_admin_config"]
+
+SYSTEM_FILE = Path("/etc/adba/adba.toml")
+
+#: ADBA_* variable -> (section, key)
+ENV: dict[str, tuple[str, str]] = {
+    "ADBA_URI": ("directory", "uri"),
+    "ADBA_CONFIG_URI": ("directory", "config_uri"),
+    "ADBA_BASE": ("directory", "base"),
+    "ADBA_BIND_DN": ("directory", "bind_dn"),
+    "ADBA_PASSWORD_FILE": ("directory", "password_file"),
+    "ADBA_CA_FILE": ("directory", "ca_file"),
+    "ADBA_INSECURE": ("directory", "insecure"),
+    "ADBA_CATALOG": ("directory", "catalog"),
+    "ADBA_AUTHORITY": ("authority", "path"),
+    "ADBA_ROOT_KEY": ("authority", "root_key"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DirectorySection(_Section):
+    uri: str | None = None
+    config_uri: str | None = None
+    base: str | None = None
+    bind_dn: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+    catalog: str | None = None
+    admin_group: str | None = None
+    computers: str | None = None
+
+
+class AuthoritySection(_Section):
+    path: str | None = None
+    root_key: str | None = None
+
+
+class AdminConfig(_Section):
+    directory: DirectorySection = DirectorySection()
+    authority: AuthoritySection = AuthoritySection()
+
+
+def _user_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "adba" / "adba.toml"
+
+
+def _merge(into: dict[str, Any], layer: dict[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def load_admin_config(
+    files: list[Path] | None = None, env: dict[str, str] | None = None
+) -> AdminConfig:
+    env = dict(os.environ) if env is None else env
+    merged: dict[str, Any] = {}
+    sources = []
+    for path in files if files is not None else [SYSTEM_FILE, _user_file()]:
+        if not path.is_file():
+            continue
+        try:
+            layer = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        _merge(merged, layer)
+        sources.append(str(path))
+    for var, (section, key) in ENV.items():
+        if var in env:
+            value: Any = env[var]
+            if key == "insecure":
+                value = value.lower() in ("1", "true", "yes")
+            merged.setdefault(section, {})[key] = value
+            sources.append(var)
+    try:
+        return AdminConfig.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"configuration key {where!r}: {err['msg']} (from {', '.join(sources) or 'defaults'})"
+        ) from exc

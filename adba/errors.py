@@ -1,0 +1,254 @@
+"""One exception root for the whole library, a family per domain noun, stable exit codes.
+
+Each class's docstring is its default message; context goes into keyword attributes
+(``dn``, ``host``, ``code`` ...). Scripts and the agent rely on :data:`EXIT_CODES`: a code
+never changes meaning once released. ``adba --help`` prints the table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "EXIT_CODES",
+    "AccessDenied",
+    "AdbaError",
+    "AlreadyExists",
+    "AuthenticationFailed",
+    "AuthorityError",
+    "AuthorityNotInitialised",
+    "CatalogError",
+    "CertificateExpired",
+    "CheckFailed",
+    "ConfigError",
+    "DirectoryError",
+    "InvalidDN",
+    "InvalidInput",
+    "InvalidKey",
+    "LicenseError",
+    "MalformedLicense",
+    "NotAnActivationObject",
+    "ObjectNotFound",
+    "SchemaMissing",
+    "ServerUnavailable",
+    "SignatureInvalid",
+    "TlsError",
+    "UnknownProduct",
+    "UntrustedSigner",
+    "WrongForest",
+    "exit_code_for",
+]
+
+
+class AdbaError(Exception):
+    """ADBA failed."""
+
+    exit_code = 1
+    #: a stable, machine-readable identifier (shown by ``--json`` and kept in the agent state)
+    code = "adba-error"
+
+    def __init__(self, message: str | None = None, /, **context: Any) -> None:
+        self.message = message or (self.__doc__ or self.code).strip().splitlines()[0]
+        self.context = context
+        for name, value in context.items():
+            setattr(self, name, value)
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, "exit_code": self.exit_code}
+
+
+# -- bad input ---------------------------------------------------------------------------------
+class InvalidInput(AdbaError):
+    """Invalid input."""
+
+    exit_code = 2
+    code = "invalid-input"
+
+
+class InvalidDN(InvalidInput):
+    """Malformed distinguished name."""
+
+    code = "invalid-dn"
+
+
+class ConfigError(InvalidInput):
+    """Invalid configuration."""
+
+    exit_code = 15
+    code = "config-invalid"
+
+
+# -- catalogue and keys ------------------------------------------------------------------------
+class CatalogError(AdbaError):
+    """The product catalogue is invalid."""
+
+    exit_code = 12
+    code = "catalog-invalid"
+
+
+class UnknownProduct(CatalogError):
+    """No such edition or CSVLK in the catalogue."""
+
+    code = "unknown-product"
+
+
+class InvalidKey(AdbaError):
+    """Invalid product key."""
+
+    exit_code = 11
+    code = "invalid-key"
+
+
+# -- licenses ----------------------------------------------------------------------------------
+class LicenseError(AdbaError):
+    """The license does not verify."""
+
+    exit_code = 9
+    code = "license-invalid"
+
+
+class MalformedLicense(LicenseError):
+    """The license is not a well-formed ADBA license."""
+
+    code = "license-malformed"
+
+
+class SignatureInvalid(LicenseError):
+    """The license signature does not verify."""
+
+    code = "license-signature-invalid"
+
+
+class UntrustedSigner(LicenseError):
+    """The license was not signed under the pinned authority root key."""
+
+    code = "license-untrusted-signer"
+
+
+class CertificateExpired(LicenseError):
+    """The signing-key certificate is not valid at this time."""
+
+    code = "license-certificate-expired"
+
+
+class WrongForest(LicenseError):
+    """The license was issued for another directory forest."""
+
+    code = "license-wrong-forest"
+
+
+# -- authority ---------------------------------------------------------------------------------
+class AuthorityError(AdbaError):
+    """The activation authority refused the request."""
+
+    exit_code = 13
+    code = "authority-refused"
+
+
+class AuthorityNotInitialised(AuthorityError):
+    """No activation authority here: run `adba authority init` first."""
+
+    code = "authority-not-initialised"
+
+
+# -- directory ---------------------------------------------------------------------------------
+class DirectoryError(AdbaError):
+    """The directory operation failed."""
+
+    exit_code = 20
+    code = "directory-error"
+
+
+class ObjectNotFound(DirectoryError):
+    """No such object in the directory."""
+
+    exit_code = 3
+    code = "not-found"
+
+
+class AuthenticationFailed(DirectoryError):
+    """The directory rejected the credentials (wrong DN or password)."""
+
+    exit_code = 4
+    code = "auth-failed"
+
+
+class AccessDenied(DirectoryError):
+    """The directory refused the operation for this identity."""
+
+    exit_code = 5
+    code = "access-denied"
+
+
+class ServerUnavailable(DirectoryError):
+    """The server could not be reached."""
+
+    exit_code = 6
+    code = "unavailable"
+
+
+class TlsError(DirectoryError):
+    """The TLS connection failed (untrusted or invalid certificate, or TLS not offered)."""
+
+    exit_code = 7
+    code = "tls-failed"
+
+
+class SchemaMissing(DirectoryError):
+    """The directory lacks the msSPP schema or the activation-objects container."""
+
+    exit_code = 8
+    code = "schema-missing"
+
+
+class CheckFailed(DirectoryError):
+    """The directory is not ready for ADBA."""
+
+    exit_code = 8
+    code = "check-failed"
+
+
+class AlreadyExists(DirectoryError):
+    """An object with that name already exists."""
+
+    exit_code = 10
+    code = "already-exists"
+
+
+class NotAnActivationObject(DirectoryError):
+    """That entry is not an activation object; refusing to touch it."""
+
+    exit_code = 14
+    code = "not-an-activation-object"
+
+
+#: exit code -> (family, meaning); printed by ``adba --help`` and tested one by one
+EXIT_CODES: dict[int, tuple[str, str]] = {
+    0: ("", "success"),
+    1: ("AdbaError", "unexpected failure"),
+    2: ("InvalidInput", "bad input or usage (includes a malformed DN)"),
+    3: ("ObjectNotFound", "no such object"),
+    4: ("AuthenticationFailed", "wrong bind DN or password"),
+    5: ("AccessDenied", "the directory refused this identity"),
+    6: ("ServerUnavailable", "server unreachable or timed out"),
+    7: ("TlsError", "TLS failed: untrusted certificate or no TLS"),
+    8: ("SchemaMissing/CheckFailed", "directory not prepared for ADBA"),
+    9: ("LicenseError", "license does not verify"),
+    10: ("AlreadyExists", "object already exists"),
+    11: ("InvalidKey", "product key invalid"),
+    12: ("CatalogError", "unknown edition or bad catalogue"),
+    13: ("AuthorityError", "the activation authority refused"),
+    14: ("NotAnActivationObject", "entry is not an activation object"),
+    15: ("ConfigError", "invalid configuration file or variable"),
+    20: ("DirectoryError", "other directory error"),
+    130: ("", "interrupted"),
+}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, AdbaError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 1

@@ -1,0 +1,420 @@
+"""Throwaway OpenLDAP servers on 127.0.0.1 for ``adba demo``, the tests and the benchmarks.
+
+A :class:`Slapd` is a *plain* slapd, the way a site runs one before ADBA arrives: core schemas,
+one mdb database with a root DN, a config database that the running uid manages over ldapi
+(SASL EXTERNAL), a self-signed TLS certificate, and a small DIT with an admin group, users and
+a computer account. ``adba directory init`` then does the ADBA part for real.
+
+Lifecycle (after python-ldap's slapdtest): render config -> ``slapadd -n0`` -> launch
+``slapd -d`` in the foreground -> ready when a bind round trip succeeds within a deadline
+(checking that the process is alive on each loop) -> SIGTERM on stop. Everything lives in one
+short temp directory (the ldapi socket path must stay under 108 bytes); nothing outside it is
+read or written but the system schema files.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+from urllib.parse import quote
+
+from .errors import AdbaError
+
+__all__ = ["Identity", "LabError", "Slapd", "free_port", "ssha"]
+
+log = logging.getLogger(__name__)
+
+SLAPD = "/usr/sbin/slapd"
+SLAPADD = "/usr/sbin/slapadd"
+SYSTEM_SCHEMA = Path("/etc/ldap/schema")
+MODULE_PATH = "/usr/lib/ldap"
+
+
+class LabError(AdbaError):
+    """The throwaway lab server could not be started."""
+
+    exit_code = 16
+    code = "lab-failed"
+
+
+def ssha(password: str) -> str:
+    """``{SSHA}`` hash as slappasswd makes it."""
+    salt = secrets.token_bytes(8)
+    digest = hashlib.sha1(password.encode() + salt).digest()
+    return "{SSHA}" + base64.b64encode(digest + salt).decode()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel just handed out and nothing answers on (a candidate, not a claim)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        with socket.socket() as probe:
+            probe.settimeout(0.05)
+            if probe.connect_ex((host, port)) != 0:
+                return port
+    raise LabError("no free TCP port found on " + host)
+
+
+@dataclass(frozen=True)
+class Identity:
+    dn: str
+    password: str
+    password_file: str
+
+
+class Slapd:
+    """A throwaway slapd. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
+
+    suffix = "dc=lab,dc=example,dc=test"
+    organization = "ADBA lab"
+    host = "127.0.0.1"
+    start_timeout = 10.0
+    #: slapd -d level: 0 quiet, 256 'stats' lines (one per operation) in slapd.log
+    debug_level = 0
+
+    def __init__(
+        self, *, debug_level: int | None = None, keep: bool = False, prefix: str = "adba-lab-"
+    ) -> None:
+        for binary in (SLAPD, SLAPADD):
+            if not os.access(binary, os.X_OK):
+                raise LabError(
+                    f"{binary} not found: install OpenLDAP with "
+                    "`apt-get install --no-install-recommends slapd ldap-utils`"
+                )
+        if debug_level is not None:
+            self.debug_level = debug_level
+        self.keep = keep
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        os.chmod(self.dir, 0o700)
+        self.port = 0
+        self.tls_port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.rootdn = f"cn=admin,{self.suffix}"
+        self.people = f"ou=People,{self.suffix}"
+        self.groups = f"ou=Groups,{self.suffix}"
+        self.computers = f"ou=Computers,{self.suffix}"
+        self.admin_group = f"cn=ADBA Admins,{self.groups}"
+        self.root = self._identity("root", self.rootdn)
+        self.admin = self._identity("adbaadmin", f"uid=adbaadmin,{self.people}")
+        self.user = self._identity("plainuser", f"uid=plainuser,{self.people}")
+        self.computer = self._identity("computer", f"cn=KMSCLIENT1,{self.computers}")
+        self._configured = False
+
+    # -- paths and URLs ------------------------------------------------------------------------
+    @property
+    def uri(self) -> str:
+        return f"ldap://{self.host}:{self.port}"
+
+    @property
+    def ldaps_uri(self) -> str:
+        return f"ldaps://{self.host}:{self.tls_port}"
+
+    @property
+    def ldapi_uri(self) -> str:
+        return "ldapi://" + quote(str(self.dir / "ldapi"), safe="")
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.dir / "tls" / "cert.pem")
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "slapd.log"
+
+    def _identity(self, name: str, dn: str) -> Identity:
+        password = secrets.token_urlsafe(12)
+        path = self.dir / f"{name}.password"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+        return Identity(dn, password, str(path))
+
+    # -- configuration -------------------------------------------------------------------------
+    def gen_config(self) -> str:
+        uid, gid = os.getuid(), os.getgid()
+        schemas = "\n".join(
+            (SYSTEM_SCHEMA / f"{name}.ldif").read_text() for name in ("core", "cosine", "inetorgperson")
+        )
+        tls = self.dir / "tls"
+        return f"""dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcPidFile: {self.dir}/slapd.pid
+olcArgsFile: {self.dir}/slapd.args
+olcLogLevel: none
+olcTLSCertificateFile: {tls}/cert.pem
+olcTLSCertificateKeyFile: {tls}/key.pem
+
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: {MODULE_PATH}
+olcModuleLoad: back_mdb
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+{schemas}
+
+dn: olcDatabase={{-1}}frontend,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcFrontendConfig
+olcDatabase: {{-1}}frontend
+olcAccess: {{0}}to dn.base="" by * read
+olcAccess: {{1}}to dn.base="cn=Subschema" by * read
+
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+olcAccess: {{0}}to * by dn.exact=gidNumber={gid}+uidNumber={uid},cn=peercred,cn=external,cn=auth manage by * none
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcSuffix: {self.suffix}
+olcDbDirectory: {self.dir}/db
+olcRootDN: {self.rootdn}
+olcRootPW: {ssha(self.root.password)}
+olcDbIndex: objectClass eq
+olcDbIndex: cn eq
+olcDbIndex: member eq
+olcAccess: {{0}}to attrs=userPassword by anonymous auth by * none
+olcAccess: {{1}}to * by self read by * none
+"""
+
+    def gen_dit(self) -> str:
+        dc = self.suffix.split(",")[0].split("=")[1]
+        return f"""dn: {self.suffix}
+objectClass: dcObject
+objectClass: organization
+dc: {dc}
+o: {self.organization}
+
+dn: {self.people}
+objectClass: organizationalUnit
+ou: People
+
+dn: {self.groups}
+objectClass: organizationalUnit
+ou: Groups
+
+dn: {self.computers}
+objectClass: organizationalUnit
+ou: Computers
+
+dn: {self.admin.dn}
+objectClass: inetOrgPerson
+uid: adbaadmin
+cn: ADBA Admin
+sn: Admin
+userPassword: {ssha(self.admin.password)}
+
+dn: {self.user.dn}
+objectClass: inetOrgPerson
+uid: plainuser
+cn: Plain User
+sn: User
+userPassword: {ssha(self.user.password)}
+
+dn: {self.admin_group}
+objectClass: groupOfNames
+cn: ADBA Admins
+member: {self.admin.dn}
+
+dn: {self.computer.dn}
+objectClass: device
+objectClass: simpleSecurityObject
+cn: KMSCLIENT1
+description: computer account KMSCLIENT1$
+userPassword: {ssha(self.computer.password)}
+"""
+
+    def _make_tls(self) -> None:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        tls = self.dir / "tls"
+        tls.mkdir(mode=0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.host)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address(self.host)), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        (tls / "key.pem").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        os.chmod(tls / "key.pem", 0o600)
+        (tls / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def _run(self, *argv: str) -> None:
+        res = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise LabError(f"{' '.join(argv[:3])} failed ({res.returncode}): {res.stderr.strip()}")
+
+    def configure(self) -> None:
+        if self._configured:
+            return
+        (self.dir / "db").mkdir()
+        (self.dir / "slapd.d").mkdir()
+        self._make_tls()
+        (self.dir / "config.ldif").write_text(self.gen_config())
+        (self.dir / "dit.ldif").write_text(self.gen_dit())
+        self._run(SLAPADD, "-F", str(self.dir / "slapd.d"), "-n", "0", "-q", "-l",
+                  str(self.dir / "config.ldif"))
+        self.slapadd(self.dir / "dit.ldif")
+        self._configured = True
+
+    def slapadd(self, ldif: Path | str) -> None:
+        """Bulk-load entries into the data database (only while the server is stopped)."""
+        if self.proc is not None:
+            raise LabError("slapadd needs the server stopped")
+        self._run(SLAPADD, "-F", str(self.dir / "slapd.d"), "-n", "1", "-q", "-l", str(ldif))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> Slapd:
+        self.configure()
+        last = ""
+        for _attempt in range(5):
+            self.port, self.tls_port = free_port(self.host), free_port(self.host)
+            if self.port == self.tls_port:
+                continue
+            try:
+                self._launch()
+                return self
+            except LabError as exc:  # lost a port race: try new ports
+                last = exc.message
+                self._terminate()
+        raise LabError(f"slapd did not start: {last}")
+
+    def _launch(self) -> None:
+        urls = f"{self.uri}/ {self.ldaps_uri}/ {self.ldapi_uri}"
+        self._log = open(self.log_file, "ab")  # noqa: SIM115 - closed in _terminate
+        self.proc = subprocess.Popen(
+            [SLAPD, "-F", str(self.dir / "slapd.d"), "-h", urls, "-d", str(self.debug_level)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LabError(f"slapd exited with {self.proc.returncode}: {self.log_tail()}")
+            if self._ready():
+                log.debug("slapd ready on %s (pid %d)", self.uri, self.proc.pid)
+                return
+            time.sleep(0.01)
+        raise LabError(f"slapd not ready after {self.start_timeout} s: {self.log_tail()}")
+
+    def _ready(self) -> bool:
+        import ldap3
+
+        with socket.socket() as probe:  # TCP first: ldap3 leaks the socket of a refused connect
+            probe.settimeout(0.5)
+            if probe.connect_ex((self.host, self.port)) != 0:
+                return False
+
+        conn = ldap3.Connection(
+            ldap3.Server(self.uri, get_info=ldap3.NONE, connect_timeout=0.5),
+            self.rootdn,
+            self.root.password,
+            receive_timeout=1,
+        )
+        try:
+            return bool(conn.bind())
+        except ldap3.core.exceptions.LDAPException:
+            return False
+        finally:
+            conn.unbind()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:]) or "(empty log)"
+
+    def _terminate(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        self._terminate()
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports (data kept)."""
+        self._terminate()
+        self._launch()
+
+    def destroy(self) -> None:
+        self._terminate()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Slapd:
+        try:
+            return self.start()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            self.destroy()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import TestSlapd
+
+NOW = 1_790_000_000  # a fixed clock: 2026-09-21
+
+
+@pytest.fixture(scope="session")
+def slapd(request: pytest.FixtureRequest) -> Iterator[TestSlapd]:
+    """One real slapd for the session, prepared with `adba directory init`."""
+    lab = TestSlapd()
+    try:
+        lab.start()
+        lab.adba_init()
+        yield lab
+    finally:
+        lab.keep = request.session.testsfailed > 0
+        if lab.keep:
+            print(f"\nslapd run directory kept for inspection: {lab.dir}")
+        lab.destroy()
+
+
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def ao_name() -> str:
+    """A unique object name per test (the janitor deletes whatever the test left)."""
+    return f"test-{int(time.time() * 1000) % 10**9}-{next(_names)}"
+
+
+@pytest.fixture
+def janitor(slapd: TestSlapd) -> Iterator[list[str]]:
+    """Tests append DNs they create; they are deleted as root afterwards."""
+    created: list[str] = []
+    yield created
+    import ldap3
+
+    conn = ldap3.Connection(
+        ldap3.Server(slapd.uri, get_info=ldap3.NONE), slapd.root.dn, slapd.root.password,
+        auto_bind=True,
+    )
+    for dn in created:
+        conn.delete(dn)
+    conn.unbind()
+
+
+@pytest.fixture(scope="session")
+def authority_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from adba.authority import LocalAuthority
+
+    path = tmp_path_factory.mktemp("authority") / "auth"
+    LocalAuthority.init(path, now=NOW - 86400)
+    return path
