@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
 
-__all__ = ["AdminConfig", "AuthoritySection", "DirectorySection", "ENV", "load_admin_config"]
+__all__ = ["ENV", "AdminConfig", "AuthoritySection", "DirectorySection", "load_admin_config"]
 
 SYSTEM_FILE = Path("/etc/adba/adba.toml")
 

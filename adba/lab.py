@@ -150,7 +150,8 @@ class Slapd:
     def gen_config(self) -> str:
         uid, gid = os.getuid(), os.getgid()
         schemas = "\n".join(
-            (SYSTEM_SCHEMA / f"{name}.ldif").read_text() for name in ("core", "cosine", "inetorgperson")
+            (SYSTEM_SCHEMA / f"{name}.ldif").read_text()
+            for name in ("core", "cosine", "inetorgperson")
         )
         tls = self.dir / "tls"
         return f"""dn: cn=config
@@ -302,8 +303,16 @@ userPassword: {ssha(self.computer.password)}
         self._make_tls()
         (self.dir / "config.ldif").write_text(self.gen_config())
         (self.dir / "dit.ldif").write_text(self.gen_dit())
-        self._run(SLAPADD, "-F", str(self.dir / "slapd.d"), "-n", "0", "-q", "-l",
-                  str(self.dir / "config.ldif"))
+        self._run(
+            SLAPADD,
+            "-F",
+            str(self.dir / "slapd.d"),
+            "-n",
+            "0",
+            "-q",
+            "-l",
+            str(self.dir / "config.ldif"),
+        )
         self.slapadd(self.dir / "dit.ldif")
         self._configured = True
 

@@ -44,7 +44,9 @@ def janitor(slapd: TestSlapd) -> Iterator[list[str]]:
     import ldap3
 
     conn = ldap3.Connection(
-        ldap3.Server(slapd.uri, get_info=ldap3.NONE), slapd.root.dn, slapd.root.password,
+        ldap3.Server(slapd.uri, get_info=ldap3.NONE),
+        slapd.root.dn,
+        slapd.root.password,
         auto_bind=True,
     )
     for dn in created:

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
             "exit codes:\n" + _EXIT_TABLE
         ),
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
+    )
     nouns = parser.add_subparsers(dest="noun", metavar="NOUN", required=True)
     directory.register(nouns)
     ao.register(nouns)

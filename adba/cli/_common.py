@@ -20,11 +20,21 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("connection (also from adba.toml [directory] and ADBA_* variables)")
-    g.add_argument("-H", "--uri", help="ldap://, ldaps:// or ldapi:// URI of the directory (ADBA_URI)")
-    g.add_argument("-b", "--base", help="forest root DN, e.g. dc=example,dc=test (default: from the root DSE)")
-    g.add_argument("-D", "--bind-dn", help="DN to bind as (default: anonymous, or SASL EXTERNAL on ldapi)")
-    g.add_argument("--password-file", metavar="FILE", help="file whose first line is the bind password")
+    g = parser.add_argument_group(
+        "connection (also from adba.toml [directory] and ADBA_* variables)"
+    )
+    g.add_argument(
+        "-H", "--uri", help="ldap://, ldaps:// or ldapi:// URI of the directory (ADBA_URI)"
+    )
+    g.add_argument(
+        "-b", "--base", help="forest root DN, e.g. dc=example,dc=test (default: from the root DSE)"
+    )
+    g.add_argument(
+        "-D", "--bind-dn", help="DN to bind as (default: anonymous, or SASL EXTERNAL on ldapi)"
+    )
+    g.add_argument(
+        "--password-file", metavar="FILE", help="file whose first line is the bind password"
+    )
     g.add_argument("--ca-file", metavar="PEM", help="CA certificate(s) to validate the server with")
     g.add_argument(
         "--insecure",
@@ -32,7 +42,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="allow a password bind without TLS on ldap:// (never do this on a network)",
     )
-    g.add_argument("--timeout", type=float, default=5.0, metavar="S", help="connect timeout (default 5 s)")
+    g.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="connect timeout (default 5 s)"
+    )
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +123,9 @@ def emit_json(data: Any) -> None:
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)

@@ -57,32 +57,43 @@ def register(nouns: Any) -> None:
     p = nouns.add_parser("ao", help="activation objects: publish, list, show, delete")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    pub = verbs.add_parser("publish", help="activate a CSVLK and publish its object",
-                           description=PUBLISH, formatter_class=Formatter)
+    pub = verbs.add_parser(
+        "publish",
+        help="activate a CSVLK and publish its object",
+        description=PUBLISH,
+        formatter_class=Formatter,
+    )
     key = pub.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-file", metavar="FILE", help="file holding the CSVLK ('-' for stdin)")
-    key.add_argument("--key", help="the CSVLK itself (visible in the process list: prefer --key-file)")
+    key.add_argument(
+        "--key", help="the CSVLK itself (visible in the process list: prefer --key-file)"
+    )
     pub.add_argument("--name", help="object name (cn); default: CSVLK product and partial key")
-    pub.add_argument("--authority", metavar="DIR", help="local activation authority directory (ADBA_AUTHORITY)")
+    pub.add_argument(
+        "--authority", metavar="DIR", help="local activation authority directory (ADBA_AUTHORITY)"
+    )
     pub.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
     add_connection_options(pub)
     add_json(pub)
     pub.set_defaults(func=cmd_publish)
 
-    lst = verbs.add_parser("list", help="list activation objects", description=LIST,
-                           formatter_class=Formatter)
+    lst = verbs.add_parser(
+        "list", help="list activation objects", description=LIST, formatter_class=Formatter
+    )
     lst.add_argument("--edition", help="only objects that activate this edition (name or SKU)")
     _read_options(lst)
     lst.set_defaults(func=cmd_list)
 
-    show = verbs.add_parser("show", help="show one activation object", description=SHOW,
-                            formatter_class=Formatter)
+    show = verbs.add_parser(
+        "show", help="show one activation object", description=SHOW, formatter_class=Formatter
+    )
     show.add_argument("dn")
     _read_options(show)
     show.set_defaults(func=cmd_show)
 
-    delete = verbs.add_parser("delete", help="delete one activation object", description=DELETE,
-                              formatter_class=Formatter)
+    delete = verbs.add_parser(
+        "delete", help="delete one activation object", description=DELETE, formatter_class=Formatter
+    )
     delete.add_argument("dn")
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     add_connection_options(delete)
@@ -90,7 +101,9 @@ def register(nouns: Any) -> None:
 
 
 def _read_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root-key", metavar="PEM", help="pinned authority root public key (verifies licenses)")
+    p.add_argument(
+        "--root-key", metavar="PEM", help="pinned authority root public key (verifies licenses)"
+    )
     p.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
     add_connection_options(p)
     add_json(p)
@@ -140,7 +153,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     opts = connection_options(args)
     root = root_dn(args, opts)
     dn, view = publish_csvlk(
-        opts, root=root, key=key, activator=activator, catalog=cat, name=args.name,
+        opts,
+        root=root,
+        key=key,
+        activator=activator,
+        catalog=cat,
+        name=args.name,
         progress=None if args.json else (lambda m: say(m)),
     )
     if args.json:
@@ -157,7 +175,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     kms_id = cat.edition(args.edition).group if args.edition else None
     opts = connection_options(args)
     views = list_views(
-        opts, root=root_dn(args, opts), catalog=cat, root_public_key=root_public_key(args),
+        opts,
+        root=root_dn(args, opts),
+        catalog=cat,
+        root_public_key=root_public_key(args),
         kms_id=kms_id,
     )
     if args.json:
@@ -177,7 +198,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     cat = catalog(args)
     opts = connection_options(args)
     view = show_view(
-        opts, root=root_dn(args, opts), dn=args.dn, catalog=cat,
+        opts,
+        root=root_dn(args, opts),
+        dn=args.dn,
+        catalog=cat,
         root_public_key=root_public_key(args),
     )
     if args.json:
@@ -189,7 +213,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("CSVLK SKU", f"{view.csvlk_name or '(not in catalogue)'} {{{view.csvlk_sku}}}"),
         ("partial key", view.partial_key),
         ("PID", view.pid),
-        ("KMS IDs", "; ".join(f"{n} {{{i}}}" for n, i in zip(view.kms_names, view.kms_ids, strict=True))),
+        (
+            "KMS IDs",
+            "; ".join(f"{n} {{{i}}}" for n, i in zip(view.kms_names, view.kms_ids, strict=True)),
+        ),
         ("license", f"{view.license} ({view.license_detail}), {view.license_bytes} bytes"),
         ("installation ID", view.installation_id or "-"),
         ("confirmation ID", view.confirmation_id or "-"),

@@ -30,14 +30,16 @@ def register(nouns: Any) -> None:
     p = nouns.add_parser("authority", help="the activation authority (vendor side)")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    init = verbs.add_parser("init", help="create an authority", description=INIT,
-                            formatter_class=Formatter)
+    init = verbs.add_parser(
+        "init", help="create an authority", description=INIT, formatter_class=Formatter
+    )
     init.add_argument("--path", metavar="DIR", help="where the authority lives (ADBA_AUTHORITY)")
     add_json(init)
     init.set_defaults(func=cmd_init)
 
-    mint = verbs.add_parser("mint", help="issue a CSVLK or MAK", description=MINT,
-                            formatter_class=Formatter)
+    mint = verbs.add_parser(
+        "mint", help="issue a CSVLK or MAK", description=MINT, formatter_class=Formatter
+    )
     mint.add_argument("--path", metavar="DIR", help="the authority directory (ADBA_AUTHORITY)")
     mint.add_argument("--type", required=True, choices=["csvlk", "mak"], help="key type")
     mint.add_argument("--product", required=True, help="CSVLK product (csvlk) or edition (mak)")
@@ -73,8 +75,14 @@ def cmd_mint(args: argparse.Namespace) -> int:
     auth = LocalAuthority.open(_path(args))
     key = auth.mint(KeyType[args.type.upper()], args.product, cat, now=int(time.time()))
     if args.json:
-        emit_json({"key": key.text, "type": key.type.name, "serial": key.serial,
-                   "partial_key": key.partial})
+        emit_json(
+            {
+                "key": key.text,
+                "type": key.type.name,
+                "serial": key.serial,
+                "partial_key": key.partial,
+            }
+        )
     else:
         print(key.text)
     return 0

@@ -34,8 +34,12 @@ SERVER_CSVLK = "Nimbus Server 2026 CSVLK"
 
 
 def register(nouns: Any) -> None:
-    p = nouns.add_parser("demo", help="run the whole path on throwaway local servers",
-                         description=DEMO, formatter_class=Formatter)
+    p = nouns.add_parser(
+        "demo",
+        help="run the whole path on throwaway local servers",
+        description=DEMO,
+        formatter_class=Formatter,
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp directory and server logs")
     p.set_defaults(func=cmd_demo)
 
@@ -76,42 +80,92 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("ADBA demo: every step below is a real adba command against a real slapd.")
     try:
         with Slapd(keep=args.keep) as lab:
-            print(f"slapd {lab.uri} (ldaps {lab.ldaps_uri}, ldapi {lab.dir}/ldapi), "
-                  f"pid {lab.proc.pid if lab.proc else '?'}, forest root {lab.suffix}")
+            print(
+                f"slapd {lab.uri} (ldaps {lab.ldaps_uri}, ldapi {lab.dir}/ldapi), "
+                f"pid {lab.proc.pid if lab.proc else '?'}, forest root {lab.suffix}"
+            )
             tls = ["-H", lab.uri, "--ca-file", lab.ca_file, "-b", lab.suffix]
             as_root = [*tls, "-D", lab.root.dn, "--password-file", lab.root.password_file]
             as_admin = [*tls, "-D", lab.admin.dn, "--password-file", lab.admin.password_file]
-            as_computer = [*tls, "-D", lab.computer.dn, "--password-file", lab.computer.password_file]
+            as_computer = [
+                *tls,
+                "-D",
+                lab.computer.dn,
+                "--password-file",
+                lab.computer.password_file,
+            ]
             authority = str(work / "authority")
             step = _Step()
-            step("prepare the directory: schema, index, limits, ACLs, container (over ldapi as root)",
-                 ["directory", "init", "--config-uri", lab.ldapi_uri, "--admin-group", lab.admin_group,
-                  "--computers", lab.computers, *as_root])
-            step("check it", ["directory", "check", "--config-uri", lab.ldapi_uri,
-                              "--admin-group", lab.admin_group, "--computers", lab.computers,
-                              *as_admin])
-            step("the vendor creates an activation authority",
-                 ["authority", "init", "--path", authority])
-            key = step("the vendor mints a CSVLK for the customer",
-                       ["authority", "mint", "--path", authority, "--type", "csvlk",
-                        "--product", SERVER_CSVLK]).strip()
+            step(
+                "prepare the directory: schema, index, limits, ACLs, container (over ldapi as root)",
+                [
+                    "directory",
+                    "init",
+                    "--config-uri",
+                    lab.ldapi_uri,
+                    "--admin-group",
+                    lab.admin_group,
+                    "--computers",
+                    lab.computers,
+                    *as_root,
+                ],
+            )
+            step(
+                "check it",
+                [
+                    "directory",
+                    "check",
+                    "--config-uri",
+                    lab.ldapi_uri,
+                    "--admin-group",
+                    lab.admin_group,
+                    "--computers",
+                    lab.computers,
+                    *as_admin,
+                ],
+            )
+            step(
+                "the vendor creates an activation authority",
+                ["authority", "init", "--path", authority],
+            )
+            key = step(
+                "the vendor mints a CSVLK for the customer",
+                [
+                    "authority",
+                    "mint",
+                    "--path",
+                    authority,
+                    "--type",
+                    "csvlk",
+                    "--product",
+                    SERVER_CSVLK,
+                ],
+            ).strip()
             key_file = work / "csvlk.txt"
             key_file.write_text(key + "\n")
             key_file.chmod(0o600)
-            step("an ADBA admin activates it for this forest and publishes the object",
-                 ["ao", "publish", "--key-file", str(key_file), "--authority", authority,
-                  *as_admin])
+            step(
+                "an ADBA admin activates it for this forest and publishes the object",
+                ["ao", "publish", "--key-file", str(key_file), "--authority", authority, *as_admin],
+            )
             root_key = f"{authority}/root.pub"
-            step("a computer lists the objects and verifies each license against the pinned root",
-                 ["ao", "list", "--root-key", root_key, *as_computer])
-            listed = step("... the same as JSON, for scripts",
-                          ["ao", "list", "--root-key", root_key, "--json", *as_computer])
+            step(
+                "a computer lists the objects and verifies each license against the pinned root",
+                ["ao", "list", "--root-key", root_key, *as_computer],
+            )
+            listed = step(
+                "... the same as JSON, for scripts",
+                ["ao", "list", "--root-key", root_key, "--json", *as_computer],
+            )
             import json
 
             dn = json.loads(listed)[0]["dn"]
             step("show one object", ["ao", "show", dn, "--root-key", root_key, *as_computer])
-            step("a computer may not delete it (refused by the directory: exit 5)",
-                 ["ao", "delete", "--yes", dn, *as_computer], expect=5)
+            step(
+                "a computer may not delete it (refused by the directory: exit 5)",
+                ["ao", "delete", "--yes", dn, *as_computer],
+                expect=5,
+            )
             step("the admin deletes it", ["ao", "delete", "--yes", dn, *as_admin])
             step("nothing left", ["ao", "list", *as_admin])
             if args.keep:
@@ -125,5 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\ndemo finished in {time.monotonic() - started:.1f} s; servers stopped, temp files removed")
+    print(
+        f"\ndemo finished in {time.monotonic() - started:.1f} s; servers stopped, temp files removed"
+    )
     return 0

@@ -33,7 +33,9 @@ def register(nouns: Any) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     init = verbs.add_parser(
-        "init", help="load schema, index, limits, ACLs, container", description=INIT_EXAMPLE,
+        "init",
+        help="load schema, index, limits, ACLs, container",
+        description=INIT_EXAMPLE,
         formatter_class=Formatter,
     )
     _config_options(init)
@@ -42,7 +44,9 @@ def register(nouns: Any) -> None:
     init.set_defaults(func=cmd_init)
 
     check = verbs.add_parser(
-        "check", help="report what is missing or wrong", description=CHECK_EXAMPLE,
+        "check",
+        help="report what is missing or wrong",
+        description=CHECK_EXAMPLE,
         formatter_class=Formatter,
     )
     _config_options(check)
@@ -58,7 +62,9 @@ def _config_options(p: argparse.ArgumentParser) -> None:
         metavar="LDAPI",
         help="ldapi:// URI of slapd's cn=config (default ldapi://%%2Fvar%%2Frun%%2Fslapd%%2Fldapi)",
     )
-    g.add_argument("--admin-group", metavar="DN", help="group whose members publish and delete objects")
+    g.add_argument(
+        "--admin-group", metavar="DN", help="group whose members publish and delete objects"
+    )
     g.add_argument("--computers", metavar="DN", help="subtree holding the computer accounts")
 
 
@@ -66,7 +72,9 @@ def _config_opts(args: argparse.Namespace) -> Any:
     from ..directory.connection import ConnectionOptions
     from ..directory.openldap import DEFAULT_LDAPI
 
-    return ConnectionOptions(uri=pick(args, "config_uri") or DEFAULT_LDAPI, connect_timeout=args.timeout)
+    return ConnectionOptions(
+        uri=pick(args, "config_uri") or DEFAULT_LDAPI, connect_timeout=args.timeout
+    )
 
 
 def _print_report(report: Any, as_json: bool) -> None:
@@ -94,7 +102,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     validate_dn(computers)
     root = root_dn(args, data)
     report = openldap.init(
-        _config_opts(args), data, root=root, admin_group=admin_group, computers=computers,
+        _config_opts(args),
+        data,
+        root=root,
+        admin_group=admin_group,
+        computers=computers,
         progress=None if args.json else (lambda step: say(f"init: {step}")),
     )
     _print_report(report, args.json)
@@ -111,11 +123,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _config_opts(args) if pick(args, "config_uri") else None
     try:
         report = openldap.check(
-            data, root=root, config=config,
-            admin_group=pick(args, "admin_group"), computers=pick(args, "computers"),
+            data,
+            root=root,
+            config=config,
+            admin_group=pick(args, "admin_group"),
+            computers=pick(args, "computers"),
         )
     except CheckFailed as exc:
-        _print_report(exc.report, args.json)
+        _print_report(exc.context["report"], args.json)
         raise
     _print_report(report, args.json)
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from ldap3.utils.config import set_config_parameter
 
 from ..errors import (
     AccessDenied,
+    AdbaError,
     AlreadyExists,
     AuthenticationFailed,
     DirectoryError,
@@ -110,7 +111,7 @@ def _tls(opts: ConnectionOptions) -> Any:
     return _Tls(opts.ca_file)
 
 
-def _wrap(exc: Exception, opts: ConnectionOptions) -> DirectoryError:
+def _wrap(exc: Exception, opts: ConnectionOptions) -> AdbaError:
     """Turn an ldap3 exception into our family; branch on classes, never on text."""
     if isinstance(exc, ssl.SSLError | lexc.LDAPStartTLSError):
         hint = "" if opts.ca_file else " (give the server's CA with --ca-file)"
@@ -118,7 +119,9 @@ def _wrap(exc: Exception, opts: ConnectionOptions) -> DirectoryError:
             f"TLS with {opts.uri} failed: certificate not trusted or TLS not offered{hint}",
             uri=opts.uri,
         )
-    if isinstance(exc, lexc.LDAPSocketOpenError | lexc.LDAPSocketReceiveError | lexc.LDAPSocketSendError):
+    if isinstance(
+        exc, lexc.LDAPSocketOpenError | lexc.LDAPSocketReceiveError | lexc.LDAPSocketSendError
+    ):
         return ServerUnavailable(
             f"cannot reach {opts.uri}: is the server running and the address right?", uri=opts.uri
         )
@@ -133,14 +136,10 @@ def _close(conn: ldap3.Connection) -> None:
     """Close the socket ldap3 leaves open when opening or TLS fails."""
     sock = getattr(conn, "socket", None)
     if sock is not None:
-        try:
+        with suppress(OSError):
             sock.close()
-        except OSError:
-            pass
-    try:
+    with suppress(lexc.LDAPException):
         conn.unbind()
-    except lexc.LDAPException:
-        pass
 
 
 def connect(opts: ConnectionOptions) -> ldap3.Connection:
@@ -152,7 +151,9 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         raise InvalidInput(f"a password is needed to bind as {opts.bind_dn} (use --password-file)")
     use_starttls = scheme == "ldap" and (opts.start_tls or (opts.password and not opts.insecure))
     tls = _tls(opts) if scheme == "ldaps" or use_starttls else None
-    server = ldap3.Server(opts.uri, get_info=ldap3.NONE, tls=tls, connect_timeout=opts.connect_timeout)
+    server = ldap3.Server(
+        opts.uri, get_info=ldap3.NONE, tls=tls, connect_timeout=opts.connect_timeout
+    )
     # ldap3 packs receive_timeout into SO_RCVTIMEO as an integer
     kwargs: dict[str, Any] = {"receive_timeout": int(opts.receive_timeout) or 1}
     if opts.bind_dn:
@@ -221,7 +222,5 @@ def session(opts: ConnectionOptions) -> Iterator[ldap3.Connection]:
     except lexc.LDAPException as exc:
         raise _wrap(exc, opts) from exc
     finally:
-        try:
+        with suppress(lexc.LDAPException):
             conn.unbind()
-        except lexc.LDAPException:
-            pass

@@ -77,11 +77,9 @@ class Report:
         }
 
 
-def _config_session(opts: ConnectionOptions):  # type: ignore[no-untyped-def]
-    return session(opts)
-
-
-def _first(conn: ldap3.Connection, base: str, flt: str, scope: str, attrs: list[str]) -> dict | None:  # type: ignore[type-arg]
+def _first(
+    conn: ldap3.Connection, base: str, flt: str, scope: str, attrs: list[str]
+) -> dict | None:  # type: ignore[type-arg]
     conn.search(base, flt, scope, attributes=attrs)
     if conn.result["result"] == 32:
         return None
@@ -106,7 +104,9 @@ def discover_root(opts: ConnectionOptions) -> str:
 
 def _database(conn: ldap3.Connection, root: str) -> dict:  # type: ignore[type-arg]
     flt = f"(olcSuffix={escape_filter_chars(root)})"
-    conn.search("cn=config", flt, ldap3.LEVEL, attributes=["olcAccess", "olcDbIndex", "olcDbMaxSize"])
+    conn.search(
+        "cn=config", flt, ldap3.LEVEL, attributes=["olcAccess", "olcDbIndex", "olcDbMaxSize"]
+    )
     if conn.result["result"] in (32, 50) or (conn.result["result"] == 0 and not conn.response):
         if conn.result["result"] == 0:
             raise ObjectNotFound(f"no database with suffix {root} in cn=config")
@@ -119,7 +119,9 @@ def _database(conn: ldap3.Connection, root: str) -> dict:  # type: ignore[type-a
 
 
 def _schema_dn(conn: ldap3.Connection) -> str | None:
-    conn.search("cn=schema,cn=config", "(objectClass=olcSchemaConfig)", ldap3.LEVEL, attributes=["cn"])
+    conn.search(
+        "cn=schema,cn=config", "(objectClass=olcSchemaConfig)", ldap3.LEVEL, attributes=["cn"]
+    )
     raise_for_result(conn.result, what="search cn=schema,cn=config")
     for entry in conn.response:
         if _PREFIX.sub("", entry["dn"].split(",")[0].split("=", 1)[1]) == schema.SCHEMA_CN:
@@ -133,7 +135,10 @@ def _strip(values: list[str]) -> list[str]:
 
 def _is_adba_rule(rule: str, root: str) -> bool:
     low = rule.lower()
-    return f'"{schema.config_dn(root).lower()}"' in low or f'"{schema.container_dn(root).lower()}"' in low
+    return (
+        f'"{schema.config_dn(root).lower()}"' in low
+        or f'"{schema.container_dn(root).lower()}"' in low
+    )
 
 
 def _int(values: object) -> int:
@@ -193,7 +198,9 @@ def init(
             conn.modify(db_dn, {"olcDbMaxSize": [(ldap3.MODIFY_REPLACE, [str(MIN_DB_MAXSIZE)])]})
             raise_for_result(conn.result, what="raise olcDbMaxSize")
             changed.append(f"olcDbMaxSize={MIN_DB_MAXSIZE}")
-        glob = _first(conn, "cn=config", "(objectClass=*)", ldap3.BASE, ["olcSockbufMaxIncomingAuth"])
+        glob = _first(
+            conn, "cn=config", "(objectClass=*)", ldap3.BASE, ["olcSockbufMaxIncomingAuth"]
+        )
         current = _int((glob or {}).get("attributes", {}).get("olcSockbufMaxIncomingAuth"))
         if current < MIN_SOCKBUF:
             conn.modify(
@@ -203,7 +210,9 @@ def init(
             raise_for_result(conn.result, what="raise olcSockbufMaxIncomingAuth")
             changed.append(f"olcSockbufMaxIncomingAuth={MIN_SOCKBUF}")
         report.add(
-            "limits", True, "raised " + ", ".join(changed) if changed else "size limits already raised"
+            "limits",
+            True,
+            "raised " + ", ".join(changed) if changed else "size limits already raised",
         )
 
         say("acl")
@@ -273,7 +282,9 @@ def check(
         report.add(
             "schema",
             not missing,
-            "msSPP attributes and classes present" if not missing else "missing: " + ", ".join(missing),
+            "msSPP attributes and classes present"
+            if not missing
+            else "missing: " + ", ".join(missing),
             "" if not missing else fix_init,
         )
         rule = "msSPP-ActivationObjectContentRule" in defs
@@ -291,7 +302,9 @@ def check(
         report.add(
             "container",
             present,
-            f"{report.container} present" if present else f"{report.container} missing or not readable",
+            f"{report.container} present"
+            if present
+            else f"{report.container} missing or not readable",
             "" if present else fix_init + " (or bind as an identity that may read it)",
         )
 
@@ -307,7 +320,9 @@ def check(
                     "msSPP-KMSIds equality index present" if idx else "msSPP-KMSIds is not indexed",
                     "" if idx else fix_init,
                 )
-                glob = _first(conn, "cn=config", "(objectClass=*)", ldap3.BASE, ["olcSockbufMaxIncomingAuth"])
+                glob = _first(
+                    conn, "cn=config", "(objectClass=*)", ldap3.BASE, ["olcSockbufMaxIncomingAuth"]
+                )
                 sockbuf = _int((glob or {}).get("attributes", {}).get("olcSockbufMaxIncomingAuth"))
                 maxsize = _int(attrs.get("olcDbMaxSize"))
                 limits = sockbuf >= MIN_SOCKBUF and maxsize >= MIN_DB_MAXSIZE
@@ -321,13 +336,19 @@ def check(
                 if admin_group and computers:
                     wanted = schema.acl_rules(root, admin_group, computers)
                     acl_ok = rules[: len(wanted)] == wanted
-                    detail = "ADBA access rules first" if acl_ok else "ADBA access rules missing or not first"
+                    detail = (
+                        "ADBA access rules first"
+                        if acl_ok
+                        else "ADBA access rules missing or not first"
+                    )
                 else:
                     acl_ok = any(_is_adba_rule(r, root) for r in rules)
                     detail = "ADBA access rules present" if acl_ok else "no ADBA access rules"
                 report.add("acl", acl_ok, detail, "" if acl_ok else fix_init)
         except DirectoryError as exc:
-            report.add("config", False, f"cn=config not checked: {exc.message}", "run as root over ldapi")
+            report.add(
+                "config", False, f"cn=config not checked: {exc.message}", "run as root over ldapi"
+            )
     if not report.ok:
         raise CheckFailed(
             "directory not ready for ADBA: "

@@ -85,7 +85,11 @@ _AD = "1.2.840.113556.1.4."
 ATTRIBUTES: tuple[AttributeDef, ...] = (
     AttributeDef(_AD + "2081", "msSPP-CSVLKSkuId", "SKU ID of the CSVLK", OCTET, length=16),
     AttributeDef(
-        _AD + "2082", "msSPP-KMSIds", "KMS IDs the object activates", OCTET, length=16,
+        _AD + "2082",
+        "msSPP-KMSIds",
+        "KMS IDs the object activates",
+        OCTET,
+        length=16,
         single=False,
     ),
     AttributeDef(_AD + "2083", "msSPP-InstallationId", "installation ID", DSTRING, max_length=512),
@@ -100,12 +104,18 @@ ATTRIBUTES: tuple[AttributeDef, ...] = (
         _AD + "2087", "msSPP-ConfigLicense", "config license", OCTET, max_length=MAX_LICENSE_BYTES
     ),
     AttributeDef(
-        _AD + "2088", "msSPP-IssuanceLicense", "issuance license", OCTET,
+        _AD + "2088",
+        "msSPP-IssuanceLicense",
+        "issuance license",
+        OCTET,
         max_length=MAX_LICENSE_BYTES,
     ),
     AttributeDef(_AD + "2105", "msSPP-CSVLKPid", "PID of the CSVLK", DSTRING, max_length=512),
     AttributeDef(
-        _AD + "2106", "msSPP-CSVLKPartialProductKey", "last 5 characters of the CSVLK", DSTRING,
+        _AD + "2106",
+        "msSPP-CSVLKPartialProductKey",
+        "last 5 characters of the CSVLK",
+        DSTRING,
         length=5,
     ),
 )
@@ -129,7 +139,13 @@ CLASSES: tuple[ClassDef, ...] = (
         "1.2.840.113556.1.5.267",
         "msSPP-ActivationObject",
         "AD ms-SPP-Activation-Object",
-        ("cn", "msSPP-KMSIds", "msSPP-CSVLKSkuId", "msSPP-CSVLKPartialProductKey", "msSPP-CSVLKPid"),
+        (
+            "cn",
+            "msSPP-KMSIds",
+            "msSPP-CSVLKSkuId",
+            "msSPP-CSVLKPartialProductKey",
+            "msSPP-CSVLKPid",
+        ),
         (
             "msSPP-InstallationId",
             "msSPP-ConfirmationId",

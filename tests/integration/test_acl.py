@@ -70,8 +70,10 @@ def test_admin_adds_and_deletes_but_never_modifies_or_renames(
     # another class under the container, and an object elsewhere: refused
     admin.add(f"cn={ao_name}-c,{slapd.container}", attributes={"objectClass": ["container"]})
     assert code(admin) == 50
-    admin.add(f"cn={ao_name},cn=Microsoft SPP,cn=Services,cn=Configuration,{slapd.suffix}",
-              attributes=ao_attrs())
+    admin.add(
+        f"cn={ao_name},cn=Microsoft SPP,cn=Services,cn=Configuration,{slapd.suffix}",
+        attributes=ao_attrs(),
+    )
     assert code(admin) == 50
     admin.delete(slapd.container)
     assert code(admin) == 50
@@ -82,8 +84,12 @@ def test_admin_adds_and_deletes_but_never_modifies_or_renames(
 
 def test_computer_reads_but_cannot_write(slapd: TestSlapd, existing: str, ao_name: str) -> None:
     comp = bind(slapd, "computer")
-    comp.search(slapd.container, f"(msSPP-KMSIds={ldap3.utils.conv.escape_bytes(KMS.bytes_le)})",
-                ldap3.LEVEL, attributes=["msSPP-KMSIds"])
+    comp.search(
+        slapd.container,
+        f"(msSPP-KMSIds={ldap3.utils.conv.escape_bytes(KMS.bytes_le)})",
+        ldap3.LEVEL,
+        attributes=["msSPP-KMSIds"],
+    )
     assert code(comp) == 0
     assert existing in [e["dn"] for e in comp.response if e["type"] == "searchResEntry"]
     comp.add(f"cn={ao_name}-by-computer,{slapd.container}", attributes=ao_attrs())

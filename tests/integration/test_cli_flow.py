@@ -17,8 +17,18 @@ SERVER_CSVLK = "Nimbus Server 2026 CSVLK"
 
 def conn_args(lab: TestSlapd, who: str) -> list[str]:
     ident = getattr(lab, who)
-    return ["-H", lab.uri, "--ca-file", lab.ca_file, "-b", lab.suffix,
-            "-D", ident.dn, "--password-file", ident.password_file]
+    return [
+        "-H",
+        lab.uri,
+        "--ca-file",
+        lab.ca_file,
+        "-b",
+        lab.suffix,
+        "-D",
+        ident.dn,
+        "--password-file",
+        ident.password_file,
+    ]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -28,8 +38,17 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def mint(capsys: pytest.CaptureFixture[str], authority: Path, product: str = SERVER_CSVLK) -> str:
-    code, out, err = run(capsys, "authority", "mint", "--path", str(authority), "--type", "csvlk",
-                         "--product", product)
+    code, out, err = run(
+        capsys,
+        "authority",
+        "mint",
+        "--path",
+        str(authority),
+        "--type",
+        "csvlk",
+        "--product",
+        product,
+    )
     assert code == 0, err
     return out.strip()
 
@@ -43,9 +62,19 @@ def key_file(tmp_path: Path, key: str) -> str:
 def test_init_is_harmless_to_rerun_and_check_passes(
     slapd: TestSlapd, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(capsys, "directory", "init", "--config-uri", slapd.ldapi_uri,
-                         "--admin-group", slapd.admin_group, "--computers", slapd.computers,
-                         "--json", *conn_args(slapd, "root"))
+    code, out, err = run(
+        capsys,
+        "directory",
+        "init",
+        "--config-uri",
+        slapd.ldapi_uri,
+        "--admin-group",
+        slapd.admin_group,
+        "--computers",
+        slapd.computers,
+        "--json",
+        *conn_args(slapd, "root"),
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["ok"] is True
@@ -55,12 +84,28 @@ def test_init_is_harmless_to_rerun_and_check_passes(
     assert "already" in details["container"]
     assert "already" in details["index"]
 
-    code, out, err = run(capsys, "directory", "check", "--config-uri", slapd.ldapi_uri,
-                         "--admin-group", slapd.admin_group, "--computers", slapd.computers,
-                         "--json", *conn_args(slapd, "admin"))
+    code, out, err = run(
+        capsys,
+        "directory",
+        "check",
+        "--config-uri",
+        slapd.ldapi_uri,
+        "--admin-group",
+        slapd.admin_group,
+        "--computers",
+        slapd.computers,
+        "--json",
+        *conn_args(slapd, "admin"),
+    )
     assert code == 0, err
     assert {i["name"] for i in json.loads(out)["items"]} >= {
-        "schema", "content-rule", "container", "index", "limits", "acl"}
+        "schema",
+        "content-rule",
+        "container",
+        "index",
+        "limits",
+        "acl",
+    }
 
 
 def test_check_reports_a_missing_container(capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,13 +120,26 @@ def test_check_reports_a_missing_container(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_publish_list_show_delete(
-    slapd: TestSlapd, authority_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    slapd: TestSlapd,
+    authority_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     janitor: list[str],
 ) -> None:
     key = mint(capsys, authority_dir)
     admin, computer = conn_args(slapd, "admin"), conn_args(slapd, "computer")
-    code, out, err = run(capsys, "ao", "publish", "--key-file", key_file(tmp_path, key),
-                         "--authority", str(authority_dir), "--name", "flow", *admin)
+    code, out, err = run(
+        capsys,
+        "ao",
+        "publish",
+        "--key-file",
+        key_file(tmp_path, key),
+        "--authority",
+        str(authority_dir),
+        "--name",
+        "flow",
+        *admin,
+    )
     assert code == 0, err
     dn = f"cn=flow,{slapd.container}"
     janitor.append(dn)
@@ -102,8 +160,9 @@ def test_publish_list_show_delete(
     assert view["license"] == "verified"
     assert sorted(view["kms_names"]) == ["Nimbus Client 2026", "Nimbus Server 2026"]
 
-    code, out, err = run(capsys, "ao", "list", "--edition", "Nimbus Workstation Enterprise",
-                         "--json", *computer)
+    code, out, err = run(
+        capsys, "ao", "list", "--edition", "Nimbus Workstation Enterprise", "--json", *computer
+    )
     assert code == 0 and [v["dn"] for v in json.loads(out)] == [dn]
 
     code, out, err = run(capsys, "ao", "show", dn, "--root-key", root_key, "--json", *computer)
@@ -153,7 +212,11 @@ def _list(capsys: pytest.CaptureFixture[str], lab: TestSlapd) -> str:
     ],
 )
 def test_bad_input_is_one_line_with_a_distinct_code_and_changes_nothing(
-    case: str, expected: int, slapd: TestSlapd, authority_dir: Path, tmp_path: Path,
+    case: str,
+    expected: int,
+    slapd: TestSlapd,
+    authority_dir: Path,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     before = _list(capsys, slapd)
@@ -182,7 +245,7 @@ def test_bad_input_is_one_line_with_a_distinct_code_and_changes_nothing(
         i = argv.index("--ca-file")
         del argv[i : i + 2]
         argv[argv.index(slapd.uri)] = slapd.ldaps_uri
-    code, out, err = run(capsys, *argv)
+    code, _out, err = run(capsys, *argv)
     assert code == expected, err
     assert err.startswith("adba: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err

@@ -72,7 +72,10 @@ def test_filter_values_are_escaped(slapd: TestSlapd, ao_name: str, janitor: list
     """A KMS ID whose bytes spell filter syntax matches only itself."""
     nasty = uuid.UUID(bytes_le=b"*)(|(cn=*)\\\x00abcd")
     ao = store.ActivationObject.build(
-        cn=ao_name + " (*)", kms_ids=[nasty], csvlk_sku=uuid.uuid4(), partial_key="3V66T",
+        cn=ao_name + " (*)",
+        kms_ids=[nasty],
+        csvlk_sku=uuid.uuid4(),
+        partial_key="3V66T",
         pid="p",
     )
     with session(slapd.options(slapd.admin)) as conn:

@@ -1,0 +1,133 @@
+"""The CLI without servers: help with examples, the exit-code table, config errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from adba import errors
+from adba.cli import main
+
+VERBS = [
+    ["directory", "init"],
+    ["directory", "check"],
+    ["ao", "publish"],
+    ["ao", "list"],
+    ["ao", "show"],
+    ["ao", "delete"],
+    ["authority", "init"],
+    ["authority", "mint"],
+    ["demo"],
+]
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_every_verb_has_help_with_an_example(
+    verb: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*verb, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "example:" in out
+    assert "adba " + " ".join(verb) in out
+
+
+def test_top_level_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for code in errors.EXIT_CODES:
+        assert f"  {code:>3}  " in out
+
+
+def test_usage_error_is_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ao", "frobnicate"]) == 2
+
+
+def _families() -> list[type[errors.AdbaError]]:
+    return [
+        obj
+        for name in errors.__all__
+        if isinstance(obj := getattr(errors, name), type) and issubclass(obj, errors.AdbaError)
+    ]
+
+
+@pytest.mark.parametrize("cls", _families(), ids=lambda c: c.__name__)
+def test_each_error_family_has_a_documented_stable_exit_code(cls: type[errors.AdbaError]) -> None:
+    assert cls.exit_code in errors.EXIT_CODES
+    assert errors.exit_code_for(cls()) == cls.exit_code
+    assert cls().message  # the docstring is the default message
+
+
+def test_exit_codes_are_fixed() -> None:
+    """Scripts rely on these numbers: changing one is a breaking change."""
+    got = {
+        c.__name__: c.exit_code
+        for c in _families()
+        if c.__name__
+        in [
+            "InvalidInput",
+            "InvalidDN",
+            "ObjectNotFound",
+            "AuthenticationFailed",
+            "AccessDenied",
+            "ServerUnavailable",
+            "TlsError",
+            "SchemaMissing",
+            "CheckFailed",
+            "LicenseError",
+            "AlreadyExists",
+            "InvalidKey",
+            "UnknownProduct",
+            "AuthorityError",
+            "NotAnActivationObject",
+            "ConfigError",
+        ]
+    }
+    assert got == {
+        "InvalidInput": 2,
+        "InvalidDN": 2,
+        "ObjectNotFound": 3,
+        "AuthenticationFailed": 4,
+        "AccessDenied": 5,
+        "ServerUnavailable": 6,
+        "TlsError": 7,
+        "SchemaMissing": 8,
+        "CheckFailed": 8,
+        "LicenseError": 9,
+        "AlreadyExists": 10,
+        "InvalidKey": 11,
+        "UnknownProduct": 12,
+        "AuthorityError": 13,
+        "NotAnActivationObject": 14,
+        "ConfigError": 15,
+    }
+
+
+def test_missing_uri_says_what_to_do(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.delenv("ADBA_URI", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert main(["ao", "list"]) == 2
+    assert "--uri" in capsys.readouterr().err
+
+
+def test_bad_config_variable_names_the_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    import pathlib
+
+    cfg = pathlib.Path(str(tmp_path)) / "adba" / "adba.toml"
+    cfg.parent.mkdir()
+    cfg.write_text('[directory]\nuri = "ldap://x"\nbogus = 1\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert main(["ao", "list"]) == 15
+    err = capsys.readouterr().err
+    assert "directory.bogus" in err and str(cfg) in err
+
+
+def test_parser_builds_without_importing_ldap3() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, adba.cli; adba.cli.build_parser(); print('ldap3' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
