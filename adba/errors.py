@@ -241,6 +241,7 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     13: ("AuthorityError", "the activation authority refused"),
     14: ("NotAnActivationObject", "entry is not an activation object"),
     15: ("ConfigError", "invalid configuration file or variable"),
+    16: ("LabError", "the throwaway lab server failed to start"),
     20: ("DirectoryError", "other directory error"),
     130: ("", "interrupted"),
 }

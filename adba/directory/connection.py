@@ -10,12 +10,11 @@ raised to 1 MiB, else reading a 5 MiB license is quadratic (seconds instead of ~
 from __future__ import annotations
 
 import logging
-import ssl
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ldap3
 from ldap3.core import exceptions as lexc
@@ -44,8 +43,7 @@ set_config_parameter("SOCKET_SIZE", 1 << 20)
 Connection = ldap3.Connection
 
 
-@dataclass(frozen=True)
-class ConnectionOptions:
+class ConnectionOptions(NamedTuple):
     """How to reach and bind to a directory server.
 
     ``password`` is the secret itself; front ends read it from a file (``--password-file``)
@@ -92,9 +90,13 @@ class _Tls(ldap3.Tls):  # type: ignore[misc]
     """
 
     def __init__(self, ca_file: str | None) -> None:
+        import ssl
+
         super().__init__(validate=ssl.CERT_REQUIRED, ca_certs_file=ca_file)
 
     def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+        import ssl
+
         context = ssl.create_default_context(cafile=self.ca_certs_file)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         connection.socket = context.wrap_socket(
@@ -113,7 +115,8 @@ def _tls(opts: ConnectionOptions) -> Any:
 
 def _wrap(exc: Exception, opts: ConnectionOptions) -> AdbaError:
     """Turn an ldap3 exception into our family; branch on classes, never on text."""
-    if isinstance(exc, ssl.SSLError | lexc.LDAPStartTLSError):
+    ssl = sys.modules.get("ssl")  # imported only when TLS was set up
+    if isinstance(exc, lexc.LDAPStartTLSError) or (ssl and isinstance(exc, ssl.SSLError)):
         hint = "" if opts.ca_file else " (give the server's CA with --ca-file)"
         return TlsError(
             f"TLS with {opts.uri} failed: certificate not trusted or TLS not offered{hint}",

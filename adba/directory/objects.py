@@ -178,7 +178,7 @@ def publish_csvlk(
         )
         say("publishing")
         dn = store.publish(conn, schema.container_dn(root), ao)
-        published = store.ActivationObject(**{**ao.__dict__, "dn": dn})
+        published = ao._replace(dn=dn)
         return dn, _view(published, catalog, None, forest, now)
 
 

@@ -9,7 +9,7 @@ OpenLDAP ignores the ``{len}`` bounds: :mod:`adba.directory.store` validates len
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "ATTRIBUTES",
@@ -38,8 +38,7 @@ SCHEMA_CN = "adba"
 CONTAINER_RDNS = ("cn=Configuration", "cn=Services", "cn=Microsoft SPP", "cn=Activation Objects")
 
 
-@dataclass(frozen=True)
-class AttributeDef:
+class AttributeDef(NamedTuple):
     oid: str
     name: str
     desc: str
@@ -62,8 +61,7 @@ class AttributeDef:
         return f"( {self.oid} NAME '{self.name}' DESC '{self.desc}' {matching} SYNTAX {syntax}{single} )"
 
 
-@dataclass(frozen=True)
-class ClassDef:
+class ClassDef(NamedTuple):
     oid: str
     name: str
     desc: str

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import ldap3
 from ldap3.core import exceptions as lexc
@@ -56,8 +56,7 @@ READ_ATTRIBUTES = [
 ]
 
 
-@dataclass(frozen=True)
-class ActivationObject:
+class ActivationObject(NamedTuple):
     """One ``msSPP-ActivationObject``: raw values, exactly as they are stored."""
 
     cn: str
@@ -67,7 +66,7 @@ class ActivationObject:
     pid: str
     installation_id: str | None = None
     confirmation_id: str | None = None
-    licenses: Mapping[str, bytes] = field(default_factory=dict)
+    licenses: Mapping[str, bytes] = MappingProxyType({})
     display_name: str | None = None
     description: str | None = None
     dn: str | None = None
