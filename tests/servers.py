@@ -39,6 +39,22 @@ class TestSlapd(Slapd):
             **kw,  # type: ignore[arg-type]
         )
 
+    def cli_args(self, who: str) -> list[str]:
+        """Connection flags for `adba` as one of the lab identities (StartTLS, lab CA)."""
+        ident = getattr(self, who)
+        return [
+            "-H",
+            self.uri,
+            "--ca-file",
+            self.ca_file,
+            "-b",
+            self.suffix,
+            "-D",
+            ident.dn,
+            "--password-file",
+            ident.password_file,
+        ]
+
     @property
     def container(self) -> str:
         from adba.directory.schema import container_dn

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = [
+    "ACTIVATION_OBJECT",
     "ATTRIBUTES",
     "CLASSES",
     "CONTAINER_RDNS",
@@ -153,6 +154,8 @@ CLASSES: tuple[ClassDef, ...] = (
         ),
     ),
 )
+
+ACTIVATION_OBJECT = CLASSES[2]
 
 #: no auxiliary classes on activation objects: without it an admin could add an object that is
 #: also a simpleSecurityObject (a bindable identity) or an extensibleObject (any attribute)

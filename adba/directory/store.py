@@ -40,20 +40,8 @@ log = logging.getLogger(__name__)
 OBJECT_CLASS = "msSPP-ActivationObject"
 _MAX_STRING = 512
 _MAX_KMS_IDS = 64
-#: what the agent and ``ao list`` read: everything but the three unused license kinds
-READ_ATTRIBUTES = [
-    "objectClass",
-    "cn",
-    "msSPP-KMSIds",
-    "msSPP-CSVLKSkuId",
-    "msSPP-CSVLKPartialProductKey",
-    "msSPP-CSVLKPid",
-    "msSPP-InstallationId",
-    "msSPP-ConfirmationId",
-    *schema.LICENSE_ATTRIBUTES,
-    "displayName",
-    "description",
-]
+#: what the agent and ``ao list`` read: every attribute the class allows
+READ_ATTRIBUTES = ["objectClass", *schema.ACTIVATION_OBJECT.must, *schema.ACTIVATION_OBJECT.may]
 
 
 class ActivationObject(NamedTuple):

@@ -16,19 +16,7 @@ SERVER_CSVLK = "Nimbus Server 2026 CSVLK"
 
 
 def conn_args(lab: TestSlapd, who: str) -> list[str]:
-    ident = getattr(lab, who)
-    return [
-        "-H",
-        lab.uri,
-        "--ca-file",
-        lab.ca_file,
-        "-b",
-        lab.suffix,
-        "-D",
-        ident.dn,
-        "--password-file",
-        ident.password_file,
-    ]
+    return lab.cli_args(who)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
