@@ -1,0 +1,5 @@
+"""``python -m adba`` is ``adba``."""
+
+from adba.cli import run
+
+run()
