@@ -27,6 +27,7 @@ __all__ = [
     "InvalidKey",
     "LicenseError",
     "MalformedLicense",
+    "NotActivated",
     "NotAnActivationObject",
     "ObjectNotFound",
     "SchemaMissing",
@@ -223,6 +224,13 @@ class NotAnActivationObject(DirectoryError):
     code = "not-an-activation-object"
 
 
+class NotActivated(AdbaError):
+    """A product is not activated (reported by `adba agent run --strict`)."""
+
+    exit_code = 17
+    code = "not-activated"
+
+
 #: exit code -> (family, meaning); printed by ``adba --help`` and tested one by one
 EXIT_CODES: dict[int, tuple[str, str]] = {
     0: ("", "success"),
@@ -242,6 +250,8 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     14: ("NotAnActivationObject", "entry is not an activation object"),
     15: ("ConfigError", "invalid configuration file or variable"),
     16: ("LabError", "the throwaway lab server failed to start"),
+    17: ("NotActivated", "a product is not activated (agent run --strict)"),
+    18: ("DiscoveryError", "DNS lookup failed"),
     20: ("DirectoryError", "other directory error"),
     130: ("", "interrupted"),
 }

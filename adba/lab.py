@@ -82,6 +82,7 @@ class Slapd:
     """A throwaway slapd. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
     suffix = "dc=lab,dc=example,dc=test"
+    domain = "lab.example.test"
     organization = "ADBA lab"
     host = "127.0.0.1"
     start_timeout = 10.0
@@ -273,7 +274,12 @@ userPassword: {ssha(self.computer.password)}
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address(self.host)), x509.DNSName("localhost")]
+                    [
+                        x509.IPAddress(ipaddress.ip_address(self.host)),
+                        x509.DNSName("localhost"),
+                        # DCs found through the lab's DNS zone (dc1.<domain>, ...)
+                        x509.DNSName("*." + self.domain),
+                    ]
                 ),
                 critical=False,
             )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import TestSlapd
+from tests.servers import TestNamed, TestSlapd
 
 NOW = 1_790_000_000  # a fixed clock: 2026-09-21
 
@@ -61,3 +61,15 @@ def authority_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("authority") / "auth"
     LocalAuthority.init(path, now=NOW - 86400)
     return path
+
+
+@pytest.fixture(scope="session")
+def named(request: pytest.FixtureRequest) -> Iterator[TestNamed]:
+    """One real named for the session, authoritative for the lab zone."""
+    server = TestNamed()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.keep = request.session.testsfailed > 0
+        server.destroy()

@@ -3,6 +3,8 @@ probe -> stop), kept on failure so the run directory and server log can be read.
 
 from __future__ import annotations
 
+import subprocess
+
 from adba.lab import Slapd
 
 
@@ -60,3 +62,160 @@ class TestSlapd(Slapd):
         from adba.directory.schema import container_dn
 
         return container_dn(self.suffix)
+
+
+class TestNamed:
+    """A throwaway BIND9 named, authoritative for the lab zone, updatable with TSIG.
+
+    Lifecycle as for slapd: render named.conf + zone -> named-checkconf -> launch ``named -g``
+    -> ready when both UDP and TCP answer an SOA query (named drops queries while loading,
+    so polls use short timeouts) -> SIGTERM.
+    """
+
+    __test__ = False
+    zone = "lab.example.test"
+    keyname = "adba-update."
+    named = "/usr/sbin/named"
+    checkconf = "/usr/bin/named-checkconf"
+
+    def __init__(self) -> None:
+        import base64
+        import os
+        import secrets
+        import tempfile
+        from pathlib import Path
+
+        for binary in (self.named, self.checkconf):
+            if not os.access(binary, os.X_OK):
+                raise RuntimeError(
+                    f"{binary} not found: apt-get install --no-install-recommends bind9 bind9-utils"
+                )
+        self.dir = Path(tempfile.mkdtemp(prefix="adba-named-", dir="/tmp"))
+        self.secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.keep = False
+
+    def gen_config(self) -> str:
+        d = self.dir
+        return f"""key "{self.keyname}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
+options {{
+    directory "{d}"; pid-file "{d}/named.pid"; session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}"; dump-file "{d}/cache.db"; statistics-file "{d}/stats";
+    memstatistics-file "{d}/mem.stats";
+    listen-on port {self.port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }};
+    recursion no; allow-query {{ 127.0.0.1; }}; allow-transfer {{ none; }};
+    dnssec-validation no; notify no;
+}};
+controls {{ }};
+zone "{self.zone}" {{
+    type primary; file "{d}/zone.db"; journal "{d}/zone.db.jnl";
+    update-policy {{ grant {self.keyname} zonesub ANY; }};
+}};
+"""
+
+    def gen_zone(self) -> str:
+        return f"""$TTL 60
+@    IN SOA ns1.{self.zone}. hostmaster.{self.zone}. ( 1 3600 600 86400 60 )
+     IN NS  ns1.{self.zone}.
+ns1  IN A   127.0.0.1
+"""
+
+    def _free_port(self) -> int:
+        import socket
+
+        for _ in range(50):
+            with socket.socket() as tcp:
+                tcp.bind(("127.0.0.1", 0))
+                port: int = tcp.getsockname()[1]
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    try:
+                        udp.bind(("127.0.0.1", port))
+                    except OSError:
+                        continue
+            return port
+        raise RuntimeError("no port free on both UDP and TCP")
+
+    def start(self) -> TestNamed:
+        import time
+
+        for _attempt in range(5):
+            self.port = self._free_port()
+            (self.dir / "named.conf").write_text(self.gen_config())
+            (self.dir / "zone.db").write_text(self.gen_zone())
+            subprocess.run([self.checkconf, str(self.dir / "named.conf")], check=True)
+            log = open(self.dir / "named.log", "ab")  # noqa: SIM115 - owned by the process
+            self.proc = subprocess.Popen(
+                [self.named, "-g", "-4", "-c", str(self.dir / "named.conf")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            log.close()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if self._answers(tcp=False) and self._answers(tcp=True):
+                    return self
+                time.sleep(0.01)
+            self.stop()
+        raise RuntimeError(f"named did not start: {self.log_tail()}")
+
+    def _answers(self, *, tcp: bool) -> bool:
+        import dns.exception
+        import dns.message
+        import dns.query
+
+        q = dns.message.make_query(self.zone, "SOA")
+        try:
+            send = dns.query.tcp if tcp else dns.query.udp
+            return bool(send(q, "127.0.0.1", port=self.port, timeout=0.05).answer)
+        except (dns.exception.DNSException, OSError):
+            return False
+
+    def log_tail(self) -> str:
+        try:
+            return " | ".join((self.dir / "named.log").read_text().splitlines()[-10:])
+        except OSError:
+            return "(no log)"
+
+    @property
+    def nameserver(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def update(self, name: str, rdtype: str, records: list[str], ttl: int = 60) -> None:
+        """Replace the RRset ``name``/``rdtype`` (relative to the zone) with ``records``; an
+        empty list deletes it. Signed with the lab's TSIG key (RFC 2136)."""
+        import dns.query
+        import dns.rcode
+        import dns.tsig
+        import dns.tsigkeyring
+        import dns.update
+
+        ring = dns.tsigkeyring.from_text({self.keyname: (dns.tsig.HMAC_SHA256, self.secret)})
+        upd = dns.update.UpdateMessage(self.zone, keyring=ring, keyalgorithm=dns.tsig.HMAC_SHA256)
+        if records:
+            upd.replace(name, ttl, rdtype, *records)
+        else:
+            upd.delete(name, rdtype)
+        response = dns.query.tcp(upd, "127.0.0.1", port=self.port, timeout=3)
+        assert response.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(response.rcode())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            self.proc = None
+
+    def destroy(self) -> None:
+        import shutil
+
+        self.stop()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)

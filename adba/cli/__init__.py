@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import EXIT_CODES, AdbaError, exit_code_for
-from . import ao, authority, demo, directory
+from . import agent, ao, authority, demo, directory
 from ._common import Formatter
 
 __all__ = ["build_parser", "main", "run"]
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     directory.register(nouns)
     ao.register(nouns)
     authority.register(nouns)
+    agent.register(nouns)
     demo.register(nouns)
     return parser
 

@@ -60,6 +60,9 @@ class ConnectionOptions(NamedTuple):
     start_tls: bool = False
     connect_timeout: float = 5.0
     receive_timeout: int = 30
+    #: the name the server certificate must carry, when the URI holds an address (SRV targets
+    #: are resolved by ADBA's own resolver, then verified by name)
+    tls_name: str | None = None
 
     @property
     def scheme(self) -> str:
@@ -89,10 +92,11 @@ class _Tls(ldap3.Tls):  # type: ignore[misc]
     which is deprecated (a warning on 3.11, gone in 3.12). Here the context does both.
     """
 
-    def __init__(self, ca_file: str | None) -> None:
+    def __init__(self, ca_file: str | None, name: str | None) -> None:
         import ssl
 
         super().__init__(validate=ssl.CERT_REQUIRED, ca_certs_file=ca_file)
+        self.adba_name = name
 
     def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
         import ssl
@@ -103,14 +107,14 @@ class _Tls(ldap3.Tls):  # type: ignore[misc]
             connection.socket,
             server_side=False,
             do_handshake_on_connect=do_handshake,
-            server_hostname=connection.server.host,
+            server_hostname=self.adba_name or connection.server.host,
         )
 
 
 def _tls(opts: ConnectionOptions) -> Any:
     if opts.ca_file is not None and not Path(opts.ca_file).is_file():
         raise InvalidInput(f"CA file {opts.ca_file} does not exist")
-    return _Tls(opts.ca_file)
+    return _Tls(opts.ca_file, opts.tls_name)
 
 
 def _wrap(exc: Exception, opts: ConnectionOptions) -> AdbaError:

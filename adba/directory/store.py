@@ -19,7 +19,7 @@ from ldap3.core import exceptions as lexc
 from ldap3.utils.conv import escape_bytes
 from ldap3.utils.dn import escape_rdn, parse_dn
 
-from ..errors import InvalidDN, InvalidInput, NotAnActivationObject, ObjectNotFound
+from ..errors import DirectoryError, InvalidDN, InvalidInput, NotAnActivationObject, ObjectNotFound
 from . import schema
 from .connection import raise_for_result
 
@@ -30,6 +30,7 @@ __all__ = [
     "list_objects",
     "publish",
     "read_forest_guid",
+    "read_forest_root",
     "search_objects",
     "show",
     "validate_dn",
@@ -209,12 +210,16 @@ def search_objects(
     container: str,
     kms_id: uuid.UUID | None = None,
     *,
+    kms_ids: list[uuid.UUID] | None = None,
     attributes: list[str] | None = None,
 ) -> list[ActivationObject]:
-    """One one-level search of the container (the agent's lookup when kms_id is given)."""
+    """One one-level search of the container: all objects, or those holding ``kms_id`` (or any
+    of ``kms_ids``: the agent asks for all its activation groups in one search)."""
+    wanted = [kms_id] if kms_id is not None else list(kms_ids or [])
     flt = f"(objectClass={OBJECT_CLASS})"
-    if kms_id is not None:
-        flt = f"(&{flt}(msSPP-KMSIds={escape_bytes(kms_id.bytes_le)}))"
+    if wanted:
+        terms = "".join(f"(msSPP-KMSIds={escape_bytes(k.bytes_le)})" for k in wanted)
+        flt = f"(&{flt}{terms if len(wanted) == 1 else f'(|{terms})'})"
     conn.search(container, flt, ldap3.LEVEL, attributes=attributes or READ_ATTRIBUTES)
     raise_for_result(conn.result, what=f"search {container}", dn=container)
     return [ActivationObject.from_entry(e["dn"], e["raw_attributes"]) for e in _entries(conn)]
@@ -252,6 +257,26 @@ def delete(conn: ldap3.Connection, container: str, dn: str) -> None:
     conn.delete(dn)
     raise_for_result(conn.result, what=f"delete {dn}", dn=dn)
     log.info("deleted %s", dn)
+
+
+def read_forest_root(conn: ldap3.Connection) -> str:
+    """The forest root DN from the root DSE: AD's rootDomainNamingContext, else the single
+    naming context an OpenLDAP server announces."""
+    conn.search(
+        "", "(objectClass=*)", ldap3.BASE, attributes=["namingContexts", "rootDomainNamingContext"]
+    )
+    raise_for_result(conn.result, what="read the root DSE")
+    for entry in _entries(conn):
+        raw = {k.lower(): v for k, v in entry["raw_attributes"].items()}
+        if raw.get("rootdomainnamingcontext"):
+            return str(raw["rootdomainnamingcontext"][0].decode())
+        contexts = [c.decode() for c in raw.get("namingcontexts", []) if c]
+        if len(contexts) == 1:
+            return str(contexts[0])
+        raise DirectoryError(
+            f"cannot tell the forest root from the root DSE ({contexts}): set base"
+        )
+    raise DirectoryError("the root DSE is not readable: set base")
 
 
 def read_forest_guid(conn: ldap3.Connection, root: str) -> uuid.UUID | None:

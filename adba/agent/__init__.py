@@ -1,0 +1,74 @@
+"""The client agent: activate at boot, re-check when due, report status.
+
+``run_agent()`` is what ``adba agent run`` calls; ``status()`` is what ``adba agent status``
+and ``adba.status()`` call. Importing this package costs nothing heavy: ldap3 is imported
+only when a domain controller is asked, dnspython only when DNS must be, pydantic only when
+the configuration changed, and cryptography only when an object was not verified before.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .config import DEFAULT_CONFIG, load_settings, read_raw, state_path_for
+from .run import Outcome, RunReport, run_pass
+from .state import DEFAULT_STATE, read_state, write_state
+from .status import STATUS_SCHEMA, ProductStatus, read_status
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEFAULT_STATE",
+    "STATUS_SCHEMA",
+    "Outcome",
+    "ProductStatus",
+    "RunReport",
+    "resolve_state_path",
+    "run_agent",
+    "status",
+]
+
+
+def run_agent(
+    config_path: str = DEFAULT_CONFIG,
+    *,
+    env: dict[str, str] | None = None,
+    now: int | None = None,
+    due_only: bool = False,
+) -> RunReport:
+    """One pass: load config and state, activate what can be, write the state atomically."""
+    env = dict(os.environ) if env is None else env
+    raw = read_raw(config_path, env)
+    state_path = state_path_for(raw)
+    state = read_state(state_path)
+    settings, cache = load_settings(config_path, env=env, cache=state["config"])
+    if state["config"].get("digest") != cache["digest"]:
+        # new or changed configuration: forget what was learnt under the old one
+        state.update(config=cache, directory={}, verified={})
+    report = run_pass(
+        settings, state, now=int(time.time()) if now is None else now, due_only=due_only
+    )
+    write_state(state_path, report.state)
+    return report
+
+
+def resolve_state_path(
+    state_path: str | None = None, config_path: str | None = None, env: dict[str, str] | None = None
+) -> str:
+    """``state_path`` if given, else ADBA_STATE, else the config's state_path, else the default."""
+    env = dict(os.environ) if env is None else env
+    if state_path:
+        return state_path
+    if env.get("ADBA_STATE"):
+        return env["ADBA_STATE"]
+    try:
+        return state_path_for(read_raw(config_path or DEFAULT_CONFIG, env))
+    except Exception:
+        return DEFAULT_STATE
+
+
+def status(
+    state_path: str | None = None, *, config_path: str | None = None, now: int | None = None
+) -> list[ProductStatus]:
+    """Is each installed product licensed? Typed results; no root, no network."""
+    return read_status(resolve_state_path(state_path, config_path), now=now)

@@ -1,0 +1,145 @@
+"""Validation of the agent configuration with pydantic (imported only when it changed)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import AdbaError, ConfigError
+from .config import ProductSettings, Settings, state_path_for
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Machine(_Model):
+    dn: str | None = None
+    password_file: str | None = None
+    keytab: str | None = None
+
+    @field_validator("keytab")
+    @classmethod
+    def _no_keytab_yet(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "Kerberos (GSSAPI) bind from a keytab is not built yet: use dn + password_file"
+            )
+        return value
+
+
+class Intervals(_Model):
+    validity_days: Annotated[float, Field(gt=0, le=3650)] = 180
+    renewal_days: Annotated[float, Field(gt=0, le=365)] = 7
+    retry_minutes: Annotated[float, Field(ge=1, le=60 * 24 * 30)] = 120
+    grace_days: Annotated[float, Field(ge=0, le=365)] = 30
+    connect_timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
+class Product(_Model):
+    edition: str
+    key: str | None = None
+
+
+class AgentFile(_Model):
+    domain: str | None = None
+    dc_uris: list[str] = []
+    dns_servers: list[str] = []
+    base: str | None = None
+    ca_file: str | None = None
+    root_key: str
+    catalog: str | None = None
+    state_path: str | None = None
+    insecure: bool = False
+    machine: Machine = Machine()
+    intervals: Intervals = Intervals()
+    products: list[Product] = Field(min_length=1)
+
+    @field_validator("dc_uris")
+    @classmethod
+    def _uris(cls, values: list[str]) -> list[str]:
+        for uri in values:
+            if not uri.lower().startswith(("ldap://", "ldaps://")):
+                raise ValueError(f"{uri!r} is not an ldap:// or ldaps:// URI")
+        return values
+
+
+def _fail(source: str, where: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {where}: {message}")
+
+
+def _product(product: Product, index: int, catalog: Any, source: str) -> ProductSettings:
+    from ..keys import KeyType, parse_key
+
+    try:
+        edition = catalog.edition(product.edition)
+    except AdbaError as exc:
+        raise _fail(source, f"products[{index}].edition", exc.message) from exc
+    key_type = partial = key_error = None
+    try:
+        key = parse_key(product.key or edition.gvlk)
+        key_type, partial = key.type.name, key.partial
+        if key.type is KeyType.CSVLK:
+            key_error = "a CSVLK is a host key, not a product key for a client"
+        elif key.code != edition.code:
+            key_error = f"the {key.type.name} is for another edition, not {edition.name}"
+    except AdbaError as exc:
+        key_error = exc.message
+    covering = tuple(str(c.sku) for c in catalog.csvlks if catalog.csvlk_covers(c, edition))
+    return ProductSettings(
+        edition=edition.name,
+        sku=str(edition.sku),
+        group=str(edition.group),
+        group_name=catalog.group_name(edition.group),
+        kind=edition.kind,
+        key_type=key_type,
+        partial=partial,
+        key_error=key_error,
+        csvlk_skus=covering,
+    )
+
+
+def validate(raw: dict[str, Any], *, source: str) -> Settings:
+    try:
+        model = AgentFile.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top)"
+        raise _fail(source, where, err["msg"]) from exc
+    if bool(model.machine.dn) != bool(model.machine.password_file):
+        raise _fail(source, "machine", "give both dn and password_file (or neither)")
+    from ..catalog import load_catalog
+    from ..license import load_root_public_key
+
+    try:
+        root = load_root_public_key(model.root_key)
+    except AdbaError as exc:
+        raise _fail(source, "root_key", exc.message) from exc
+    try:
+        catalog = load_catalog(model.catalog)
+    except AdbaError as exc:
+        raise _fail(source, "catalog", exc.message) from exc
+    products = tuple(_product(p, i, catalog, source) for i, p in enumerate(model.products))
+    if len({p.sku for p in products}) != len(products):
+        raise _fail(source, "products", "an edition is listed twice")
+    iv = model.intervals
+    return Settings(
+        source=source,
+        domain=model.domain,
+        dc_uris=tuple(model.dc_uris),
+        dns_servers=tuple(model.dns_servers),
+        base=model.base,
+        ca_file=model.ca_file,
+        insecure=model.insecure,
+        machine_dn=model.machine.dn,
+        password_file=model.machine.password_file,
+        root_key=root.hex(),
+        state_path=state_path_for(raw),
+        validity=int(iv.validity_days * 86400),
+        renewal=int(iv.renewal_days * 86400),
+        retry=int(iv.retry_minutes * 60),
+        grace=int(iv.grace_days * 86400),
+        connect_timeout=iv.connect_timeout,
+        products=products,
+    )

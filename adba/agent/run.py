@@ -1,0 +1,402 @@
+"""One pass of the agent: for each installed product, activate through ADBA if it can, and
+say what comes next when it cannot. This is the seed's sequence, step 1:
+
+1. a GVLK-configured product in a domain asks a domain controller (explicit URIs, else the
+   cached DC, else DNS SRV ``_ldap._tcp.dc._msdcs.<domain>`` then ``_ldap._tcp.<domain>``) for
+   activation objects whose ``msSPP-KMSIds`` hold its edition's activation group -- one bind,
+   one search for all products, one unbind;
+2. each object is verified (license chain to the pinned root, forest binding, the CSVLK covers
+   the edition, partial key / PID / SKU / KMS IDs agree with the license); the first valid one
+   wins and the product is activated for the validity interval (180 days); every rejected
+   object is logged with its reason;
+3. otherwise the product goes to the next step (:func:`next_step`: KMS discovery, then MAK --
+   built in later issues), and is retried after the retry interval (2 hours).
+
+A verified object is remembered by a digest of exactly what was verified (the object's
+values, the forest and the root key), so a warm boot that finds the same object needs no
+cryptography import; the signing certificate's expiry is still checked every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..errors import (
+    AdbaError,
+    AuthenticationFailed,
+    ConfigError,
+    LicenseError,
+    ServerUnavailable,
+    TlsError,
+)
+from .config import ProductSettings, Settings
+
+if TYPE_CHECKING:
+    import ldap3
+
+    from ..directory.store import ActivationObject
+
+__all__ = ["Outcome", "RunReport", "next_step", "run_pass"]
+
+log = logging.getLogger("adba.agent")
+
+_MAX_VERIFIED = 256
+
+
+class Outcome(NamedTuple):
+    edition: str
+    activated: bool
+    code: str
+    message: str
+
+
+class RunReport(NamedTuple):
+    outcomes: list[Outcome]
+    dc: str | None
+    state: dict[str, Any]
+
+
+class _Failure(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def next_step(product: ProductSettings, code: str, message: str) -> tuple[str, str]:
+    """The seam after ADBA: what the product does next when ADBA did not activate it.
+
+    KMS discovery (issue: KMS fallback) and MAK activation (issue: the authority) plug in
+    here; today the answer is a clear statement of what comes next.
+    """
+    if product.key_type == "MAK":
+        return code, f"{message}; MAK activation next"
+    if product.key_type == "GVLK":
+        return code, f"{message}; KMS discovery next"
+    return code, message
+
+
+# -- the directory part ----------------------------------------------------------------------
+def _password(settings: Settings) -> str | None:
+    if not settings.password_file:
+        return None
+    from ..directory.connection import read_password_file
+
+    try:
+        info = os.stat(settings.password_file)
+    except OSError as exc:
+        raise ConfigError(
+            f"machine.password_file {settings.password_file}: {exc.strerror}"
+        ) from exc
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"machine.password_file {settings.password_file} is readable by others: "
+            f"chmod 600 {settings.password_file}"
+        )
+    return read_password_file(settings.password_file)
+
+
+def _candidates(settings: Settings, directory: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
+    """(uri, name to verify in the certificate), in the order to try them."""
+    if settings.dc_uris:
+        for uri in settings.dc_uris:
+            yield uri, None
+        return
+    if not settings.domain:
+        return
+    cached = directory.get("dc")
+    if cached:
+        yield cached, directory.get("tls_name")
+    from ..discovery import dc_srv_names, locate, make_resolver
+
+    resolver = make_resolver(settings.dns_servers, timeout=settings.connect_timeout)
+    for target in locate(dc_srv_names(settings.domain), resolver):
+        if not target.addresses:
+            log.warning("DC %s has no address in DNS: skipped", target.host)
+        for address in target.addresses:
+            host = f"[{address}]" if ":" in address else address
+            uri = f"ldap://{host}:{target.port}"
+            if uri != cached:
+                yield uri, target.host
+
+
+def _connect(
+    settings: Settings, directory: dict[str, Any]
+) -> tuple[ldap3.Connection, str, str | None]:
+    from ..directory.connection import ConnectionOptions, connect
+    from ..discovery import DiscoveryError
+
+    password = _password(settings)
+    tried = []
+    try:
+        for uri, name in _candidates(settings, directory):
+            opts = ConnectionOptions(
+                uri=uri,
+                bind_dn=settings.machine_dn,
+                password=password,
+                ca_file=settings.ca_file,
+                insecure=settings.insecure,
+                connect_timeout=settings.connect_timeout,
+                tls_name=name,
+            )
+            try:
+                return connect(opts), uri, name
+            except (ServerUnavailable, TlsError) as exc:
+                log.warning("domain controller %s failed: %s; trying the next", uri, exc.message)
+                tried.append(uri)
+            except AuthenticationFailed as exc:
+                raise _Failure("auth-failed", f"{uri} rejected the machine credentials") from exc
+    except DiscoveryError as exc:
+        raise _Failure("no-dc", f"cannot locate a domain controller: {exc.message}") from exc
+    if not tried:
+        raise _Failure("no-dc", f"no domain controller found in DNS for {settings.domain}")
+    raise _Failure("no-dc", f"no domain controller answered (tried {', '.join(tried)})")
+
+
+def _digest(ao: ActivationObject, forest: Any, root_key: str) -> str:
+    h = hashlib.sha256()
+    for part in (
+        (ao.dn or "").lower().encode(),
+        b"".join(sorted(ao.kms_ids)),
+        ao.csvlk_sku,
+        ao.partial_key.encode(),
+        ao.pid.encode(),
+        ao.issuance_license or b"",
+        f"{forest[0]}|{forest[1]}".encode(),
+        root_key.encode(),
+    ):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _check(
+    ao: ActivationObject,
+    product: ProductSettings,
+    settings: Settings,
+    directory: dict[str, Any],
+    verified: dict[str, Any],
+    used: set[str],
+    now: int,
+) -> None:
+    """Raise :class:`LicenseError` with the reason when ``ao`` may not activate ``product``."""
+    group = uuid.UUID(product.group).bytes_le
+    if group not in ao.kms_ids:
+        raise LicenseError(f"does not hold the activation group {product.group_name}")
+    if len(ao.csvlk_sku) != 16 or str(ao.sku_uuid) not in product.csvlk_skus:
+        raise LicenseError(f"its CSVLK does not cover {product.edition}")
+    forest = (directory["root"], directory.get("forest_guid"))
+    digest = _digest(ao, forest, settings.root_key)
+    cached = verified.get(digest)
+    if cached and cached["not_before"] <= now <= cached["not_after"]:
+        used.add(digest)
+        return
+    from ..directory.objects import verify_object
+    from ..license import ForestIdentity
+
+    lic = verify_object(
+        ao,
+        root_public_key=bytes.fromhex(settings.root_key),
+        forest=ForestIdentity.of(forest[0], uuid.UUID(forest[1]) if forest[1] else None),
+        now=now,
+    )
+    verified[digest] = {
+        "not_before": lic.certificate.not_before,
+        "not_after": lic.certificate.not_after,
+    }
+    used.add(digest)
+
+
+def _lookup(
+    settings: Settings, state: dict[str, Any], products: list[ProductSettings], now: int
+) -> tuple[dict[str, ActivationObject | _Failure], str]:
+    from ..directory import schema, store
+
+    directory = state["directory"]
+    conn, uri, name = _connect(settings, directory)
+    try:
+        if directory.get("dc") != uri or "root" not in directory:
+            # cold: learn the forest once, keep it for warm boots (bind, search, unbind)
+            root = settings.base or store.read_forest_root(conn)
+            guid = store.read_forest_guid(conn, root)
+            directory.clear()
+            directory.update(
+                root=root,
+                container=schema.container_dn(root),
+                forest_guid=str(guid) if guid else None,
+            )
+        directory.update(dc=uri, tls_name=name)
+        groups = sorted({uuid.UUID(p.group) for p in products})
+        found = store.search_objects(conn, directory["container"], kms_ids=groups)
+    except AdbaError as exc:
+        raise _Failure(exc.code, f"{uri}: {exc.message}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            conn.unbind()
+    found.sort(key=lambda o: (o.dn or "").lower())
+    verified: dict[str, Any] = state["verified"]
+    used: set[str] = set()
+    result: dict[str, ActivationObject | _Failure] = {}
+    for product in products:
+        reasons = []
+        for ao in found:
+            try:
+                _check(ao, product, settings, directory, verified, used, now)
+            except LicenseError as exc:
+                if uuid.UUID(product.group).bytes_le in ao.kms_ids:
+                    log.warning("%s: rejected %s: %s", product.edition, ao.dn, exc.message)
+                    reasons.append(f"{ao.dn}: {exc.message}")
+                continue
+            result[product.sku] = ao
+            break
+        else:
+            if reasons:
+                result[product.sku] = _Failure(
+                    "objects-rejected",
+                    f"{len(reasons)} activation object(s) rejected ({reasons[0]})",
+                )
+            else:
+                result[product.sku] = _Failure(
+                    "no-object", f"no activation object for {product.group_name}"
+                )
+    # keep what this pass used, then the newest others, within a bound
+    keep = {d: verified[d] for d in used}
+    for d in list(verified)[-_MAX_VERIFIED:]:
+        keep.setdefault(d, verified[d])
+    state["verified"] = keep
+    return result, uri
+
+
+# -- bookkeeping -----------------------------------------------------------------------------
+def _record(
+    state: dict[str, Any], product: ProductSettings, settings: Settings, now: int
+) -> dict[str, Any]:
+    rec: dict[str, Any] = state["products"].setdefault(product.sku, {})
+    rec.setdefault("first_seen", now)
+    rec.update(
+        edition=product.edition,
+        sku=product.sku,
+        kind=product.kind,
+        key_type=product.key_type,
+        partial_key=product.partial,
+        grace_until=rec["first_seen"] + settings.grace,
+    )
+    return rec
+
+
+def _fail(
+    rec: dict[str, Any],
+    product: ProductSettings,
+    settings: Settings,
+    code: str,
+    message: str,
+    now: int,
+) -> Outcome:
+    code, message = next_step(product, code, message)
+    if rec.get("expires_at") and now < rec["expires_at"]:
+        until = time.strftime("%Y-%m-%d", time.gmtime(rec["expires_at"]))
+        message = f"{message}; still licensed until {until}"
+    rec.update(
+        last_attempt=now,
+        next_attempt=now + settings.retry,
+        last_error={"code": code, "message": message},
+    )
+    return Outcome(product.edition, False, code, message)
+
+
+def run_pass(
+    settings: Settings, state: dict[str, Any], *, now: int | None = None, due_only: bool = False
+) -> RunReport:
+    """One pass over the installed products; updates ``state`` in place (the caller writes it)."""
+    now = int(time.time()) if now is None else now
+    state["products"] = {
+        sku: rec
+        for sku, rec in state["products"].items()
+        if sku in {p.sku for p in settings.products}
+    }
+    todo, outcomes = [], []
+    for product in settings.products:
+        rec = _record(state, product, settings, now)
+        if due_only and rec.get("next_attempt", 0) > now:
+            continue
+        if product.key_error:
+            rec.update(
+                last_attempt=now,
+                next_attempt=now + settings.retry,
+                last_error={"code": "invalid-key", "message": product.key_error},
+            )
+            outcomes.append(Outcome(product.edition, False, "invalid-key", product.key_error))
+        elif product.key_type != "GVLK":
+            outcomes.append(
+                _fail(
+                    rec,
+                    product,
+                    settings,
+                    "not-gvlk",
+                    f"configured with a {product.key_type}, not a GVLK: ADBA not tried",
+                    now,
+                )
+            )
+        elif not settings.domain and not settings.dc_uris:
+            outcomes.append(
+                _fail(
+                    rec,
+                    product,
+                    settings,
+                    "not-domain-member",
+                    "not a domain member (no domain or dc_uris configured)",
+                    now,
+                )
+            )
+        elif not settings.machine_dn:
+            outcomes.append(
+                _fail(
+                    rec,
+                    product,
+                    settings,
+                    "no-credentials",
+                    "no machine credentials (machine.dn, machine.password_file)",
+                    now,
+                )
+            )
+        else:
+            todo.append(product)
+    dc = None
+    if todo:
+        try:
+            found, dc = _lookup(settings, state, todo, now)
+        except _Failure as failure:
+            found = {p.sku: failure for p in todo}
+        for product in todo:
+            rec = state["products"][product.sku]
+            hit = found[product.sku]
+            if isinstance(hit, _Failure):
+                outcomes.append(_fail(rec, product, settings, hit.code, hit.message, now))
+                continue
+            expires = now + settings.validity
+            rec.update(
+                channel="ADBA",
+                object_dn=hit.dn,
+                csvlk_pid=hit.pid,
+                dc=dc,
+                activated_at=now,
+                expires_at=expires,
+                last_attempt=now,
+                next_attempt=now + settings.renewal,
+                last_error=None,
+            )
+            until = time.strftime("%Y-%m-%d", time.gmtime(expires))
+            message = f"activated by {hit.dn} (PID {hit.pid}) via {dc}, valid until {until}"
+            log.info("%s: %s", product.edition, message)
+            outcomes.append(Outcome(product.edition, True, "activated", message))
+    for outcome in outcomes:
+        if not outcome.activated:
+            log.warning("%s: not activated: %s", outcome.edition, outcome.message)
+    return RunReport(outcomes, dc, state)

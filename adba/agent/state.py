@@ -1,0 +1,104 @@
+"""The agent's one state file: JSON, written atomically, readable by everyone, never fatal.
+
+Writing is temp file in the same directory -> write -> fsync -> rename over the old file ->
+fsync the directory, so a crash or SIGKILL at any point leaves either the old or the new file,
+never a mix. A missing file starts empty; an unreadable or corrupt one is moved aside
+(``<name>.corrupt-<time>``) with a warning and the agent starts afresh. The file holds no
+secret (no password, no whole product key) and is mode 0644 so ``adba agent status`` needs
+no root.
+
+Layout (``version`` 1)::
+
+    {"version": 1,
+     "config": {"digest": "...", "settings": {...}},        # validated configuration cache
+     "directory": {"dc": "ldap://...", "tls_name": "...", "root": "dc=...",
+                   "container": "cn=Activation Objects,...", "forest_guid": "..."},
+     "verified": {"<sha256 of object>": {"not_after": 0, "root": "<sha256 of root key>"}},
+     "products": {"<edition SKU>": {ProductRecord fields}}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_STATE", "STATE_VERSION", "empty_state", "read_state", "write_state"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE = "/var/lib/adba/agent-state.json"
+STATE_VERSION = 1
+
+
+def empty_state() -> dict[str, Any]:
+    return {"version": STATE_VERSION, "config": {}, "directory": {}, "verified": {}, "products": {}}
+
+
+def _valid(data: object) -> bool:
+    return (
+        isinstance(data, dict)
+        and data.get("version") == STATE_VERSION
+        and all(
+            isinstance(data.get(k), dict) for k in ("config", "directory", "verified", "products")
+        )
+    )
+
+
+def read_state(path: str | os.PathLike[str], *, recover: bool = True) -> dict[str, Any]:
+    """The state, or an empty one. A corrupt file is moved aside (if ``recover``) and logged."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return empty_state()
+    except OSError as exc:
+        log.warning(
+            "cannot read state file %s (%s): starting with an empty state", path, exc.strerror
+        )
+        return empty_state()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if _valid(data):
+        assert isinstance(data, dict)
+        return data
+    log.warning("state file %s is corrupt: recovered with an empty state", path)
+    if recover:
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        try:
+            path.replace(aside)
+            log.warning("the corrupt file was kept as %s", aside)
+        except OSError:
+            pass
+    return empty_state()
+
+
+def write_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Replace the state file atomically (old or new, never a mix, whatever happens)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(state, sort_keys=True, indent=1).encode() + b"\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

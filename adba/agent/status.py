@@ -1,0 +1,90 @@
+"""Is this machine licensed? Read from the state file; needs no root and no network.
+
+The ``slmgr /dli /dlv /xpr`` of this system, and the typed result of ``adba.status()``.
+Status is derived at read time (time passes between runs):
+
+- ``licensed``: activated, and the activation has not expired;
+- ``grace``: never activated, within the grace period after the product was first seen;
+- ``notification``: the grace period or the activation has run out;
+- ``unlicensed``: the configured product key cannot be used at all.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+from .state import read_state
+
+__all__ = ["STATUS_SCHEMA", "ProductStatus", "derive", "read_status"]
+
+#: version of ``adba agent status --json``; fields are only ever added
+STATUS_SCHEMA = 1
+
+
+class ProductStatus(NamedTuple):
+    edition: str
+    sku: str
+    status: str
+    channel: str | None
+    object_dn: str | None
+    csvlk_pid: str | None
+    dc: str | None
+    partial_key: str | None
+    activated_at: int | None
+    expires_at: int | None
+    next_attempt: int | None
+    last_attempt: int | None
+    last_error_code: str | None
+    last_error_message: str | None
+    remaining_seconds: int
+
+    @property
+    def licensed(self) -> bool:
+        return self.status == "licensed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+def derive(rec: dict[str, Any], now: int) -> tuple[str, int]:
+    """(status, seconds left in that status) for one product record."""
+    error = rec.get("last_error") or {}
+    expires = rec.get("expires_at")
+    if expires and now < expires:
+        return "licensed", expires - now
+    if error.get("code") == "invalid-key" and not expires:
+        return "unlicensed", 0
+    grace = rec.get("grace_until") or 0
+    if not expires and now < grace:
+        return "grace", grace - now
+    return "notification", 0
+
+
+def read_status(state_path: str, *, now: int | None = None) -> list[ProductStatus]:
+    now = int(time.time()) if now is None else now
+    state = read_state(state_path, recover=False)
+    out = []
+    for sku, rec in sorted(state["products"].items(), key=lambda kv: kv[1].get("edition", "")):
+        status, remaining = derive(rec, now)
+        error = rec.get("last_error") or {}
+        out.append(
+            ProductStatus(
+                edition=rec.get("edition", sku),
+                sku=sku,
+                status=status,
+                channel=rec.get("channel") if status == "licensed" else None,
+                object_dn=rec.get("object_dn"),
+                csvlk_pid=rec.get("csvlk_pid"),
+                dc=rec.get("dc"),
+                partial_key=rec.get("partial_key"),
+                activated_at=rec.get("activated_at"),
+                expires_at=rec.get("expires_at"),
+                next_attempt=rec.get("next_attempt"),
+                last_attempt=rec.get("last_attempt"),
+                last_error_code=error.get("code"),
+                last_error_message=error.get("message"),
+                remaining_seconds=remaining,
+            )
+        )
+    return out

@@ -1,0 +1,158 @@
+"""``adba agent run|status|install-units`` -- the client side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from ._common import Formatter, add_json, emit_json
+
+RUN = """\
+One activation pass for every product in the agent configuration: a GVLK product in a domain
+asks a domain controller for an activation object (ADBA); what is not activated is retried
+later (2 h) and its next step is named. Boot mode (--once, the default) acts on every
+product; --if-due (the hourly timer) only on products whose next attempt is due. Exits 0
+even when a product is not activated, unless --strict (then 17).
+
+example:
+  adba agent run --once                       # what adba-agent.service runs at boot
+  adba agent run --config ./agent.toml --strict -v
+"""
+STATUS = """\
+Shows whether each installed product is licensed: status (licensed, grace, notification,
+unlicensed), channel, activation object, CSVLK PID, expiry, next attempt, last error.
+Reads the state file only: no root, no network. --json is versioned (schema 1).
+
+example:
+  adba agent status
+  adba agent status --json | jq '.products[] | {edition, status, expires_at}'
+"""
+UNITS = """\
+Writes the systemd units (adba-agent.service at boot, adba-agent.timer + adba-agent-check.service
+hourly) with the path of this adba, then tells you what to enable.
+
+example:
+  sudo adba agent install-units && sudo systemctl daemon-reload && \\
+      sudo systemctl enable adba-agent.service adba-agent.timer
+"""
+
+
+def register(nouns: Any) -> None:
+    p = nouns.add_parser("agent", help="the client agent: activate, report status")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    run = verbs.add_parser(
+        "run", help="one activation pass", description=RUN, formatter_class=Formatter
+    )
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="boot mode: every product (default)")
+    mode.add_argument("--if-due", action="store_true", help="only products whose attempt is due")
+    run.add_argument("--strict", action="store_true", help="exit 17 if a product is not activated")
+    run.add_argument(
+        "--config", metavar="TOML", help="agent configuration (default /etc/adba/agent.toml)"
+    )
+    add_json(run)
+    run.set_defaults(func=cmd_run)
+
+    st = verbs.add_parser(
+        "status", help="is this machine licensed?", description=STATUS, formatter_class=Formatter
+    )
+    st.add_argument(
+        "--state", metavar="FILE", help="state file (default: from the config, ADBA_STATE)"
+    )
+    st.add_argument("--config", metavar="TOML", help="agent configuration (to find the state file)")
+    add_json(st)
+    st.set_defaults(func=cmd_status)
+
+    units = verbs.add_parser(
+        "install-units",
+        help="install the systemd units",
+        description=UNITS,
+        formatter_class=Formatter,
+    )
+    units.add_argument("--dir", default="/etc/systemd/system", help="where to write them")
+    units.add_argument(
+        "--adba", metavar="PATH", help="path of the adba command (default: this one)"
+    )
+    units.set_defaults(func=cmd_install_units)
+
+
+def _when(ts: int | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..agent import DEFAULT_CONFIG, run_agent
+    from ..errors import NotActivated
+
+    report = run_agent(args.config or DEFAULT_CONFIG, due_only=args.if_due)
+    if args.json:
+        emit_json({"dc": report.dc, "outcomes": [o._asdict() for o in report.outcomes]})
+    else:
+        if not report.outcomes:
+            print("nothing due")
+        for o in report.outcomes:
+            print(f"{o.edition}: {'activated' if o.activated else 'not activated'}: {o.message}")
+    if args.strict:
+        from ..agent import status
+
+        missing = [p.edition for p in status(config_path=args.config) if not p.licensed]
+        if missing:
+            raise NotActivated(f"not activated: {', '.join(missing)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ..agent import STATUS_SCHEMA, resolve_state_path
+    from ..agent.status import read_status
+
+    path = resolve_state_path(args.state, args.config)
+    products = read_status(path)
+    if args.json:
+        emit_json(
+            {"schema": STATUS_SCHEMA, "state": path, "products": [p.to_dict() for p in products]}
+        )
+        return 0
+    if not products:
+        print(f"no products recorded in {path}: has `adba agent run` run yet?")
+    for p in products:
+        channel = f" ({p.channel})" if p.channel else ""
+        days = f" ({p.remaining_seconds // 86400} days left)" if p.remaining_seconds else ""
+        error = f"{p.last_error_code}: {p.last_error_message}" if p.last_error_code else "-"
+        print(f"{p.edition}")
+        for name, value in (
+            ("status", f"{p.status}{channel}{days}"),
+            ("activation object", p.object_dn or "-"),
+            ("CSVLK PID", p.csvlk_pid or "-"),
+            ("product key", f"*****-*****-*****-*****-{p.partial_key}" if p.partial_key else "-"),
+            ("activated", _when(p.activated_at)),
+            ("expires", _when(p.expires_at)),
+            ("next attempt", _when(p.next_attempt)),
+            ("last error", error),
+        ):
+            print(f"  {name + ':':<19}{value}")
+    return 0
+
+
+def cmd_install_units(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    from pathlib import Path
+
+    from ..errors import InvalidInput
+
+    adba = args.adba or shutil.which("adba") or os.path.abspath(sys.argv[0])
+    source = Path(__file__).resolve().parents[1] / "data" / "systemd"
+    target = Path(args.dir)
+    if not target.is_dir():
+        raise InvalidInput(f"{target} is not a directory")
+    for unit in sorted(source.iterdir()):
+        text = unit.read_text().replace("@ADBA@", adba)
+        (target / unit.name).write_text(text)
+        print(f"wrote {target / unit.name}")
+    print("now: systemctl daemon-reload && systemctl enable adba-agent.service adba-agent.timer")
+    return 0
