@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from adba.errors import EXIT_CODES, AdbaError
 
 if TYPE_CHECKING:
-    from adba.agent.status import ProductStatus
+    from adba.agent._status import ProductStatus
 
 __version__ = "0.1.0"
 __all__ = ["EXIT_CODES", "AdbaError", "__version__", "status"]

@@ -16,7 +16,19 @@ sys.path.insert(0, str(ROOT))
 from tests.servers import TestSlapd  # noqa: E402
 
 
+def precompile() -> None:
+    """Byte-compile adba as an installed package would be (pip writes .pyc at install time).
+
+    Without it, a machine with PYTHONDONTWRITEBYTECODE=1 (this one) recompiles adba's sources
+    in every cold process while ldap3 in site-packages loads its cached bytecode.
+    """
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "adba"), quiet=1)
+
+
 def prepared_slapd(debug_level: int = 0) -> TestSlapd:
+    precompile()
     lab = TestSlapd()
     lab.debug_level = debug_level
     lab.start()

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
-from .config import DEFAULT_CONFIG, load_settings, read_raw, state_path_for
+from .config import DEFAULT_CONFIG, guess_state_path, load_settings, read_raw, state_path_for
 from .run import Outcome, RunReport, run_pass
 from .state import DEFAULT_STATE, read_state, write_state
-from .status import STATUS_SCHEMA, ProductStatus, read_status
+
+if TYPE_CHECKING:
+    from ._status import ProductStatus
+
+#: version of ``adba agent status --json``; fields are only ever added
+STATUS_SCHEMA = 1
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -38,10 +44,14 @@ def run_agent(
 ) -> RunReport:
     """One pass: load config and state, activate what can be, write the state atomically."""
     env = dict(os.environ) if env is None else env
-    raw = read_raw(config_path, env)
-    state_path = state_path_for(raw)
+    state_path = guess_state_path(config_path, env)
     state = read_state(state_path)
-    settings, cache = load_settings(config_path, env=env, cache=state["config"])
+    settings, cache = load_settings(
+        config_path, env=env, cache=state["config"], state_path=state_path
+    )
+    if settings.state_path != state_path:  # the guess was wrong: the real state lives elsewhere
+        state_path = settings.state_path
+        state = read_state(state_path)
     if state["config"].get("digest") != cache["digest"]:
         # new or changed configuration: forget what was learnt under the old one
         state.update(config=cache, directory={}, verified={})
@@ -71,4 +81,14 @@ def status(
     state_path: str | None = None, *, config_path: str | None = None, now: int | None = None
 ) -> list[ProductStatus]:
     """Is each installed product licensed? Typed results; no root, no network."""
+    from ._status import read_status
+
     return read_status(resolve_state_path(state_path, config_path), now=now)
+
+
+def __getattr__(name: str) -> object:
+    if name == "ProductStatus":  # typed status results, imported only when asked for
+        from ._status import ProductStatus
+
+        return ProductStatus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,9 +36,8 @@ Example ``agent.toml``::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tomllib
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,6 +49,7 @@ __all__ = [
     "ENV",
     "ProductSettings",
     "Settings",
+    "guess_state_path",
     "load_settings",
     "read_raw",
     "state_path_for",
@@ -127,15 +127,25 @@ class Settings(NamedTuple):
         )
 
 
-def read_raw(path: str, env: dict[str, str]) -> dict[str, Any]:
-    """The TOML with the ``ADBA_*`` overrides applied (not validated)."""
+def _read_bytes(path: str) -> bytes:
     try:
-        data = tomllib.loads(Path(path).read_text())
+        return Path(path).read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(
-            f"no agent configuration at {path}: create it (see `adba agent --help`) or give --config"
+            f"no agent configuration at {path}: create it (see `adba agent run --help`) "
+            "or give --config"
         ) from exc
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from exc
+
+
+def _parse(path: str, text: bytes, env: dict[str, str]) -> dict[str, Any]:
+    """The TOML with the ``ADBA_*`` overrides applied (not validated)."""
+    import tomllib
+
+    try:
+        data: dict[str, Any] = tomllib.loads(text.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     for var, (table, key) in ENV.items():
         if var not in env:
@@ -152,23 +162,46 @@ def read_raw(path: str, env: dict[str, str]) -> dict[str, Any]:
     return data
 
 
+def read_raw(path: str, env: dict[str, str]) -> dict[str, Any]:
+    return _parse(path, _read_bytes(path), env)
+
+
 def state_path_for(raw: dict[str, Any]) -> str:
     value = raw.get("state_path", DEFAULT_STATE)
     return value if isinstance(value, str) and value else DEFAULT_STATE
 
 
-def _digest(raw: dict[str, Any]) -> str:
+_STATE_LINE = re.compile(rb'^\s*state_path\s*=\s*"([^"\\]+)"\s*(?:#.*)?$', re.MULTILINE)
+
+
+def guess_state_path(path: str, env: dict[str, str]) -> str:
+    """Where the state (and so the config cache) most likely is, without parsing the TOML.
+
+    Only a guess used to find the cache: the cache is used only if its digest covers these
+    exact bytes and the state path it records is this one; otherwise the TOML is parsed.
+    """
+    if env.get("ADBA_STATE"):
+        return env["ADBA_STATE"]
+    try:
+        m = _STATE_LINE.search(Path(path).read_bytes())
+    except OSError:
+        return DEFAULT_STATE
+    return m.group(1).decode() if m else DEFAULT_STATE
+
+
+def _digest(text: bytes, env: dict[str, str], deps: list[str]) -> str:
     from .. import __version__
 
-    h = hashlib.sha256(__version__.encode())
-    h.update(json.dumps(raw, sort_keys=True, default=str).encode())
-    for key in ("root_key", "catalog"):
-        name = raw.get(key)
-        if isinstance(name, str) and name:
-            try:
-                h.update(Path(name).read_bytes())
-            except OSError:
-                h.update(b"\0missing")
+    h = hashlib.sha256(__version__.encode() + b"\0" + text)
+    for var in sorted(ENV):
+        if var in env:
+            h.update(f"\0{var}={env[var]}".encode())
+    for name in deps:
+        h.update(b"\0" + name.encode() + b"\0")
+        try:
+            h.update(Path(name).read_bytes())
+        except OSError:
+            h.update(b"\0missing")
     return h.hexdigest()
 
 
@@ -177,19 +210,29 @@ def load_settings(
     *,
     env: dict[str, str] | None = None,
     cache: dict[str, Any] | None = None,
+    state_path: str | None = None,
 ) -> tuple[Settings, dict[str, Any]]:
-    """Settings, and the cache entry to keep in the state file (``{"digest", "settings"}``).
+    """Settings, and the cache entry to keep in the state file.
 
-    ``cache`` is the entry from the last run; when the digest is unchanged it is used as is.
+    ``cache`` is the entry from the state file at ``state_path``; when the digest of the
+    config bytes, the ADBA_* variables and the files the config names is unchanged (and the
+    cache belongs to that state file), it is used as is: no TOML parsing, no pydantic.
     """
-    raw = read_raw(path, dict(os.environ) if env is None else env)
-    digest = _digest(raw)
-    if cache and cache.get("digest") == digest:
+    env = dict(os.environ) if env is None else env
+    text = _read_bytes(path)
+    if (
+        cache
+        and cache.get("settings", {}).get("state_path") == state_path
+        and cache.get("digest") == _digest(text, env, list(cache.get("deps", [])))
+    ):
         try:
             return Settings.from_json(cache["settings"]), cache
         except (KeyError, TypeError):
             pass  # an older layout: validate again
+    raw = _parse(path, text, env)
     from ._schema import validate
 
     settings = validate(raw, source=path)
-    return settings, {"digest": digest, "settings": settings.to_json()}
+    deps = [str(raw[k]) for k in ("root_key", "catalog") if isinstance(raw.get(k), str) and raw[k]]
+    entry = {"digest": _digest(text, env, deps), "deps": deps, "settings": settings.to_json()}
+    return settings, entry

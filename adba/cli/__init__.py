@@ -8,13 +8,13 @@ costs ~40 ms of imports against argparse's ~13 ms.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from ..errors import EXIT_CODES, AdbaError, exit_code_for
-from . import agent, ao, authority, demo, directory
-from ._common import Formatter
+from ._common import Formatter, Parser
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -24,8 +24,27 @@ _EXIT_TABLE = "\n".join(
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+#: noun -> module that registers it, in help order
+NOUNS = {
+    "directory": "adba.cli.directory",
+    "ao": "adba.cli.ao",
+    "authority": "adba.cli.authority",
+    "agent": "adba.cli.agent",
+    "demo": "adba.cli.demo",
+}
+
+
+def _asked_noun(argv: Sequence[str] | None) -> str | None:
+    for token in argv or ():
+        if not token.startswith("-"):
+            return token if token in NOUNS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the noun asked for is built (and imported), so
+    ``adba agent run`` at boot does not load the admin commands."""
+    parser = Parser(
         prog="adba",
         formatter_class=Formatter,
         description="Active Directory-based activation: directory, activation objects, authority.",
@@ -41,11 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
     )
     nouns = parser.add_subparsers(dest="noun", metavar="NOUN", required=True)
-    directory.register(nouns)
-    ao.register(nouns)
-    authority.register(nouns)
-    agent.register(nouns)
-    demo.register(nouns)
+    asked = _asked_noun(argv)
+    for noun, module in NOUNS.items():
+        if asked is None or noun == asked:
+            importlib.import_module(module).register(nouns)
     return parser
 
 
@@ -59,7 +77,8 @@ def _setup_logging(verbose: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or usage error (2)

@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ..agent import STATUS_SCHEMA, resolve_state_path
-    from ..agent.status import read_status
+    from ..agent._status import read_status
 
     path = resolve_state_path(args.state, args.config)
     products = read_status(path)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from adba.agent._status import derive, read_status
 from adba.agent.state import empty_state, read_state, write_state
-from adba.agent.status import derive, read_status
 
 WRITER = """
 import sys

@@ -14,12 +14,10 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
+from . import STATUS_SCHEMA
 from .state import read_state
 
 __all__ = ["STATUS_SCHEMA", "ProductStatus", "derive", "read_status"]
-
-#: version of ``adba agent status --json``; fields are only ever added
-STATUS_SCHEMA = 1
 
 
 class ProductStatus(NamedTuple):
