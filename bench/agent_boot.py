@@ -64,8 +64,14 @@ def main() -> None:
         cat = load_catalog()
         auth = LocalAuthority.init(work / "authority", now=1_700_000_000)
         key = auth.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", cat, now=1_700_000_000)
-        publish_csvlk(lab.options(lab.admin), root=lab.suffix, key=key.text, activator=auth,
-                      catalog=cat, name="bench")
+        publish_csvlk(
+            lab.options(lab.admin),
+            root=lab.suffix,
+            key=key.text,
+            activator=auth,
+            catalog=cat,
+            name="bench",
+        )
         edition = cat.edition("Nimbus Server Standard")
         config = work / "agent.toml"
         config.write_text(
@@ -75,10 +81,24 @@ def main() -> None:
             f'[machine]\ndn = "{lab.computer.dn}"\npassword_file = "{lab.computer.password_file}"\n'
             f'[[products]]\nedition = "{edition.name}"\n'
         )
-        adba = [str(Path(sys.executable).with_name("adba")), "agent", "run", "--once",
-                "--config", str(config)]
-        base = [sys.executable, "-c", BASELINE, lab.uri, lab.computer.dn, lab.computer.password,
-                lab.container, str(edition.group)]
+        adba = [
+            str(Path(sys.executable).with_name("adba")),
+            "agent",
+            "run",
+            "--once",
+            "--config",
+            str(config),
+        ]
+        base = [
+            sys.executable,
+            "-c",
+            BASELINE,
+            lab.uri,
+            lab.computer.dn,
+            lab.computer.password,
+            lab.container,
+            str(edition.group),
+        ]
         env_clean = {k: v for k, v in os.environ.items() if not k.startswith("ADBA_")}
         os.environ.clear()
         os.environ.update(env_clean)
@@ -91,9 +111,11 @@ def main() -> None:
         print(f"agent warm boot, LDAP messages client->server: {[dict(m) for m in msgs]}")
 
         small = side_by_side({"agent": adba, "ldap3": base}, runs)
-        print(f"empty directory, median of {runs}: agent {small['agent'] * 1000:.1f} ms, "
-              f"minimal ldap3 {small['ldap3'] * 1000:.1f} ms, "
-              f"ratio {small['agent'] / small['ldap3']:.3f} (goal <= 1.15)")
+        print(
+            f"empty directory, median of {runs}: agent {small['agent'] * 1000:.1f} ms, "
+            f"minimal ldap3 {small['ldap3'] * 1000:.1f} ms, "
+            f"ratio {small['agent'] / small['ldap3']:.3f} (goal <= 1.15)"
+        )
 
         ldif = work / "bulk.ldif"
         _bulk_ldif(ldif, lab, 100_000, 20_000)
@@ -101,10 +123,12 @@ def main() -> None:
         lab.slapadd(ldif)
         lab.restart()
         big = side_by_side({"agent": adba, "ldap3": base}, runs)
-        print(f"100,000 computers + 20,000 objects, median of {runs}: "
-              f"agent {big['agent'] * 1000:.1f} ms, minimal ldap3 {big['ldap3'] * 1000:.1f} ms, "
-              f"ratio {big['agent'] / big['ldap3']:.3f}; "
-              f"agent big/empty {big['agent'] / small['agent']:.3f} (goal <= 1.1)")
+        print(
+            f"100,000 computers + 20,000 objects, median of {runs}: "
+            f"agent {big['agent'] * 1000:.1f} ms, minimal ldap3 {big['ldap3'] * 1000:.1f} ms, "
+            f"ratio {big['agent'] / big['ldap3']:.3f}; "
+            f"agent big/empty {big['agent'] / small['agent']:.3f} (goal <= 1.1)"
+        )
     finally:
         lab.destroy()
         import shutil

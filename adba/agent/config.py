@@ -38,11 +38,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from ..errors import ConfigError
 from .state import DEFAULT_STATE
+
+TYPE_CHECKING = False  # typing costs ~2 ms at every boot; annotations need it only for mypy
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -74,7 +78,8 @@ ENV: dict[str, tuple[str, str]] = {
 _LISTS = {"dc_uris", "dns_servers"}
 
 
-class ProductSettings(NamedTuple):
+@dataclass(frozen=True)
+class ProductSettings:
     edition: str
     sku: str
     group: str
@@ -88,7 +93,8 @@ class ProductSettings(NamedTuple):
     csvlk_skus: tuple[str, ...]
 
 
-class Settings(NamedTuple):
+@dataclass(frozen=True)
+class Settings:
     source: str
     domain: str | None
     dc_uris: tuple[str, ...]
@@ -108,9 +114,7 @@ class Settings(NamedTuple):
     products: tuple[ProductSettings, ...]
 
     def to_json(self) -> dict[str, Any]:
-        data = self._asdict()
-        data["products"] = [p._asdict() for p in self.products]
-        return data
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:

@@ -7,6 +7,7 @@ These are the library calls behind ``adba ao publish|list|show|delete``; each ta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -178,7 +179,7 @@ def publish_csvlk(
         )
         say("publishing")
         dn = store.publish(conn, schema.container_dn(root), ao)
-        published = ao._replace(dn=dn)
+        published = dataclasses.replace(ao, dn=dn)
         return dn, _view(published, catalog, None, forest, now)
 
 

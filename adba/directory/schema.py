@@ -9,7 +9,7 @@ OpenLDAP ignores the ``{len}`` bounds: :mod:`adba.directory.store` validates len
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 __all__ = [
     "ACTIVATION_OBJECT",
@@ -39,7 +39,8 @@ SCHEMA_CN = "adba"
 CONTAINER_RDNS = ("cn=Configuration", "cn=Services", "cn=Microsoft SPP", "cn=Activation Objects")
 
 
-class AttributeDef(NamedTuple):
+@dataclass(frozen=True)
+class AttributeDef:
     oid: str
     name: str
     desc: str
@@ -62,7 +63,8 @@ class AttributeDef(NamedTuple):
         return f"( {self.oid} NAME '{self.name}' DESC '{self.desc}' {matching} SYNTAX {syntax}{single} )"
 
 
-class ClassDef(NamedTuple):
+@dataclass(frozen=True)
+class ClassDef:
     oid: str
     name: str
     desc: str

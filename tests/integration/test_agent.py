@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -134,7 +135,7 @@ def test_a_product_with_a_mak_does_not_try_adba(
 def _raw_copy(lab: TestSlapd, dn: str, name: str, **changes: Any) -> str:
     with session(lab.options(lab.admin)) as conn:
         original = store.show(conn, dn)
-        return store.publish(conn, lab.container, original._replace(cn=name, **changes))
+        return store.publish(conn, lab.container, dataclasses.replace(original, cn=name, **changes))
 
 
 def _flip(der: bytes) -> bytes:

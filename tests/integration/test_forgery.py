@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -105,9 +106,11 @@ def test_altered_license_and_disagreeing_attributes_are_invalid(
     der = bytearray(good.issuance_license or b"")
     der[len(der) // 2] ^= 0x01
     forged = [
-        good._replace(cn=ao_name + "-flip", licenses={"msSPP-IssuanceLicense": bytes(der)}),
-        good._replace(cn=ao_name + "-pkey", partial_key="BBBBB"),
-        good._replace(cn=ao_name + "-kms", kms_ids=(uuid.uuid4().bytes_le,)),
+        dataclasses.replace(
+            good, cn=ao_name + "-flip", licenses={"msSPP-IssuanceLicense": bytes(der)}
+        ),
+        dataclasses.replace(good, cn=ao_name + "-pkey", partial_key="BBBBB"),
+        dataclasses.replace(good, cn=ao_name + "-kms", kms_ids=(uuid.uuid4().bytes_le,)),
     ]
     with session(slapd.options(slapd.admin)) as conn:
         dns = [store.publish(conn, slapd.container, f) for f in forged]

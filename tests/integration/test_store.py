@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 
@@ -45,7 +46,7 @@ def sample(name: str) -> store.ActivationObject:
 def test_bad_values_are_refused_before_the_server(
     slapd: TestSlapd, ao_name: str, change: dict[str, object]
 ) -> None:
-    ao = sample(ao_name)._replace(**change)
+    ao = dataclasses.replace(sample(ao_name), **change)
     with session(slapd.options(slapd.admin)) as conn:
         with pytest.raises(InvalidInput):
             store.publish(conn, slapd.container, ao)
@@ -57,7 +58,7 @@ def test_a_5_mib_license_publishes_and_reads_back_intact(
     slapd: TestSlapd, ao_name: str, janitor: list[str]
 ) -> None:
     blob = hashlib.shake_256(b"adba").digest(MAX_LICENSE_BYTES)
-    ao = sample(ao_name)._replace(licenses={"msSPP-IssuanceLicense": blob})
+    ao = dataclasses.replace(sample(ao_name), licenses={"msSPP-IssuanceLicense": blob})
     with session(slapd.options(slapd.admin)) as conn:
         dn = store.publish(conn, slapd.container, ao)
         janitor.append(dn)
