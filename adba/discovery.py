@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import AdbaError
+from .errors import DiscoveryError
 
 if TYPE_CHECKING:
     import dns.resolver
@@ -29,13 +29,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class DiscoveryError(AdbaError):
-    """DNS lookup failed."""
-
-    exit_code = 18
-    code = "discovery-failed"
 
 
 class ServiceTarget(NamedTuple):

@@ -24,6 +24,7 @@ __all__ = [
     "CheckFailed",
     "ConfigError",
     "DirectoryError",
+    "DiscoveryError",
     "InvalidDN",
     "InvalidInput",
     "InvalidKey",
@@ -224,6 +225,13 @@ class NotAnActivationObject(DirectoryError):
 
     exit_code = 14
     code = "not-an-activation-object"
+
+
+class DiscoveryError(AdbaError):
+    """DNS lookup failed."""
+
+    exit_code = 18
+    code = "discovery-failed"
 
 
 class NotActivated(AdbaError):

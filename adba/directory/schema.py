@@ -39,7 +39,7 @@ SCHEMA_CN = "adba"
 CONTAINER_RDNS = ("cn=Configuration", "cn=Services", "cn=Microsoft SPP", "cn=Activation Objects")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class AttributeDef:
     oid: str
     name: str
@@ -63,7 +63,7 @@ class AttributeDef:
         return f"( {self.oid} NAME '{self.name}' DESC '{self.desc}' {matching} SYNTAX {syntax}{single} )"
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, repr=False)
 class ClassDef:
     oid: str
     name: str
