@@ -62,6 +62,8 @@ class Outcome:
     activated: bool
     code: str
     message: str
+    #: still licensed by an earlier activation (not renewed this time)
+    licensed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -309,7 +311,8 @@ def _fail(
     now: int,
 ) -> Outcome:
     code, message = next_step(product, code, message)
-    if rec.get("expires_at") and now < rec["expires_at"]:
+    licensed = bool(rec.get("expires_at")) and now < rec["expires_at"]
+    if licensed:
         until = time.strftime("%Y-%m-%d", time.gmtime(rec["expires_at"]))
         message = f"{message}; still licensed until {until}"
     rec.update(
@@ -317,7 +320,7 @@ def _fail(
         next_attempt=now + settings.retry,
         last_error={"code": code, "message": message},
     )
-    return Outcome(product.edition, False, code, message)
+    return Outcome(product.edition, False, code, message, licensed)
 
 
 def run_pass(
@@ -404,8 +407,8 @@ def run_pass(
             until = time.strftime("%Y-%m-%d", time.gmtime(expires))
             message = f"activated by {hit.dn} (PID {hit.pid}) via {dc}, valid until {until}"
             log.info("%s: %s", product.edition, message)
-            outcomes.append(Outcome(product.edition, True, "activated", message))
+            outcomes.append(Outcome(product.edition, True, "activated", message, True))
     for outcome in outcomes:
         if not outcome.activated:
-            log.warning("%s: not activated: %s", outcome.edition, outcome.message)
+            log.info("%s: not activated: %s", outcome.edition, outcome.message)
     return RunReport(outcomes, dc, state)

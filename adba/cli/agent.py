@@ -100,7 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not report.outcomes:
             print("nothing due")
         for o in report.outcomes:
-            print(f"{o.edition}: {'activated' if o.activated else 'not activated'}: {o.message}")
+            verdict = (
+                "activated" if o.activated else "not renewed" if o.licensed else "not activated"
+            )
+            print(f"{o.edition}: {verdict}: {o.message}")
     if args.strict:
         from ..agent import status
 

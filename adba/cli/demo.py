@@ -23,7 +23,8 @@ from ._common import Formatter
 DEMO = """\
 Starts a throwaway slapd on 127.0.0.1, prepares it with `adba directory init`, creates an
 activation authority, mints a CSVLK, publishes an activation object, lists and shows it (as
-a computer, verifying the license), deletes it, and cleans everything up.
+a computer, verifying the license), runs the client agent (activated through ADBA) and asks
+its status, deletes the object, and cleans everything up.
 
 example:
   adba demo
@@ -161,6 +162,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
             dn = json.loads(listed)[0]["dn"]
             step("show one object", ["ao", "show", dn, "--root-key", root_key, *as_computer])
+            agent_toml = work / "agent.toml"
+            agent_toml.write_text(
+                f'dc_uris = ["{lab.uri}"]\nbase = "{lab.suffix}"\nca_file = "{lab.ca_file}"\n'
+                f'root_key = "{root_key}"\nstate_path = "{work / "agent-state.json"}"\n\n'
+                f'[machine]\ndn = "{lab.computer.dn}"\n'
+                f'password_file = "{lab.computer.password_file}"\n\n'
+                '[[products]]\nedition = "Nimbus Server Standard"\n\n'
+                '[[products]]\nedition = "Nimbus Workstation Enterprise"\n'
+            )
+            print(f"\nthe client's {agent_toml.name} (both products use their public GVLK):")
+            print("    " + agent_toml.read_text().strip().replace("\n", "\n    "))
+            agent_cfg = ["--config", str(agent_toml)]
+            step(
+                "the client boots: its agent finds the object, verifies it and activates",
+                ["agent", "run", "--once", *agent_cfg],
+            )
+            step(
+                "anyone on the client can ask whether it is licensed",
+                ["agent", "status", *agent_cfg],
+            )
             step(
                 "a computer may not delete it (refused by the directory: exit 5)",
                 ["ao", "delete", "--yes", dn, *as_computer],
@@ -168,6 +189,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             step("the admin deletes it", ["ao", "delete", "--yes", dn, *as_admin])
             step("nothing left", ["ao", "list", *as_admin])
+            step(
+                "the next boot finds no object: still licensed until the 180 days run out",
+                ["agent", "run", "--once", *agent_cfg],
+            )
             if args.keep:
                 print(f"\nkept {lab.dir} and {work}")
     except AdbaError as exc:

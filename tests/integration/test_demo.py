@@ -31,9 +31,19 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
         [sys.executable, "-m", "adba", "demo"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    for step in ("directory init", "authority mint", "ao publish", "ao list", "ao delete"):
+    for step in (
+        "directory init",
+        "authority mint",
+        "ao publish",
+        "ao list",
+        "ao delete",
+        "agent run",
+        "agent status",
+    ):
         assert f"$ adba {step}" in res.stdout
     assert "verified" in res.stdout
+    assert "licensed (ADBA)" in res.stdout
+    assert "not renewed" in res.stdout and "still licensed until" in res.stdout
     assert "no activation objects" in res.stdout
     assert _ours() == before
 

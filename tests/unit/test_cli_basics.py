@@ -8,6 +8,9 @@ from adba import errors
 from adba.cli import main
 
 VERBS = [
+    ["agent", "run"],
+    ["agent", "status"],
+    ["agent", "install-units"],
     ["directory", "init"],
     ["directory", "check"],
     ["ao", "publish"],
@@ -131,3 +134,32 @@ def test_parser_builds_without_importing_ldap3() -> None:
     code = "import sys, adba.cli; adba.cli.build_parser(); print('ldap3' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_install_units_writes_the_three_units(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pathlib
+
+    target = pathlib.Path(str(tmp_path))
+    assert (
+        main(["agent", "install-units", "--dir", str(target), "--adba", "/usr/local/bin/adba"]) == 0
+    )
+    names = sorted(p.name for p in target.iterdir())
+    assert names == ["adba-agent-check.service", "adba-agent.service", "adba-agent.timer"]
+    boot = (target / "adba-agent.service").read_text()
+    assert "ExecStart=/usr/local/bin/adba agent run --once" in boot
+    assert "After=network-online.target" in boot and "Type=oneshot" in boot
+    check = (target / "adba-agent-check.service").read_text()
+    assert "agent run --if-due" in check
+    assert "OnUnitActiveSec=1h" in (target / "adba-agent.timer").read_text()
+    assert "@ADBA@" not in boot + check
+
+
+def test_packaging_units_are_the_shipped_ones() -> None:
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    assert (root / "packaging" / "systemd").resolve() == (
+        root / "adba" / "data" / "systemd"
+    ).resolve()
