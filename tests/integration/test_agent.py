@@ -393,3 +393,53 @@ def test_config_errors_name_the_key(
     agent = Agent(tmp_path, slapd, authority_dir, dc_uris=["http://x"])
     assert main(["agent", "run", "--config", str(agent.path)]) == 15
     assert "dc_uris" in capsys.readouterr().err
+
+
+def test_machine_password_readable_by_others_is_refused(
+    slapd: TestSlapd, authority_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent = Agent(tmp_path, slapd, authority_dir)
+    loose = tmp_path / "machine.password"
+    loose.write_text(slapd.computer.password + "\n")
+    loose.chmod(0o644)
+    agent.path.write_text(agent.path.read_text().replace(slapd.computer.password_file, str(loose)))
+    assert main(["agent", "run", "--config", str(agent.path)]) == 15
+    err = capsys.readouterr().err
+    assert f"chmod 600 {loose}" in err and err.count("\n") == 1
+
+
+def test_adba_variables_override_the_file_and_a_change_revalidates(
+    slapd: TestSlapd, authority_dir: Path, tmp_path: Path, ao_name: str, janitor: list[str]
+) -> None:
+    publish(slapd, authority_dir, SERVER_CSVLK, ao_name, janitor)
+    agent = Agent(tmp_path, slapd, authority_dir, dc_uris=["ldap://127.0.0.1:1"])
+    env = {"ADBA_DC_URIS": slapd.uri}
+    assert run_agent(str(agent.path), env=env, now=NOW).outcomes[0].activated
+    # the file changes: a second product appears without any cache getting in the way
+    agent.path.write_text(
+        agent.path.read_text() + '[[products]]\nedition = "Nimbus Workstation Education"\n'
+    )
+    report = run_agent(str(agent.path), env=env, now=NOW + 60)
+    assert sorted(o.edition for o in report.outcomes if o.activated) == [
+        "Nimbus Server Standard",
+        "Nimbus Workstation Education",
+    ]
+
+
+def test_a_warm_boot_imports_neither_pydantic_nor_cryptography(
+    slapd: TestSlapd, authority_dir: Path, tmp_path: Path, ao_name: str, janitor: list[str]
+) -> None:
+    import subprocess
+    import sys
+
+    publish(slapd, authority_dir, SERVER_CSVLK, ao_name, janitor)
+    agent = Agent(tmp_path, slapd, authority_dir)
+    code = (
+        "import sys; from adba.cli import main; "
+        f"rc = main(['agent', 'run', '--once', '--config', {str(agent.path)!r}]); "
+        "print(rc, *(m in sys.modules for m in ('pydantic', 'cryptography', 'dns', 'tomllib')))"
+    )
+    cold = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert cold.stdout.split()[-5:] == ["0", "True", "True", "False", "True"], cold.stdout
+    assert warm.stdout.split()[-5:] == ["0", "False", "False", "False", "False"], warm.stdout
