@@ -67,3 +67,17 @@ def messages_per_connection(log_text: str) -> list[Counter[str]]:
         if m and m.group(3) not in ("RESULT", "SEARCH") and m.group(2) not in ops[m.group(1)]:
             ops[m.group(1)][m.group(2)] = m.group(3)
     return [Counter(o.values()) for o in ops.values()]
+
+
+#: the minimal ldap3 lookup every benchmark compares with: bind, one search, unbind
+BASELINE_LOOKUP = """
+import sys, uuid
+import ldap3
+from ldap3.utils.conv import escape_bytes
+uri, dn, pw, base, kms = sys.argv[1:6]
+conn = ldap3.Connection(ldap3.Server(uri, get_info=ldap3.NONE), dn, pw, auto_bind=True)
+conn.search(base, "(&(objectClass=msSPP-ActivationObject)(msSPP-KMSIds=%s))"
+            % escape_bytes(uuid.UUID(kms).bytes_le), ldap3.LEVEL, attributes=["*"])
+assert len(conn.response) == 1, conn.result
+conn.unbind()
+"""

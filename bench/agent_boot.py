@@ -20,24 +20,12 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from _common import messages_per_connection, prepared_slapd, side_by_side
+from _common import BASELINE_LOOKUP, messages_per_connection, prepared_slapd, side_by_side
 
 from adba.authority import LocalAuthority
 from adba.catalog import load_catalog
 from adba.directory.objects import publish_csvlk
 from adba.keys import KeyType
-
-BASELINE = """
-import sys, uuid
-import ldap3
-from ldap3.utils.conv import escape_bytes
-uri, dn, pw, base, kms = sys.argv[1:6]
-conn = ldap3.Connection(ldap3.Server(uri, get_info=ldap3.NONE), dn, pw, auto_bind=True)
-conn.search(base, "(&(objectClass=msSPP-ActivationObject)(msSPP-KMSIds=%s))"
-            % escape_bytes(uuid.UUID(kms).bytes_le), ldap3.LEVEL, attributes=["*"])
-assert len(conn.response) == 1, conn.result
-conn.unbind()
-"""
 
 
 def _bulk_ldif(path: Path, lab, computers: int, objects: int) -> None:  # type: ignore[no-untyped-def]
@@ -92,7 +80,7 @@ def main() -> None:
         base = [
             sys.executable,
             "-c",
-            BASELINE,
+            BASELINE_LOOKUP,
             lab.uri,
             lab.computer.dn,
             lab.computer.password,

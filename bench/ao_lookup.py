@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import uuid
 
-from _common import messages_per_connection, prepared_slapd, side_by_side
+from _common import BASELINE_LOOKUP, messages_per_connection, prepared_slapd, side_by_side
 
 from adba.catalog import load_catalog
 from adba.directory import store
@@ -28,18 +28,6 @@ opts = ConnectionOptions(uri=uri, bind_dn=dn, password=pw, insecure=True)
 with session(opts) as conn:
     found = search_objects(conn, base, uuid.UUID(kms))
 assert len(found) == 1, found
-"""
-
-BASELINE = """
-import sys, uuid
-import ldap3
-from ldap3.utils.conv import escape_bytes
-uri, dn, pw, base, kms = sys.argv[1:6]
-conn = ldap3.Connection(ldap3.Server(uri, get_info=ldap3.NONE), dn, pw, auto_bind=True)
-conn.search(base, "(&(objectClass=msSPP-ActivationObject)(msSPP-KMSIds=%s))"
-            % escape_bytes(uuid.UUID(kms).bytes_le), ldap3.LEVEL, attributes=["*"])
-assert len(conn.response) == 1, conn.result
-conn.unbind()
 """
 
 
@@ -63,7 +51,7 @@ def main() -> None:
             )
         args = [lab.uri, lab.computer.dn, lab.computer.password, lab.container, str(edition.group)]
         py = sys.executable
-        for name, code in (("adba", ADBA), ("ldap3", BASELINE)):
+        for name, code in (("adba", ADBA), ("ldap3", BASELINE_LOOKUP)):
             start = lab.log_file.stat().st_size
             import subprocess
 
@@ -75,7 +63,7 @@ def main() -> None:
                 f"= {sum(sum(m.values()) for m in msgs)}"
             )
         times = side_by_side(
-            {"adba": [py, "-c", ADBA, *args], "ldap3": [py, "-c", BASELINE, *args]}, runs
+            {"adba": [py, "-c", ADBA, *args], "ldap3": [py, "-c", BASELINE_LOOKUP, *args]}, runs
         )
         print(
             f"cold process, median of {runs}: adba {times['adba'] * 1000:.1f} ms, "

@@ -57,6 +57,28 @@ class TestSlapd(Slapd):
             ident.password_file,
         ]
 
+    def publish_csvlk(self, authority: object, product: str, name: str, now: int) -> str:
+        """Mint a CSVLK with ``authority`` (a directory), activate it for this forest and
+        publish the object as the admin, through the library; returns the DN."""
+        from adba.authority import LocalAuthority
+        from adba.catalog import load_catalog
+        from adba.directory.objects import publish_csvlk
+        from adba.keys import KeyType
+
+        auth = LocalAuthority.open(str(authority))
+        cat = load_catalog()
+        key = auth.mint(KeyType.CSVLK, product, cat, now=now)
+        dn, _view = publish_csvlk(
+            self.options(self.admin),
+            root=self.suffix,
+            key=key.text,
+            activator=auth,
+            catalog=cat,
+            name=name,
+            now=now,
+        )
+        return dn
+
     @property
     def container(self) -> str:
         from adba.directory.schema import container_dn

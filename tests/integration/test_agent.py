@@ -17,7 +17,6 @@ from adba.catalog import load_catalog
 from adba.cli import main
 from adba.directory import store
 from adba.directory.connection import session
-from adba.directory.objects import publish_csvlk
 from adba.keys import KeyType
 from adba.lab import free_port
 from adba.license import ForestIdentity
@@ -67,18 +66,7 @@ class Agent:
 
 
 def publish(lab: TestSlapd, authority: Path, product: str, name: str, janitor: list[str]) -> str:
-    auth = LocalAuthority.open(authority)
-    cat = load_catalog()
-    key = auth.mint(KeyType.CSVLK, product, cat, now=NOW)
-    dn, _view = publish_csvlk(
-        lab.options(lab.admin),
-        root=lab.suffix,
-        key=key.text,
-        activator=auth,
-        catalog=cat,
-        name=name,
-        now=NOW,
-    )
+    dn = lab.publish_csvlk(authority, product, name, NOW)
     janitor.append(dn)
     return dn
 

@@ -11,12 +11,10 @@ import ldap3
 import pytest
 
 from adba.authority import LocalAuthority
-from adba.catalog import load_catalog
 from adba.cli import main
 from adba.directory import store
 from adba.directory.connection import session
-from adba.directory.objects import forest_identity, publish_csvlk
-from adba.keys import KeyType
+from adba.directory.objects import forest_identity
 from tests.conftest import NOW
 from tests.servers import TestSlapd
 
@@ -24,19 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def _published(lab: TestSlapd, authority: Path, name: str) -> str:
-    auth = LocalAuthority.open(authority)
-    cat = load_catalog()
-    key = auth.mint(KeyType.CSVLK, "Nimbus Client 2026 CSVLK", cat, now=NOW)
-    dn, _view = publish_csvlk(
-        lab.options(lab.admin),
-        root=lab.suffix,
-        key=key.text,
-        activator=auth,
-        catalog=cat,
-        name=name,
-        now=NOW,
-    )
-    return dn
+    return lab.publish_csvlk(authority, "Nimbus Client 2026 CSVLK", name, NOW)
 
 
 def _license_status(
