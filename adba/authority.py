@@ -23,17 +23,27 @@ import os
 import secrets
 import sqlite3
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adba.catalog import Catalog
-from adba.errors import AuthorityError, AuthorityNotInitialised, InvalidInput, MalformedLicense
+
+if TYPE_CHECKING:
+    from adba.kms.protocol import HostCertificate
+from adba.errors import (
+    ActivationLimitReached,
+    AuthorityError,
+    AuthorityNotInitialised,
+    InvalidInput,
+    MalformedLicense,
+)
 from adba.keys import KeyType, ProductKey, authority_tag, make_key, parse_key, verify_tag
 from adba.license import (
     ForestIdentity,
@@ -59,7 +69,28 @@ RECORDS = "records.sqlite"
 _SECRET_FILES = (ROOT_KEY, SIGNING_KEY, TAG_SECRET)
 _ALL_FILES = (ROOT_KEY, ROOT_PUB, SIGNING_KEY, SIGNING_CERT, TAG_SECRET, RECORDS)
 _MAX_SERIAL = 0xFFFFFFFF
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+#: schema upgrades, applied in order by :meth:`LocalAuthority.open` (records are kept)
+_MIGRATIONS = {
+    2: """
+CREATE TABLE IF NOT EXISTS kms_keys (
+    key_sha256  TEXT PRIMARY KEY,
+    host_limit  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kms_hosts (
+    key_sha256  TEXT NOT NULL,
+    host_id     TEXT NOT NULL,
+    activations INTEGER NOT NULL,
+    first_at    INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    epid        TEXT NOT NULL,
+    PRIMARY KEY (key_sha256, host_id)
+);
+""",
+}
+#: a KMS key activates at most this many distinct hosts, each at most 1 + 9 times (the seed)
+KMS_HOST_LIMIT = 6
+KMS_REACTIVATIONS = 9
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -98,6 +129,21 @@ class CsvlkActivation:
     pid: str
     license_der: bytes = field(repr=False)
     issued_at: int
+
+
+@dataclass(frozen=True)
+class KmsHostActivation:
+    """A KMS host key activated on one host: the certificate the host presents to clients."""
+
+    certificate: HostCertificate
+    csvlk_name: str
+    kms_ids: tuple[uuid.UUID, ...]
+
+
+def make_kms_epid(code: int, serial: int, now: int) -> str:
+    """A KMS host's ePID: product code, key serial, activation day (24 characters)."""
+    day = time.gmtime(now)
+    return f"{code:05d}-{serial:010d}-{day.tm_year:04d}{day.tm_yday:03d}"
 
 
 class Activator(Protocol):
@@ -201,6 +247,8 @@ class LocalAuthority:
             db.execute("PRAGMA journal_mode=WAL")
             with db:
                 db.executescript(_SCHEMA)
+                for step in sorted(_MIGRATIONS):
+                    db.executescript(_MIGRATIONS[step])
                 db.execute(
                     "INSERT INTO meta (name, value) VALUES ('schema_version', ?)",
                     (str(_SCHEMA_VERSION),),
@@ -251,13 +299,34 @@ class LocalAuthority:
             raise AuthorityError(
                 f"{directory / SIGNING_CERT} does not certify {SIGNING_KEY} under {ROOT_KEY}"
             )
-        return cls(
+        authority = cls(
             directory,
             root_key=root_key,
             signing_key=signing_key,
             certificate=certificate,
             tag_secret=tag_secret,
         )
+        authority._migrate()
+        return authority
+
+    def _migrate(self) -> None:
+        with self._records() as db:
+            row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 1
+            if version > _SCHEMA_VERSION:
+                raise AuthorityError(
+                    f"{self._path / RECORDS} was written by a newer adba (schema {version})"
+                )
+            for step in sorted(_MIGRATIONS):
+                if step > version:
+                    for statement in _MIGRATIONS[step].split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    log.info("upgraded %s to schema %d", self._path / RECORDS, step)
+            db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
+                (str(_SCHEMA_VERSION),),
+            )
 
     @staticmethod
     def _load_private(file: Path) -> Ed25519PrivateKey:
@@ -385,6 +454,69 @@ class LocalAuthority:
             pid=pid,
             license_der=license_der,
             issued_at=now,
+        )
+
+    def activate_kms_host(
+        self,
+        key: str,
+        host_public_key: bytes,
+        host_id: str,
+        catalog: Catalog,
+        *,
+        now: int,
+        cert_days: int = 365,
+    ) -> KmsHostActivation:
+        """Activate a KMS host key on one host: certify the host's own key for the CSVLK.
+
+        A key activates at most :data:`KMS_HOST_LIMIT` distinct hosts (more if granted), and
+        each host at most 1 + :data:`KMS_REACTIVATIONS` times.
+        """
+        from adba.kms.protocol import HostCertificate, certificate_message
+
+        parsed = parse_key(key)
+        if parsed.type is not KeyType.CSVLK:
+            raise AuthorityError(f"this is a {parsed.type.name}, not a KMS host key (CSVLK)")
+        if not verify_tag(parsed, self._tag_secret):
+            raise AuthorityError(f"the CSVLK {parsed} was not issued by this authority")
+        if len(host_public_key) != 32 or not host_id or len(host_id) > 255:
+            raise InvalidInput("a host needs a 32-byte Ed25519 public key and an id")
+        product = catalog.csvlk_by_code(parsed.code)
+        digest = key_sha256(parsed)
+        epid = make_kms_epid(parsed.code, parsed.serial, now)
+        with self._records() as db:
+            row = db.execute(
+                "SELECT host_limit FROM kms_keys WHERE key_sha256 = ?", (digest,)
+            ).fetchone()
+            limit = int(row[0]) if row else KMS_HOST_LIMIT
+            hosts = db.execute(
+                "SELECT host_id, activations FROM kms_hosts WHERE key_sha256 = ?", (digest,)
+            ).fetchall()
+            mine = {str(h): int(n) for h, n in hosts}
+            if host_id not in mine and len(mine) >= limit:
+                raise ActivationLimitReached(
+                    f"the KMS key {parsed} is already activated on {len(mine)} hosts (its limit "
+                    f"is {limit}): ask the vendor for more activations "
+                    "(`adba authority grant-hosts`)"
+                )
+            if mine.get(host_id, 0) >= 1 + KMS_REACTIVATIONS:
+                raise ActivationLimitReached(
+                    f"host {host_id} has used its {KMS_REACTIVATIONS} reactivations of the KMS "
+                    f"key {parsed}: ask the vendor for more activations"
+                )
+            db.execute(
+                "INSERT INTO kms_hosts VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (key_sha256, host_id)"
+                " DO UPDATE SET activations = activations + 1, last_at = ?, epid = ?",
+                (digest, host_id, now, now, epid, now, epid),
+            )
+        not_after = now + cert_days * 86400
+        signature = self._root_key.sign(
+            certificate_message(host_public_key, epid, product.sku, not_after)
+        )
+        log.info("activated KMS host %s with %s (ePID %s)", host_id, parsed, epid)
+        return KmsHostActivation(
+            HostCertificate(host_public_key, epid, product.sku, not_after, signature),
+            product.name,
+            product.kms_ids,
         )
 
     # -- records -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_CODES",
     "AccessDenied",
+    "ActivationLimitReached",
     "AdbaError",
     "AlreadyExists",
     "AuthenticationFailed",
@@ -28,11 +29,14 @@ __all__ = [
     "InvalidDN",
     "InvalidInput",
     "InvalidKey",
+    "KmsError",
+    "KmsHostNotReady",
     "LicenseError",
     "MalformedLicense",
     "NotActivated",
     "NotAnActivationObject",
     "ObjectNotFound",
+    "ProtocolError",
     "SchemaMissing",
     "ServerUnavailable",
     "SignatureInvalid",
@@ -227,6 +231,31 @@ class NotAnActivationObject(DirectoryError):
     code = "not-an-activation-object"
 
 
+class ActivationLimitReached(AuthorityError):
+    """The key has no activations left."""
+
+    code = "activation-limit"
+
+
+class KmsError(AdbaError):
+    """The KMS operation failed."""
+
+    exit_code = 19
+    code = "kms-error"
+
+
+class ProtocolError(KmsError):
+    """Malformed KMS message."""
+
+    code = "kms-protocol"
+
+
+class KmsHostNotReady(KmsError):
+    """This KMS host has no activated host key: run `adba kms install-key` first."""
+
+    code = "kms-host-not-activated"
+
+
 class DiscoveryError(AdbaError):
     """DNS lookup failed."""
 
@@ -261,7 +290,8 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     15: ("ConfigError", "invalid configuration file or variable"),
     16: ("LabError", "the throwaway lab server failed to start"),
     17: ("NotActivated", "a product is not activated (agent run --strict)"),
-    18: ("DiscoveryError", "DNS lookup failed"),
+    18: ("DiscoveryError", "DNS lookup or update failed"),
+    19: ("KmsError", "KMS host error (not activated, protocol, unreachable)"),
     20: ("DirectoryError", "other directory error"),
     130: ("", "interrupted"),
 }

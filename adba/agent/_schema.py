@@ -52,9 +52,24 @@ class AgentFile(_Model):
     catalog: str | None = None
     state_path: str | None = None
     insecure: bool = False
+    kms_host: str | None = None
+    kms_domains: list[str] = []
+    machine_name: str | None = Field(None, max_length=63)
     machine: Machine = Machine()
     intervals: Intervals = Intervals()
     products: list[Product] = Field(min_length=1)
+
+    @field_validator("kms_host")
+    @classmethod
+    def _kms_host(cls, value: str | None) -> str | None:
+        if value is not None:
+            from ..discovery import parse_nameserver
+
+            try:
+                parse_nameserver(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not host[:port]") from exc
+        return value
 
     @field_validator("dc_uris")
     @classmethod
@@ -142,4 +157,7 @@ def validate(raw: dict[str, Any], *, source: str) -> Settings:
         grace=int(iv.grace_days * 86400),
         connect_timeout=iv.connect_timeout,
         products=products,
+        kms_host=model.kms_host,
+        kms_domains=tuple(model.kms_domains),
+        machine_name=model.machine_name,
     )

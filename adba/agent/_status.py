@@ -36,6 +36,8 @@ class ProductStatus(NamedTuple):
     last_error_code: str | None
     last_error_message: str | None
     remaining_seconds: int
+    kms_host: str | None = None
+    kms_count: int | None = None
 
     @property
     def licensed(self) -> bool:
@@ -83,6 +85,8 @@ def read_status(state_path: str, *, now: int | None = None) -> list[ProductStatu
                 last_error_code=error.get("code"),
                 last_error_message=error.get("message"),
                 remaining_seconds=remaining,
+                kms_host=rec.get("kms_host"),
+                kms_count=rec.get("kms_count"),
             )
         )
     return out

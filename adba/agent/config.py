@@ -11,6 +11,9 @@ Example ``agent.toml``::
     domain = "example.test"                 # DC location via DNS SRV
     # dc_uris = ["ldap://dc1.example.test"] # or explicit DCs, tried in order
     # dns_servers = ["192.0.2.53"]          # DNS servers for SRV lookups (default: system)
+    # kms_host = "kms1.example.test:1688"   # static KMS host (else cached, else _vlmcs._tcp SRV)
+    # kms_domains = ["branch.example.test"] # more domains to look for KMS hosts in
+    # machine_name = "host1"                # name shown on KMS hosts (default: hostname)
     base = "dc=example,dc=test"             # forest root (default: from the root DSE)
     ca_file = "/etc/adba/ca.pem"
     root_key = "/etc/adba/root.pub"         # the activation authority's pinned root key
@@ -71,11 +74,13 @@ ENV: dict[str, tuple[str, str]] = {
     "ADBA_ROOT_KEY": ("", "root_key"),
     "ADBA_CATALOG": ("", "catalog"),
     "ADBA_STATE": ("", "state_path"),
+    "ADBA_KMS_HOST": ("", "kms_host"),
+    "ADBA_KMS_DOMAINS": ("", "kms_domains"),
     "ADBA_INSECURE": ("", "insecure"),
     "ADBA_MACHINE_DN": ("machine", "dn"),
     "ADBA_MACHINE_PASSWORD_FILE": ("machine", "password_file"),
 }
-_LISTS = {"dc_uris", "dns_servers"}
+_LISTS = {"dc_uris", "dns_servers", "kms_domains"}
 
 
 # eq/repr/frozen off: each generated method costs ~0.1 ms of import at every boot
@@ -113,6 +118,11 @@ class Settings:
     grace: int
     connect_timeout: float
     products: tuple[ProductSettings, ...]
+    #: static KMS host "host[:port]" (like slmgr /skms): the only one tried when set
+    kms_host: str | None = None
+    #: more DNS domains to look for _vlmcs._tcp in (like slmgr /skms-domain)
+    kms_domains: tuple[str, ...] = ()
+    machine_name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +137,7 @@ class Settings:
                 **data,
                 "dc_uris": tuple(data["dc_uris"]),
                 "dns_servers": tuple(data["dns_servers"]),
+                "kms_domains": tuple(data.get("kms_domains", ())),
                 "products": products,
             }
         )

@@ -83,15 +83,13 @@ class _Failure(Exception):
 
 
 def next_step(product: ProductSettings, code: str, message: str) -> tuple[str, str]:
-    """The seam after ADBA: what the product does next when ADBA did not activate it.
+    """The seam after ADBA and KMS: what the product does next when neither activated it.
 
-    KMS discovery (issue: KMS fallback) and MAK activation (issue: the authority) plug in
-    here; today the answer is a clear statement of what comes next.
+    MAK activation (issue: the authority) plugs in here; today the answer is a clear
+    statement of what comes next.
     """
     if product.key_type == "MAK":
         return code, f"{message}; MAK activation next"
-    if product.key_type == "GVLK":
-        return code, f"{message}; KMS discovery next"
     return code, message
 
 
@@ -333,7 +331,9 @@ def run_pass(
         for sku, rec in state["products"].items()
         if sku in {p.sku for p in settings.products}
     }
-    todo, outcomes = [], []
+    adba_todo: list[ProductSettings] = []
+    kms_todo: list[tuple[ProductSettings, str, str]] = []
+    outcomes: list[Outcome] = []
     for product in settings.products:
         rec = _record(state, product, settings, now)
         if due_only and rec.get("next_attempt", 0) > now:
@@ -346,51 +346,25 @@ def run_pass(
             )
             outcomes.append(Outcome(product.edition, False, "invalid-key", product.key_error))
         elif product.key_type != "GVLK":
-            outcomes.append(
-                _fail(
-                    rec,
-                    product,
-                    settings,
-                    "not-gvlk",
-                    f"configured with a {product.key_type}, not a GVLK: ADBA not tried",
-                    now,
-                )
-            )
+            message = f"configured with a {product.key_type}, not a GVLK: ADBA and KMS not tried"
+            outcomes.append(_fail(rec, product, settings, "not-gvlk", message, now))
         elif not settings.domain and not settings.dc_uris:
-            outcomes.append(
-                _fail(
-                    rec,
-                    product,
-                    settings,
-                    "not-domain-member",
-                    "not a domain member (no domain or dc_uris configured)",
-                    now,
-                )
-            )
+            kms_todo.append((product, "not-domain-member", "not a domain member"))
         elif not settings.machine_dn:
-            outcomes.append(
-                _fail(
-                    rec,
-                    product,
-                    settings,
-                    "no-credentials",
-                    "no machine credentials (machine.dn, machine.password_file)",
-                    now,
-                )
-            )
+            kms_todo.append((product, "no-credentials", "no machine credentials for ADBA"))
         else:
-            todo.append(product)
+            adba_todo.append(product)
     dc = None
-    if todo:
+    if adba_todo:
         try:
-            found, dc = _lookup(settings, state, todo, now)
+            found, dc = _lookup(settings, state, adba_todo, now)
         except _Failure as failure:
-            found = {p.sku: failure for p in todo}
-        for product in todo:
+            found = {p.sku: failure for p in adba_todo}
+        for product in adba_todo:
             rec = state["products"][product.sku]
             hit = found[product.sku]
             if isinstance(hit, _Failure):
-                outcomes.append(_fail(rec, product, settings, hit.code, hit.message, now))
+                kms_todo.append((product, hit.code, hit.message))
                 continue
             expires = now + settings.validity
             rec.update(
@@ -408,6 +382,10 @@ def run_pass(
             message = f"activated by {hit.dn} (PID {hit.pid}) via {dc}, valid until {until}"
             log.info("%s: %s", product.edition, message)
             outcomes.append(Outcome(product.edition, True, "activated", message, True))
+    if kms_todo:
+        from .kms import kms_step
+
+        outcomes += kms_step(settings, state, kms_todo, now, fail=_fail)
     for outcome in outcomes:
         if not outcome.activated:
             log.info("%s: not activated: %s", outcome.edition, outcome.message)

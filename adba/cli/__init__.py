@@ -30,6 +30,7 @@ NOUNS = {
     "ao": "adba.cli.ao",
     "authority": "adba.cli.authority",
     "agent": "adba.cli.agent",
+    "kms": "adba.cli.kms",
     "demo": "adba.cli.demo",
 }
 

@@ -134,6 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name, value in (
             ("status", f"{p.status}{channel}{days}"),
             ("activation object", p.object_dn or "-"),
+            ("KMS host", f"{p.kms_host} (count {p.kms_count})" if p.kms_host else "-"),
             ("CSVLK PID", p.csvlk_pid or "-"),
             ("product key", f"*****-*****-*****-*****-{p.partial_key}" if p.partial_key else "-"),
             ("activated", _when(p.activated_at)),

@@ -1,0 +1,191 @@
+"""The agent's second step: a KMS host, when ADBA did not activate a GVLK product.
+
+Where to ask (the seed's "client discovery"): the static host if one is configured (like
+``slmgr /skms``; then only it), else the host that answered last time, else DNS SRV
+``_vlmcs._tcp`` in the machine's domain and in each lookup domain (like ``/skms-domain``),
+in RFC 2782 order (lowest priority first, weighted random within a priority). A host that
+does not answer is dropped for this pass and the next one is tried; a host whose answer does
+not verify is a rogue host: logged and never used. The host that answers is cached for the
+renewals; if it fails later, DNS is asked again.
+
+Licensed when the host's count reaches the threshold for the product's kind (25 for clients,
+5 for servers); renewed every 7 days; while the count is short or no host answers, retried
+every 2 hours (the intervals the host sends win over the local ones).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+from ..errors import AdbaError, KmsError
+from .config import ProductSettings, Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .run import Outcome
+
+__all__ = ["kms_step"]
+
+log = logging.getLogger("adba.agent")
+DEFAULT_PORT = 1688
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    from ..discovery import parse_nameserver
+
+    return parse_nameserver(hostport, default_port=DEFAULT_PORT)
+
+
+class _Hosts:
+    """Candidate hosts in the order to try, discovered lazily (DNS only when needed)."""
+
+    def __init__(self, settings: Settings, state: dict[str, Any]) -> None:
+        self.settings, self.state = settings, state
+        self.dead: set[tuple[str, int]] = set()
+        self._list: list[tuple[str, int, str]] | None = None
+        self.searched: list[str] = []
+
+    def _discover(self) -> list[tuple[str, int, str]]:
+        s = self.settings
+        if s.kms_host:
+            host, port = _split(s.kms_host)
+            return [(host, port, "static")]
+        found: list[tuple[str, int, str]] = []
+        cached = self.state.get("kms") or {}
+        if cached.get("address"):
+            found.append((cached["address"], int(cached["port"]), cached.get("name") or "cached"))
+        domains = [d for d in (s.domain, *s.kms_domains) if d]
+        if domains:
+            from ..discovery import locate, make_resolver
+
+            resolver = make_resolver(s.dns_servers, timeout=s.connect_timeout)
+            for domain in domains:
+                name = f"_vlmcs._tcp.{domain.strip('.')}"
+                self.searched.append(name)
+                try:
+                    targets = locate([name], resolver)
+                except AdbaError as exc:
+                    log.warning("KMS discovery in %s failed: %s", domain, exc.message)
+                    continue
+                for t in targets:
+                    for address in t.addresses:
+                        if (address, t.port) not in {(a, p) for a, p, _ in found}:
+                            found.append((address, t.port, t.host))
+        return found
+
+    def __iter__(self) -> Iterator[tuple[str, int, str]]:
+        if self._list is None:
+            self._list = self._discover()
+        return (h for h in self._list if (h[0], h[1]) not in self.dead)
+
+    @property
+    def any(self) -> bool:
+        return bool(self._list)
+
+
+def kms_step(
+    settings: Settings,
+    state: dict[str, Any],
+    todo: list[tuple[ProductSettings, str, str]],
+    now: int,
+    *,
+    fail: Callable[..., Outcome],
+) -> list[Outcome]:
+    from ..kms.cache import Thresholds
+    from ..kms.client import KmsUnreachable, RogueHost, ask
+    from ..kms.protocol import KIND_CLIENT, KIND_SERVER
+    from .run import Outcome
+
+    hosts = _Hosts(settings, state)
+    cmid = uuid.UUID(state.setdefault("cmid", str(uuid.uuid4())))
+    machine = (settings.machine_name or socket.gethostname())[:63]
+    root = bytes.fromhex(settings.root_key)
+    thresholds = Thresholds()
+    outcomes: list[Outcome] = []
+    for product, adba_code, adba_message in todo:
+        rec = state["products"][product.sku]
+        kind = KIND_SERVER if product.kind == "server" else KIND_CLIENT
+        threshold = thresholds.for_kind(kind)
+        problems: list[str] = []
+        code = adba_code
+        answer = None
+        for address, port, label in hosts:
+            try:
+                answer = ask(
+                    address,
+                    port,
+                    cmid=cmid,
+                    sku=uuid.UUID(product.sku),
+                    kms_id=uuid.UUID(product.group),
+                    kind=kind,
+                    machine=machine,
+                    now=now,
+                    root_public_key=root,
+                    csvlk_skus=product.csvlk_skus,
+                    timeout=settings.connect_timeout,
+                )
+            except KmsUnreachable as exc:
+                hosts.dead.add((address, port))
+                problems.append(exc.message)
+                code = exc.code
+                continue
+            except RogueHost as exc:
+                log.warning("%s: rogue KMS host rejected: %s", product.edition, exc.message)
+                hosts.dead.add((address, port))
+                problems.append(exc.message)
+                code = exc.code
+                continue
+            except KmsError as exc:  # this host cannot activate this product: try the next
+                problems.append(exc.message)
+                code = exc.code
+                continue
+            state["kms"] = {"address": address, "port": port, "name": label}
+            break
+        if answer is None:
+            if not hosts.any:  # nothing to try: the ADBA reason stays the one that matters
+                where = ", ".join(hosts.searched) or "none configured"
+                detail = f"no KMS host found (static host, cache, DNS: {where})"
+                code = adba_code
+            else:
+                detail = "; ".join(problems)
+            outcomes.append(fail(rec, product, settings, code, f"{adba_message}; {detail}", now))
+            continue
+        resp = answer.response
+        where = f"{answer.address}:{answer.port}"
+        rec.update(
+            kms_host=where, kms_count=resp.count, kms_epid=resp.certificate.epid, last_attempt=now
+        )
+        if resp.count >= threshold:
+            expires = now + settings.validity
+            rec.update(
+                channel="KMS",
+                object_dn=None,
+                csvlk_pid=resp.certificate.epid,
+                dc=None,
+                activated_at=now,
+                expires_at=expires,
+                next_attempt=now + resp.renewal_minutes * 60,
+                last_error=None,
+            )
+            until = time.strftime("%Y-%m-%d", time.gmtime(expires))
+            message = (
+                f"activated by KMS host {where} (ePID {resp.certificate.epid}, count "
+                f"{resp.count}), valid until {until}"
+            )
+            log.info("%s: %s", product.edition, message)
+            outcomes.append(Outcome(product.edition, True, "activated", message, True))
+        else:
+            message = (
+                f"{adba_message}; KMS host {where} counts {resp.count} machines, "
+                f"{threshold} needed for a {product.kind}"
+            )
+            outcome = fail(rec, product, settings, "kms-count-low", message, now)
+            rec["next_attempt"] = now + resp.retry_minutes * 60
+            outcomes.append(outcome)
+    return outcomes

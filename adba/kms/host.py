@@ -1,0 +1,403 @@
+"""The KMS host: its activated identity, and the asyncio server that answers requests.
+
+A host answers only after its KMS host key (a CSVLK) was installed and activated by the
+authority (``adba kms install-key``): the authority certifies the host's own Ed25519 key for
+that CSVLK, and every response carries that certificate and a signature over the request.
+
+The server reads one request per connection until the client half-closes (so a short, long
+or slow request is told apart from a good one exactly), within a per-connection deadline;
+at most ``max_connections`` are served at once (more are closed at once), so memory is
+bounded. Counting is :class:`~adba.kms.cache.KmsCache`; saving is batched
+(:mod:`adba.kms.store`) off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import KmsError, KmsHostNotReady, ProtocolError
+from .cache import KmsCache, Thresholds
+from .protocol import (
+    REQUEST_SIZE,
+    STATUS_NOT_COVERED,
+    STATUS_OK,
+    HostCertificate,
+    Response,
+    parse_request,
+    response_message,
+)
+from .store import KmsStore
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ..authority import LocalAuthority
+    from ..catalog import Catalog
+
+__all__ = ["HostIdentity", "KmsHost", "Metrics"]
+
+log = logging.getLogger(__name__)
+
+HOST_KEY, HOST_JSON, CSVLK_FILE, RECORDS = "host.key", "host.json", "csvlk.key", "kms.sqlite"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    private_key: Ed25519PrivateKey
+    certificate: HostCertificate
+    csvlk_name: str
+    kms_ids: frozenset[uuid.UUID]
+    root_key: bytes
+
+    @classmethod
+    def load(cls, state_dir: str | Path) -> HostIdentity:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        d = Path(state_dir)
+        if not (d / HOST_JSON).is_file() or not (d / HOST_KEY).is_file():
+            raise KmsHostNotReady(
+                f"no activated KMS host key in {d}: run `adba kms install-key --state-dir {d} ...`"
+            )
+        if (d / HOST_KEY).stat().st_mode & 0o077:
+            raise KmsError(f"{d / HOST_KEY} is readable by others: chmod 600 {d / HOST_KEY}")
+        info = json.loads((d / HOST_JSON).read_text())
+        key = serialization.load_pem_private_key((d / HOST_KEY).read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KmsError(f"{d / HOST_KEY} is not an Ed25519 key")
+        return cls(
+            key,
+            HostCertificate.from_bytes(bytes.fromhex(info["certificate"])),
+            info["csvlk_name"],
+            frozenset(uuid.UUID(k) for k in info["kms_ids"]),
+            bytes.fromhex(info["root_key"]),
+        )
+
+    @classmethod
+    def install(
+        cls,
+        state_dir: str | Path,
+        key: str,
+        authority: LocalAuthority,
+        catalog: Catalog,
+        *,
+        host_id: str,
+        now: int,
+    ) -> HostIdentity:
+        """Install a KMS host key and activate it with the authority (new host key pair)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        d = Path(state_dir)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private = Ed25519PrivateKey.generate()
+        public = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        act = authority.activate_kms_host(key, public, host_id, catalog, now=now)
+        _write_private(
+            d / HOST_KEY,
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        _write_private(d / CSVLK_FILE, key.encode() + b"\n")
+        info = {
+            "certificate": act.certificate.to_bytes().hex(),
+            "epid": act.certificate.epid,
+            "csvlk_sku": str(act.certificate.csvlk_sku),
+            "csvlk_name": act.csvlk_name,
+            "kms_ids": [str(k) for k in act.kms_ids],
+            "root_key": authority.root_public_key.hex(),
+            "host_id": host_id,
+            "activated_at": now,
+        }
+        (d / HOST_JSON).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        return cls.load(d)
+
+
+class Metrics:
+    """Plain counters on the request path; exported for Prometheus (``--metrics-port``) by a
+    prometheus_client collector that reads them at scrape time, in its own thread."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.rejected = 0
+        self.refused = 0
+        self.activated = 0
+        self.open = 0
+
+    def start_exporter(self, cache: KmsCache, address: str, port: int) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        metrics = self
+
+        class _Collector:
+            def collect(self) -> Any:
+                for name, text, value in (
+                    ("adba_kms_requests", "Valid activation requests answered.", metrics.requests),
+                    (
+                        "adba_kms_rejected",
+                        "Connections closed: malformed or late request.",
+                        metrics.rejected,
+                    ),
+                    (
+                        "adba_kms_refused",
+                        "Connections refused at the connection limit.",
+                        metrics.refused,
+                    ),
+                    (
+                        "adba_kms_activated",
+                        "Answers whose count met the threshold.",
+                        metrics.activated,
+                    ),
+                ):
+                    yield CounterMetricFamily(name, text, value=value)
+                yield GaugeMetricFamily(
+                    "adba_kms_open_connections", "Connections being served.", value=metrics.open
+                )
+                counts = GaugeMetricFamily(
+                    "adba_kms_cached_machines",
+                    "Machines in the cache, per activation group.",
+                    labels=["kms_id"],
+                )
+                for kms_id, group in list(cache.groups.items()):
+                    counts.add_metric([str(kms_id)], len(group.entries))
+                yield counts
+
+        registry = CollectorRegistry()
+        registry.register(_Collector())
+        start_http_server(port, addr=address, registry=registry)
+
+
+class KmsHost:
+    def __init__(
+        self,
+        identity: HostIdentity,
+        store: KmsStore,
+        *,
+        thresholds: Thresholds | None = None,
+        renewal_minutes: int = 7 * 24 * 60,
+        retry_minutes: int = 120,
+        deadline: float = 5.0,
+        max_connections: int = 512,
+        flush_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.cache = KmsCache(thresholds)
+        loaded = store.load(self.cache)
+        log.info("event=start clients_loaded=%d epid=%s", loaded, identity.certificate.epid)
+        self.renewal_minutes = renewal_minutes
+        self.retry_minutes = retry_minutes
+        self.deadline = deadline
+        self.max_connections = max_connections
+        self.flush_interval = flush_interval
+        self.clock = clock
+        self.metrics = Metrics()
+        self._sign = identity.private_key.sign
+        self._stop: asyncio.Event | None = None
+
+    # -- the request path (no I/O) -------------------------------------------------------------
+    def respond(self, data: bytes) -> bytes:
+        """Answer one request (raises :class:`ProtocolError` for anything malformed)."""
+        request = parse_request(data)
+        now = int(self.clock())
+        if request.kms_id in self.identity.kms_ids:
+            count, activated = self.cache.observe(request, now)
+            status = STATUS_OK
+        else:
+            count, activated, status = 0, False, STATUS_NOT_COVERED
+        body = Response(
+            status,
+            request.nonce,
+            min(count, 0xFFFF),
+            self.renewal_minutes,
+            self.retry_minutes,
+            now,
+            self.identity.certificate,
+        ).body()
+        self.metrics.requests += 1
+        self.metrics.activated += activated
+        log.info(
+            "event=request machine=%s cmid=%s kms_id=%s kind=%s count=%d activated=%s status=%d",
+            request.machine,
+            request.cmid,
+            request.kms_id,
+            "server" if request.kind else "client",
+            count,
+            activated,
+            status,
+        )
+        return body + self._sign(response_message(data, body))
+
+    # -- the server ----------------------------------------------------------------------------
+    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
+        data = b""
+        while len(data) <= REQUEST_SIZE:
+            chunk = await reader.read(REQUEST_SIZE + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.metrics.open >= self.max_connections:
+            self.metrics.refused += 1
+            writer.transport.abort()
+            return
+        self.metrics.open += 1
+        try:
+            data = await asyncio.wait_for(self._read_request(reader), self.deadline)
+            reply = self.respond(data)
+            writer.write(reply)
+            await asyncio.wait_for(writer.drain(), self.deadline)
+        except (ProtocolError, TimeoutError, ConnectionError) as exc:
+            self.metrics.rejected += 1
+            peer = writer.get_extra_info("peername")
+            log.warning(
+                "event=rejected peer=%s reason=%s",
+                peer,
+                getattr(exc, "message", type(exc).__name__),
+            )
+        finally:
+            self.metrics.open -= 1
+            writer.transport.abort() if writer.is_closing() else writer.close()
+
+    async def _flusher(self) -> None:
+        assert self._stop is not None
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.flush_interval)
+            self.flush()
+
+    def flush(self) -> None:
+        try:
+            n = self.store.save(self.cache)
+        except Exception as exc:
+            log.error("event=flush-failed reason=%s", exc)
+            return
+        if n:
+            log.debug("event=flush rows=%d", n)
+
+    async def serve(
+        self,
+        addresses: list[str],
+        port: int,
+        *,
+        metrics_port: int | None = None,
+        ready: Callable[[list[tuple[str, int]]], None] | None = None,
+    ) -> None:
+        """Serve until SIGTERM/SIGINT (or :meth:`stop`); saves the records on the way out."""
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        servers = []
+        for address in addresses:
+            try:
+                servers.append(
+                    await asyncio.start_server(
+                        self._handle,
+                        host=address,
+                        port=port,
+                        reuse_address=True,
+                        backlog=1024,
+                        limit=REQUEST_SIZE + 1,
+                    )
+                )
+            except OSError as exc:
+                if len(addresses) == 1:
+                    raise KmsError(
+                        f"cannot listen on {address} port {port}: {exc.strerror}"
+                    ) from exc
+                log.warning(
+                    "event=listen-failed address=%s port=%d reason=%s", address, port, exc.strerror
+                )
+        if not servers:
+            raise KmsError(f"cannot listen on any of {addresses} port {port}")
+        if metrics_port is not None:
+            self.metrics.start_exporter(self.cache, addresses[0], metrics_port)
+            log.info("event=metrics address=%s port=%d", addresses[0], metrics_port)
+        bound = [s.getsockname()[:2] for srv in servers for s in srv.sockets]
+        log.info("event=listening addresses=%s", " ".join(f"{h}:{p}" for h, p in bound))
+        if ready is not None:
+            ready(bound)
+        flusher = asyncio.create_task(self._flusher())
+        await self._stop.wait()
+        for srv in servers:
+            srv.close()
+        await flusher
+        self.flush()
+        log.info("event=stop")
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+
+def default_addresses() -> list[str]:
+    """IPv4 and, where the machine has it, IPv6."""
+    return ["0.0.0.0", "::"] if socket.has_ipv6 else ["0.0.0.0"]
+
+
+def status_view(
+    state_dir: str | Path, *, now: int | None = None, thresholds: Thresholds | None = None
+) -> dict[str, Any]:
+    """What ``adba kms status`` shows, read from the host's files (the host may be running)."""
+    d = Path(state_dir)
+    now = int(time.time()) if now is None else now
+    thresholds = thresholds or Thresholds()
+    info = json.loads((d / HOST_JSON).read_text()) if (d / HOST_JSON).is_file() else {}
+    store = KmsStore(d / RECORDS, readonly=True)
+    try:
+        capacities = store.capacities()
+        clients = [c for c in store.clients() if c.last_seen > now - thresholds.expiry]
+        published = store.meta("published")
+    finally:
+        store.close()
+    groups = []
+    for kms_id in sorted({c.kms_id for c in clients} | set(capacities), key=str):
+        members = [c for c in clients if c.kms_id == kms_id]
+        groups.append(
+            {
+                "kms_id": str(kms_id),
+                "count": len(members),
+                "clients": sum(1 for c in members if c.kind == 0),
+                "servers": sum(1 for c in members if c.kind == 1),
+                "capacity": capacities.get(kms_id, 0),
+            }
+        )
+    return {
+        "epid": info.get("epid"),
+        "csvlk": info.get("csvlk_name"),
+        "kms_ids": info.get("kms_ids", []),
+        "activated": bool(info),
+        "groups": groups,
+        "published": json.loads(published) if published else [],
+        "thresholds": {"client": thresholds.client, "server": thresholds.server},
+    }
