@@ -346,16 +346,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"host ePID {view['epid']} ({view['csvlk']})")
     th = view["thresholds"]
+    print(
+        f"count {view['count']} (thresholds: {th['client']} for clients, {th['server']} for "
+        f"servers), cache holds {view['cache_capacity']}"
+    )
     rows = [
-        [g["name"], str(g["count"]), f"{g['clients']}/{g['servers']}", str(g["capacity"])]
-        for g in view["groups"]
+        [g["name"], str(g["machines"]), f"{g['clients']}/{g['servers']}"] for g in view["groups"]
     ]
     print(
-        table(rows, ["ACTIVATION GROUP", "COUNT", "CLIENTS/SERVERS", "CACHE"])
+        table(rows, ["ACTIVATION GROUP", "MACHINES", "CLIENTS/SERVERS"])
         if rows
         else "no requests yet"
     )
-    print(f"thresholds: {th['client']} for clients, {th['server']} for servers")
     published = view["published"]
     print(
         "SRV published in: "

@@ -1,7 +1,7 @@
 """The KMS host's activation-count cache, as the seed describes it. No I/O: the host feeds it
 requests and a clock; :mod:`adba.kms.store` persists what changed.
 
-Per activation group (KMS ID):
+One cache per host, for every activation group its key covers:
 
 - the count is the number of distinct CMIDs in the cache (the requester included);
 - a client kind needs 25, a server kind 5 (thresholds configurable);
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .protocol import KIND_CLIENT, Request
 
-__all__ = ["DAY", "ClientRecord", "GroupCache", "KmsCache", "Thresholds"]
+__all__ = ["DAY", "ClientRecord", "KmsCache", "Thresholds"]
 
 DAY = 86400
 
@@ -47,95 +47,70 @@ class ClientRecord:
     activated: bool = False
 
 
-class GroupCache:
-    """One activation group: CMID -> record, least recently seen first."""
-
-    def __init__(self, capacity: int = 0) -> None:
-        self.capacity = capacity
-        self.entries: OrderedDict[uuid.UUID, ClientRecord] = OrderedDict()
-
-    def expire(self, now: int, expiry: int, gone: list[ClientRecord]) -> None:
-        while self.entries:
-            oldest = next(iter(self.entries.values()))
-            if oldest.last_seen > now - expiry:
-                break
-            gone.append(self.entries.popitem(last=False)[1])
-
-
 class KmsCache:
+    """One host's cache: CMID -> record, least recently seen first, shared by every
+    activation group the host's key covers (the count is cumulative, as in the seed:
+    three clients then a server, and the server's count is 4)."""
+
     def __init__(self, thresholds: Thresholds | None = None) -> None:
         self.thresholds = thresholds or Thresholds()
-        self.groups: dict[uuid.UUID, GroupCache] = {}
-        #: what changed since the store last saved: records to write, records to delete,
-        #: groups whose capacity grew
-        self.dirty: dict[tuple[uuid.UUID, uuid.UUID], ClientRecord] = {}
-        self.removed: dict[tuple[uuid.UUID, uuid.UUID], ClientRecord] = {}
-        self.grown: set[uuid.UUID] = set()
+        self.capacity = 0
+        self.entries: OrderedDict[uuid.UUID, ClientRecord] = OrderedDict()
+        #: what changed since the store last saved
+        self.dirty: dict[uuid.UUID, ClientRecord] = {}
+        self.removed: dict[uuid.UUID, ClientRecord] = {}
+        self.grown = False
 
-    def group(self, kms_id: uuid.UUID) -> GroupCache:
-        group = self.groups.get(kms_id)
-        if group is None:
-            group = self.groups[kms_id] = GroupCache()
-        return group
-
-    def load(self, record: ClientRecord, capacity: int) -> None:
+    def load(self, record: ClientRecord) -> None:
         """Restore a persisted record (records must come least recently seen first)."""
-        group = self.group(record.kms_id)
-        group.capacity = max(group.capacity, capacity)
-        group.entries[record.cmid] = record
+        self.entries[record.cmid] = record
+
+    def _expire(self, now: int) -> list[ClientRecord]:
+        gone = []
+        while self.entries:
+            oldest = next(iter(self.entries.values()))
+            if oldest.last_seen > now - self.thresholds.expiry:
+                break
+            gone.append(self.entries.popitem(last=False)[1])
+        return gone
 
     def _drop(self, gone: list[ClientRecord]) -> None:
         for rec in gone:
-            key = (rec.kms_id, rec.cmid)
-            self.dirty.pop(key, None)
-            self.removed[key] = rec
+            self.dirty.pop(rec.cmid, None)
+            self.removed[rec.cmid] = rec
 
     def observe(self, request: Request, now: int) -> tuple[int, bool]:
         """Record one request; returns (count, activated) to answer with."""
         threshold = self.thresholds.for_kind(request.kind)
-        group = self.group(request.kms_id)
-        if 2 * threshold > group.capacity:
-            group.capacity = 2 * threshold
-            self.grown.add(request.kms_id)
-        gone: list[ClientRecord] = []
-        group.expire(now, self.thresholds.expiry, gone)
-        rec = group.entries.pop(request.cmid, None)
+        if 2 * threshold > self.capacity:  # 10, then 50 once a client asks; never shrinks
+            self.capacity = 2 * threshold
+            self.grown = True
+        gone = self._expire(now)
+        rec = self.entries.pop(request.cmid, None)
         if rec is None:
             rec = ClientRecord(
                 request.kms_id, request.cmid, request.sku, request.kind, request.machine, now, now
             )
-        else:  # a renewal replaces the client's record
-            rec.sku, rec.kind, rec.machine, rec.last_seen = (
-                request.sku,
-                request.kind,
-                request.machine,
-                now,
-            )
-        group.entries[request.cmid] = rec
-        while len(group.entries) > group.capacity:
-            gone.append(group.entries.popitem(last=False)[1])
+        else:  # a renewal replaces the client's record: its 30 days start again
+            rec.kms_id, rec.sku, rec.kind = request.kms_id, request.sku, request.kind
+            rec.machine, rec.last_seen = request.machine, now
+        self.entries[request.cmid] = rec
+        while len(self.entries) > self.capacity:
+            gone.append(self.entries.popitem(last=False)[1])
         self._drop(gone)
-        count = len(group.entries)
+        count = len(self.entries)
         rec.activated = count >= threshold
-        key = (rec.kms_id, rec.cmid)
-        self.removed.pop(key, None)
-        self.dirty[key] = rec
+        self.removed.pop(rec.cmid, None)
+        self.dirty[rec.cmid] = rec
         return count, rec.activated
 
-    def count(self, kms_id: uuid.UUID, now: int) -> int:
-        group = self.groups.get(kms_id)
-        if group is None:
-            return 0
-        gone: list[ClientRecord] = []
-        group.expire(now, self.thresholds.expiry, gone)
-        self._drop(gone)
-        return len(group.entries)
+    def count(self, now: int) -> int:
+        self._drop(self._expire(now))
+        return len(self.entries)
 
-    def take_changes(
-        self,
-    ) -> tuple[list[ClientRecord], list[ClientRecord], dict[uuid.UUID, int]]:
-        """(records to save, records to delete, grown capacities) since the last call."""
+    def take_changes(self) -> tuple[list[ClientRecord], list[ClientRecord], int | None]:
+        """(records to save, records to delete, new capacity or None) since the last call."""
         saved, removed = list(self.dirty.values()), list(self.removed.values())
-        grown = {k: self.groups[k].capacity for k in self.grown}
-        self.dirty, self.removed, self.grown = {}, {}, set()
+        grown = self.capacity if self.grown else None
+        self.dirty, self.removed, self.grown = {}, {}, False
         return saved, removed, grown

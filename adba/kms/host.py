@@ -178,14 +178,16 @@ class Metrics:
                 yield GaugeMetricFamily(
                     "adba_kms_open_connections", "Connections being served.", value=metrics.open
                 )
-                counts = GaugeMetricFamily(
-                    "adba_kms_cached_machines",
-                    "Machines in the cache, per activation group.",
-                    labels=["kms_id"],
+                yield GaugeMetricFamily(
+                    "adba_kms_count",
+                    "Distinct machines in the cache (the count).",
+                    value=len(cache.entries),
                 )
-                for kms_id, group in list(cache.groups.items()):
-                    counts.add_metric([str(kms_id)], len(group.entries))
-                yield counts
+                yield GaugeMetricFamily(
+                    "adba_kms_cache_capacity",
+                    "How many machines the cache holds.",
+                    value=cache.capacity,
+                )
 
         registry = CollectorRegistry()
         registry.register(_Collector())
@@ -368,28 +370,28 @@ def default_addresses() -> list[str]:
 def status_view(
     state_dir: str | Path, *, now: int | None = None, thresholds: Thresholds | None = None
 ) -> dict[str, Any]:
-    """What ``adba kms status`` shows, read from the host's files (the host may be running)."""
+    """What ``adba kms status`` shows, read from the host's files (the host may be running;
+    its records lag by at most the flush interval)."""
     d = Path(state_dir)
     now = int(time.time()) if now is None else now
     thresholds = thresholds or Thresholds()
     info = json.loads((d / HOST_JSON).read_text()) if (d / HOST_JSON).is_file() else {}
     store = KmsStore(d / RECORDS, readonly=True)
     try:
-        capacities = store.capacities()
+        capacity = store.capacity()
         clients = [c for c in store.clients() if c.last_seen > now - thresholds.expiry]
         published = store.meta("published")
     finally:
         store.close()
     groups = []
-    for kms_id in sorted({c.kms_id for c in clients} | set(capacities), key=str):
+    for kms_id in sorted({c.kms_id for c in clients}, key=str):
         members = [c for c in clients if c.kms_id == kms_id]
         groups.append(
             {
                 "kms_id": str(kms_id),
-                "count": len(members),
+                "machines": len(members),
                 "clients": sum(1 for c in members if c.kind == 0),
                 "servers": sum(1 for c in members if c.kind == 1),
-                "capacity": capacities.get(kms_id, 0),
             }
         )
     return {
@@ -397,6 +399,8 @@ def status_view(
         "csvlk": info.get("csvlk_name"),
         "kms_ids": info.get("kms_ids", []),
         "activated": bool(info),
+        "count": len(clients),
+        "cache_capacity": capacity,
         "groups": groups,
         "published": json.loads(published) if published else [],
         "thresholds": {"client": thresholds.client, "server": thresholds.server},

@@ -23,21 +23,16 @@ __all__ = ["SCHEMA_VERSION", "KmsStore"]
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
+    cmid       TEXT PRIMARY KEY,
     kms_id     TEXT NOT NULL,
-    cmid       TEXT NOT NULL,
     sku        TEXT NOT NULL,
     kind       INTEGER NOT NULL,
     machine    TEXT NOT NULL,
     first_seen INTEGER NOT NULL,
     last_seen  INTEGER NOT NULL,
-    activated  INTEGER NOT NULL,
-    PRIMARY KEY (kms_id, cmid)
+    activated  INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS clients_by_age ON clients (kms_id, last_seen);
-CREATE TABLE IF NOT EXISTS groups (
-    kms_id   TEXT PRIMARY KEY,
-    capacity INTEGER NOT NULL
-);
+CREATE INDEX IF NOT EXISTS clients_by_age ON clients (last_seen);
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -71,44 +66,27 @@ class KmsStore:
         self.db.close()
 
     def load(self, cache: KmsCache) -> int:
-        capacities = {
-            uuid.UUID(k): int(c) for k, c in self.db.execute("SELECT kms_id, capacity FROM groups")
-        }
+        cache.capacity = max(cache.capacity, self.capacity())
         n = 0
-        for row in self.db.execute(
-            "SELECT kms_id, cmid, sku, kind, machine, first_seen, last_seen, activated "
-            "FROM clients ORDER BY last_seen, rowid"
-        ):
-            kms_id = uuid.UUID(row[0])
-            rec = ClientRecord(
-                kms_id,
-                uuid.UUID(row[1]),
-                uuid.UUID(row[2]),
-                int(row[3]),
-                str(row[4]),
-                int(row[5]),
-                int(row[6]),
-                bool(row[7]),
-            )
-            cache.load(rec, capacities.get(kms_id, 0))
+        for rec in self.clients():
+            cache.load(rec)
             n += 1
-        for kms_id, capacity in capacities.items():
-            cache.group(kms_id).capacity = max(cache.group(kms_id).capacity, capacity)
         return n
 
     def save(self, cache: KmsCache) -> int:
-        saved, removed, grown = cache.take_changes()
-        if not (saved or removed or grown):
+        saved, removed, capacity = cache.take_changes()
+        if not (saved or removed or capacity):
             return 0
         db = self.db
         db.execute("BEGIN")
         try:
             db.executemany(
-                "INSERT OR REPLACE INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO clients (cmid, kms_id, sku, kind, machine, first_seen,"
+                " last_seen, activated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        str(r.kms_id),
                         str(r.cmid),
+                        str(r.kms_id),
                         str(r.sku),
                         r.kind,
                         r.machine,
@@ -119,14 +97,9 @@ class KmsStore:
                     for r in saved
                 ],
             )
-            db.executemany(
-                "DELETE FROM clients WHERE kms_id = ? AND cmid = ?",
-                [(str(r.kms_id), str(r.cmid)) for r in removed],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO groups VALUES (?, ?)",
-                [(str(k), c) for k, c in grown.items()],
-            )
+            db.executemany("DELETE FROM clients WHERE cmid = ?", [(str(r.cmid),) for r in removed])
+            if capacity:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('capacity', ?)", (str(capacity),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -142,6 +115,7 @@ class KmsStore:
         return str(row[0]) if row else None
 
     def clients(self) -> list[ClientRecord]:
+        """Every record, least recently seen first."""
         return [
             ClientRecord(
                 uuid.UUID(r[0]),
@@ -155,11 +129,10 @@ class KmsStore:
             )
             for r in self.db.execute(
                 "SELECT kms_id, cmid, sku, kind, machine, first_seen, last_seen, activated "
-                "FROM clients ORDER BY kms_id, last_seen"
+                "FROM clients ORDER BY last_seen, rowid"
             )
         ]
 
-    def capacities(self) -> dict[uuid.UUID, int]:
-        return {
-            uuid.UUID(k): int(c) for k, c in self.db.execute("SELECT kms_id, capacity FROM groups")
-        }
+    def capacity(self) -> int:
+        value = self.meta("capacity")
+        return int(value) if value else 0
