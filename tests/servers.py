@@ -241,3 +241,153 @@ ns1  IN A   127.0.0.1
         self.stop()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TestKmsHost:
+    """A real KMS host process (``adba kms serve``) on 127.0.0.1 and a free port, its key
+    installed and activated with ``adba kms install-key`` against a local authority."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        authority: object,
+        *,
+        product: str = "Nimbus Server 2026 CSVLK",
+        host_id: str | None = None,
+        deadline: float = 1.0,
+        now: int | None = None,
+    ) -> None:
+        import tempfile
+        import time
+        from pathlib import Path
+
+        from adba.authority import LocalAuthority
+        from adba.catalog import load_catalog
+        from adba.keys import KeyType
+
+        self.dir = Path(tempfile.mkdtemp(prefix="adba-kms-", dir="/tmp"))
+        self.deadline = deadline
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.keep = False
+        auth = LocalAuthority.open(str(authority))
+        when = int(time.time()) if now is None else now
+        self.key = auth.mint(KeyType.CSVLK, product, load_catalog(), now=when).text
+        self.install(authority, host_id or self.dir.name)
+
+    def adba(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        import sys
+
+        return subprocess.run(
+            [sys.executable, "-m", "adba", *argv], capture_output=True, text=True, check=check
+        )
+
+    def install(self, authority: object, host_id: str) -> subprocess.CompletedProcess[str]:
+        return self.adba(
+            "kms",
+            "install-key",
+            "--state-dir",
+            str(self.dir),
+            "--key",
+            self.key,
+            "--authority",
+            str(authority),
+            "--host-id",
+            host_id,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, *extra: str) -> TestKmsHost:
+        import socket
+        import sys
+        import time
+
+        from adba.lab import free_port
+
+        self.port = self.port or free_port()
+        log = open(self.dir / "kms.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "adba",
+                "kms",
+                "serve",
+                "--state-dir",
+                str(self.dir),
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--deadline",
+                str(self.deadline),
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kms host exited {self.proc.returncode}: {self.log_tail()}")
+            with socket.socket() as probe:
+                probe.settimeout(0.2)
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.02)
+        raise RuntimeError(f"kms host not ready: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.dir / "kms.log").read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def log_text(self) -> str:
+        try:
+            return (self.dir / "kms.log").read_text()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def status(self) -> dict[str, object]:
+        import json
+
+        out = self.adba("kms", "status", "--state-dir", str(self.dir), "--json")
+        data: dict[str, object] = json.loads(out.stdout)
+        return data
+
+    def clients(self) -> list[dict[str, object]]:
+        import json
+
+        data: list[dict[str, object]] = json.loads(
+            self.adba("kms", "clients", "--state-dir", str(self.dir), "--json").stdout
+        )
+        return data
+
+    def destroy(self) -> None:
+        import shutil
+
+        self.stop()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
