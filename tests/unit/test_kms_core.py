@@ -94,7 +94,7 @@ def test_an_entry_older_than_30_days_drops_out() -> None:
     assert cache.count(NOW + 30 * DAY - 1) == 2
     assert cache.count(NOW + 30 * DAY) == 1
     assert old not in cache.entries
-    saved, removed, _cap = cache.take_changes()
+    _saved, removed, _cap = cache.take_changes()
     assert [r.cmid for r in removed] == [old]
 
 
