@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from adba.authority import Activator, CsvlkActivation, LocalAuthority
 from adba.catalog import Catalog, load_catalog
@@ -207,3 +208,50 @@ def test_records_persist_across_reopen(authority: LocalAuthority, catalog: Catal
 def test_local_authority_is_an_activator(authority: LocalAuthority) -> None:
     activator: Activator = authority
     assert callable(activator.activate_csvlk)
+
+
+def test_kms_host_activation_limits_survive_reopen(
+    authority: LocalAuthority, catalog: Catalog
+) -> None:
+    from adba.errors import ActivationLimitReached
+    from adba.kms.protocol import certificate_message
+
+    key = authority.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", catalog, now=NOW).text
+    for i in range(6):
+        act = authority.activate_kms_host(key, os.urandom(32), f"host-{i}", catalog, now=NOW)
+        cert = act.certificate
+        Ed25519PublicKey.from_public_bytes(authority.root_public_key).verify(
+            cert.signature,
+            certificate_message(cert.public_key, cert.epid, cert.csvlk_sku, cert.not_after),
+        )
+    with pytest.raises(
+        ActivationLimitReached, match=r"already activated on 6 hosts.*ask the vendor"
+    ):
+        authority.activate_kms_host(key, os.urandom(32), "host-6", catalog, now=NOW)
+    reopened = LocalAuthority.open(authority.path)
+    with pytest.raises(ActivationLimitReached):
+        reopened.activate_kms_host(key, os.urandom(32), "host-7", catalog, now=NOW)
+    for _ in range(9):  # host-0 was activated once: 9 reactivations are allowed
+        reopened.activate_kms_host(key, os.urandom(32), "host-0", catalog, now=NOW)
+    with pytest.raises(ActivationLimitReached, match="9 reactivations"):
+        LocalAuthority.open(authority.path).activate_kms_host(
+            key, os.urandom(32), "host-0", catalog, now=NOW
+        )
+    with pytest.raises(AuthorityError, match="not a KMS host key"):
+        gvlk = catalog.edition("Nimbus Server Standard").gvlk
+        reopened.activate_kms_host(gvlk, os.urandom(32), "x", catalog, now=NOW)
+
+
+def test_records_of_a_schema_1_authority_are_upgraded(tmp_path: Path, catalog: Catalog) -> None:
+    auth = LocalAuthority.init(tmp_path / "a", now=NOW)
+    key = auth.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", catalog, now=NOW)
+    db = sqlite3.connect(tmp_path / "a" / "records.sqlite")
+    db.executescript(
+        "DROP TABLE kms_hosts; DROP TABLE kms_keys;"
+        "UPDATE meta SET value = '1' WHERE name = 'schema_version';"
+    )
+    db.commit()
+    db.close()
+    upgraded = LocalAuthority.open(tmp_path / "a")
+    assert len(upgraded.minted()) == 1  # records kept
+    upgraded.activate_kms_host(key.text, bytes(32), "h", catalog, now=NOW)
