@@ -157,7 +157,7 @@ def kms_step(
             outcomes.append(fail(rec, product, settings, code, f"{adba_message}; {detail}", now))
             continue
         resp = answer.response
-        where = f"{answer.address}:{answer.port}"
+        where = answer.where
         rec.update(
             kms_host=where, kms_count=resp.count, kms_epid=resp.certificate.epid, last_attempt=now
         )

@@ -24,7 +24,7 @@ from .protocol import (
     response_message,
 )
 
-__all__ = ["KmsAnswer", "KmsUnreachable", "RogueHost", "ask"]
+__all__ = ["KmsAnswer", "KmsUnreachable", "RogueHost", "ask", "hostport"]
 
 
 class KmsUnreachable(KmsError):
@@ -39,11 +39,20 @@ class RogueHost(KmsError):
     code = "kms-rogue-host"
 
 
+def hostport(address: str, port: int) -> str:
+    """``192.0.2.1:1688`` or ``[2001:db8::1]:1688``."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 @dataclass(frozen=True)
 class KmsAnswer:
     response: Response
     address: str
     port: int
+
+    @property
+    def where(self) -> str:
+        return hostport(self.address, self.port)
 
 
 def _exchange(address: str, port: int, payload: bytes, timeout: float) -> bytes:
@@ -87,7 +96,7 @@ def ask(
     request = Request(kind, cmid, sku, kms_id, now, os.urandom(16), machine[:63])
     payload = request.encode()
     data = _exchange(address, port, payload, timeout)
-    where = f"{address}:{port}"
+    where = hostport(address, port)
     try:
         response = parse_response(data)
     except KmsError as exc:

@@ -399,3 +399,15 @@ def test_publish_srv_with_the_host_and_refusals(
         host.destroy()
         named.update("_vlmcs._tcp", "SRV", [])
         named.update("kms-pub", "A", [])
+
+
+def test_the_host_serves_ipv6_too(authority_dir: Path, tmp_path: Path) -> None:
+    host = TestKmsHost(authority_dir)
+    try:
+        host.start("--listen", "::1")
+        [m] = fleet(tmp_path, authority_dir, SERVER, 1, kms_host=f"[::1]:{host.port}")
+        assert m.run().code == "kms-count-low"
+        assert m.status()["kms_host"] == f"[::1]:{host.port}"
+        assert f"::1:{host.port}" in host.log_text()
+    finally:
+        host.destroy()
