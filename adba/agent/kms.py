@@ -182,8 +182,8 @@ def kms_step(
             outcomes.append(Outcome(product.edition, True, "activated", message, True))
         else:
             message = (
-                f"{adba_message}; KMS host {where} counts {resp.count} machines, "
-                f"{threshold} needed for a {product.kind}"
+                f"{adba_message}; KMS host {where}: count {resp.count}, "
+                f"{threshold} needed to activate a {product.kind}"
             )
             outcome = fail(rec, product, settings, "kms-count-low", message, now)
             rec["next_attempt"] = now + resp.retry_minutes * 60

@@ -24,7 +24,8 @@ DEMO = """\
 Starts a throwaway slapd on 127.0.0.1, prepares it with `adba directory init`, creates an
 activation authority, mints a CSVLK, publishes an activation object, lists and shows it (as
 a computer, verifying the license), runs the client agent (activated through ADBA) and asks
-its status, deletes the object, and cleans everything up.
+its status, deletes the object; then installs a KMS host key, serves KMS, and boots five
+servers outside any domain until the count activates them; and cleans everything up.
 
 example:
   adba demo
@@ -66,6 +67,78 @@ class _Step:
         if code != expect:
             raise AdbaError(f"demo step {self.n} ({title}) exited with {code}, expected {expect}")
         return text
+
+
+def _kms_part(step: _Step, work: Path, authority: str, root_key: str) -> None:
+    """Machines outside any domain: a KMS host, found statically, activates the fifth."""
+    import subprocess
+
+    from ..lab import free_port
+
+    print("\n--- KMS: machines that are not in a domain ---")
+    key = step(
+        "the vendor mints a KMS host key",
+        ["authority", "mint", "--path", authority, "--type", "csvlk", "--product", SERVER_CSVLK],
+    ).strip()
+    key_file = work / "kms-csvlk.txt"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    state = str(work / "kms")
+    step(
+        "the KMS host operator installs it; the authority certifies the host's own key",
+        [
+            "kms",
+            "install-key",
+            "--state-dir",
+            state,
+            "--key-file",
+            str(key_file),
+            "--authority",
+            authority,
+            "--host-id",
+            "demo-kms-1",
+        ],
+    )
+    port = free_port()
+    serve = ["kms", "serve", "--state-dir", state, "--listen", "127.0.0.1", "--port", str(port)]
+    print(
+        f"\n[{step.n + 1}] the host starts answering (in the background)\n$ adba {shlex.join(serve)}"
+    )
+    step.n += 1
+    log = open(work / "kms.log", "wb")  # noqa: SIM115 - closed below
+    host = subprocess.Popen(
+        [sys.executable, "-m", "adba", *serve],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        import socket
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and host.poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.02)
+        for i in range(1, 6):
+            cfg = work / f"server{i}.toml"
+            cfg.write_text(
+                f'kms_host = "127.0.0.1:{port}"\nroot_key = "{root_key}"\n'
+                f'state_path = "{work / f"server{i}.json"}"\nmachine_name = "SRV{i}"\n'
+                '[[products]]\nedition = "Nimbus Server Standard"\n'
+            )
+            step(
+                f"server SRV{i} boots (a server activates once the host counts 5)",
+                ["agent", "run", "--once", "--config", str(cfg)],
+            )
+        time.sleep(1.2)  # the host saves its records once a second
+        step("the operator looks at the host", ["kms", "status", "--state-dir", state])
+        step("... and its clients", ["kms", "clients", "--state-dir", state])
+    finally:
+        host.terminate()
+        host.wait(10)
+        log.close()
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -193,6 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "the next boot finds no object: still licensed until the 180 days run out",
                 ["agent", "run", "--once", *agent_cfg],
             )
+            _kms_part(step, work, authority, root_key)
             if args.keep:
                 print(f"\nkept {lab.dir} and {work}")
     except AdbaError as exc:

@@ -86,8 +86,8 @@ def test_24_clients_wait_the_25th_activates_then_all_do(
     machines = fleet(tmp_path, authority_dir, CLIENT, 25, kms_host=kms.address)
     first = [m.run() for m in machines[:24]]
     assert not any(o.activated for o in first)
-    assert first[0].code == "kms-count-low" and "counts 1 machines, 25 needed" in first[0].message
-    assert "counts 24 machines" in first[-1].message
+    assert first[0].code == "kms-count-low" and "count 1, 25 needed" in first[0].message
+    assert "count 24, 25 needed" in first[-1].message
     st = machines[0].status()
     assert st["status"] == "grace" and st["next_attempt"] == NOW + 2 * 3600
     assert st["kms_host"] == kms.address and st["kms_count"] == 1
