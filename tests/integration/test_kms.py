@@ -395,6 +395,29 @@ def test_publish_srv_with_the_host_and_refusals(
         )
         err = capsys.readouterr().err
         assert code == 18 and "TSIG key" in err and err.count("\n") == 1
+        # by hand, with the right key: unpublish removes this host's record
+        code = main(
+            [
+                "kms",
+                "unpublish",
+                "--state-dir",
+                str(host.dir),
+                "--port",
+                str(host.port),
+                "--publish",
+                f"{named.zone},10,60",
+                "--dns-server",
+                named.nameserver,
+                "--tsig-key-file",
+                str(key),
+                "--host-name",
+                f"kms-pub.{named.zone}",
+                "--address",
+                "127.0.0.1",
+            ]
+        )
+        assert code == 0 and "removed from" in capsys.readouterr().out
+        assert locate(kms_srv_names(named.zone), make_resolver([named.nameserver])) == []
     finally:
         host.destroy()
         named.update("_vlmcs._tcp", "SRV", [])
@@ -410,4 +433,35 @@ def test_the_host_serves_ipv6_too(authority_dir: Path, tmp_path: Path) -> None:
         assert m.status()["kms_host"] == f"[::1]:{host.port}"
         assert f"::1:{host.port}" in host.log_text()
     finally:
+        host.destroy()
+
+
+def test_connection_limit_and_metrics(authority_dir: Path, tmp_path: Path) -> None:
+    import urllib.request
+
+    metrics_port = free_port()
+    host = TestKmsHost(authority_dir, deadline=3.0)
+    idle: list[socket.socket] = []
+    try:
+        host.start("--max-connections", "2", "--metrics-port", str(metrics_port))
+        for _ in range(2):  # two slow clients hold the two slots
+            s = socket.create_connection(("127.0.0.1", host.port))
+            s.sendall(b"ADBK")
+            idle.append(s)
+        time.sleep(0.2)
+        data, took = _send(host.port, b"x" * REQUEST_SIZE)
+        assert data == b"" and took < 1.0  # refused at once, not after the deadline
+        for s in idle:
+            s.close()
+        time.sleep(0.2)
+        [m] = fleet(tmp_path, authority_dir, SERVER, 1, kms_host=host.address)
+        assert m.run().code == "kms-count-low"  # slots free again
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert "adba_kms_requests_total 1.0" in text
+        assert "adba_kms_refused_total 1.0" in text
+        assert "adba_kms_count 1.0" in text and "adba_kms_cache_capacity 10.0" in text
+    finally:
+        for s in idle:
+            s.close()
         host.destroy()
