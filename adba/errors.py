@@ -20,6 +20,7 @@ __all__ = [
     "AuthenticationFailed",
     "AuthorityError",
     "AuthorityNotInitialised",
+    "AuthorityUnavailable",
     "CatalogError",
     "CertificateExpired",
     "CheckFailed",
@@ -229,6 +230,12 @@ class NotAnActivationObject(DirectoryError):
 
     exit_code = 14
     code = "not-an-activation-object"
+
+
+class AuthorityUnavailable(AuthorityError):
+    """The activation authority is not answering."""
+
+    code = "authority-unavailable"
 
 
 class ActivationLimitReached(AuthorityError):

@@ -44,8 +44,57 @@ def register(nouns: Any) -> None:
     mint.add_argument("--type", required=True, choices=["csvlk", "mak"], help="key type")
     mint.add_argument("--product", required=True, help="CSVLK product (csvlk) or edition (mak)")
     mint.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
+    mint.add_argument("--count", type=int, default=1, help="activations a MAK allows (default 1)")
     add_json(mint)
     mint.set_defaults(func=cmd_mint)
+
+    serve = verbs.add_parser("serve", help="serve the authority over HTTP(S)", description=SERVE)
+    _path_arg(serve)
+    serve.add_argument(
+        "--listen", default="127.0.0.1", metavar="ADDR", help="address (default 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8443, help="TCP port (default 8443)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain (TLS)")
+    serve.add_argument("--tls-key", metavar="PEM", help="private key of the certificate")
+    serve.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
+    serve.set_defaults(func=cmd_serve)
+
+    confirm = verbs.add_parser(
+        "confirm", help="installation ID -> confirmation ID", description=CONFIRM
+    )
+    _path_arg(confirm)
+    confirm.add_argument(
+        "installation_id", metavar="IID", help="the digits, with or without dashes"
+    )
+    confirm.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
+    add_json(confirm)
+    confirm.set_defaults(func=cmd_confirm)
+
+    grant = verbs.add_parser("grant-hosts", help="raise a KMS key's host limit", description=GRANT)
+    _path_arg(grant)
+    key = grant.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key-file", metavar="FILE", help="file holding the KMS key (CSVLK)")
+    key.add_argument("--key", help="the KMS key itself")
+    grant.add_argument("--hosts", type=int, required=True, help="how many more hosts")
+    grant.set_defaults(func=cmd_grant)
+
+    rotate = verbs.add_parser(
+        "rotate", help="new signing key under the same root", description=ROTATE
+    )
+    _path_arg(rotate)
+    rotate.set_defaults(func=cmd_rotate)
+
+    report = verbs.add_parser(
+        "report", help="keys, activations, hosts, counts left", description=REPORT
+    )
+    _path_arg(report)
+    report.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
+    add_json(report)
+    report.set_defaults(func=cmd_report)
+
+
+def _path_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--path", metavar="DIR", help="the authority directory (ADBA_AUTHORITY)")
 
 
 def _path(args: argparse.Namespace) -> str:
@@ -74,6 +123,8 @@ def cmd_mint(args: argparse.Namespace) -> int:
     cat = catalog(args)
     auth = LocalAuthority.open(_path(args))
     key = auth.mint(KeyType[args.type.upper()], args.product, cat, now=int(time.time()))
+    if key.type is KeyType.MAK:
+        auth.set_mak_count(key, args.count)
     if args.json:
         emit_json(
             {
@@ -85,4 +136,127 @@ def cmd_mint(args: argparse.Namespace) -> int:
         )
     else:
         print(key.text)
+    return 0
+
+
+SERVE = """\
+Serves the authority's JSON API (versioned: /v1/...) with uvicorn; TLS with --tls-cert and
+--tls-key. Bodies over 256 KiB, non-JSON bodies, malformed JSON, unknown keys and replayed
+request ids are refused with a 4xx and a message; nothing is recorded for them.
+
+example:
+  adba authority serve --path /var/lib/adba/authority --listen 0.0.0.0 --port 8443 \\
+      --tls-cert /etc/adba/authority.pem --tls-key /etc/adba/authority.key
+"""
+CONFIRM = """\
+Answers an installation ID (read out by a customer, or from `adba ... --get-iid`) with a
+confirmation ID to type back in. Limits apply as online.
+
+example:
+  adba authority confirm --path /var/lib/adba/authority 1234567-2345678-...
+"""
+GRANT = """\
+Raises the number of hosts a KMS key may activate (6 by default).
+
+example:
+  adba authority grant-hosts --path /var/lib/adba/authority --key-file kms.txt --hosts 2
+"""
+ROTATE = """\
+Issues a new signing key under the pinned root. Objects published before keep verifying
+(their licenses carry the old, still valid certificate); new ones use the new key.
+
+example:
+  adba authority rotate --path /var/lib/adba/authority
+"""
+REPORT = """\
+Lists the keys (never their text), activations per key, KMS hosts and reactivations left,
+MAK activations left.
+
+example:
+  adba authority report --path /var/lib/adba/authority --json
+"""
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..authority import LocalAuthority
+    from ..authority.service import create_app
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InvalidInput("give both --tls-cert and --tls-key (or neither)")
+    app = create_app(LocalAuthority.open(_path(args)), catalog(args))
+    uvicorn.run(
+        app,
+        host=args.listen,
+        port=args.port,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
+        log_level="info",
+        access_log=True,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from ..authority import LocalAuthority
+    from ..confirmation import Installation
+
+    installation = Installation.parse(args.installation_id)
+    cid = LocalAuthority.open(_path(args)).confirm(
+        installation, catalog(args), now=int(time.time())
+    )
+    if args.json:
+        emit_json(
+            {
+                "installation_id": installation.text(),
+                "confirmation_id": cid.text(),
+                "kind": installation.kind_name,
+            }
+        )
+    else:
+        print(cid.text())
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    from ..authority import LocalAuthority
+    from .ao import _read_key
+
+    limit = LocalAuthority.open(_path(args)).grant_hosts(_read_key(args), args.hosts)
+    print(f"the KMS key may now activate {limit} hosts")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    from ..authority import LocalAuthority
+
+    cert = LocalAuthority.open(_path(args)).rotate(now=int(time.time()))
+    print(f"new signing key {cert.key_id.hex()} under the same root; earlier objects still verify")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..authority import LocalAuthority
+
+    report = LocalAuthority.open(_path(args)).report(catalog(args))
+    if args.json:
+        emit_json(report)
+        return 0
+    print(f"root key {report['root_key_id']}, signing key {report['signing_key_id']}")
+    for k in report["keys"]:
+        head = f"{k['type']} {k['product']} #{k['serial']}"
+        if k["type"] == "CSVLK":
+            print(
+                f"{head}: {k['forest_activations']} forest activation(s), "
+                f"{len(k['kms_hosts'])} of {k['kms_host_limit']} KMS hosts"
+            )
+            for h in k["kms_hosts"]:
+                print(
+                    f"    host {h['host']}: {h['activations']} activation(s), "
+                    f"{h['reactivations_left']} reactivation(s) left"
+                )
+        else:
+            print(f"{head}: {k['mak_used']} of {k['mak_allowed']} activations used")
     return 0

@@ -58,6 +58,7 @@ __all__ = [
     "HostCertificate",
     "Request",
     "Response",
+    "binding_certificate_message",
     "certificate_message",
     "parse_request",
     "parse_response",
@@ -182,9 +183,19 @@ def certificate_message(
     public_key: bytes, epid: str, csvlk_sku: uuid.UUID, not_after: int
 ) -> bytes:
     """What the authority's root key signs in a host certificate."""
+    from ..confirmation import host_binding
+
+    return binding_certificate_message(host_binding(public_key), epid, csvlk_sku, not_after)
+
+
+def binding_certificate_message(
+    binding: bytes, epid: str, csvlk_sku: uuid.UUID, not_after: int
+) -> bytes:
+    """The same, from the hash of the host key (all an installation ID carries), so a host
+    activated by telephone gets the very certificate an online activation would give."""
     return (
-        b"ADBA-KMS-HOST-1\0"
-        + public_key
+        b"ADBA-KMS-HOST-2\0"
+        + binding
         + _epid(epid)
         + csvlk_sku.bytes
         + struct.pack(">I", not_after)

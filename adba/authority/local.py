@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from adba.catalog import Catalog
 
 if TYPE_CHECKING:
+    from adba.confirmation import Confirmation, Installation
     from adba.kms.protocol import HostCertificate
 from adba.errors import (
     ActivationLimitReached,
@@ -79,18 +80,35 @@ CREATE TABLE IF NOT EXISTS kms_keys (
 );
 CREATE TABLE IF NOT EXISTS kms_hosts (
     key_sha256  TEXT NOT NULL,
-    host_id     TEXT NOT NULL,
+    host_id     TEXT NOT NULL,     -- hex hash of the host id (all an installation ID carries)
+    host_name   TEXT,              -- the host id itself, when activated online
     activations INTEGER NOT NULL,
     first_at    INTEGER NOT NULL,
     last_at     INTEGER NOT NULL,
     epid        TEXT NOT NULL,
     PRIMARY KEY (key_sha256, host_id)
 );
+CREATE TABLE IF NOT EXISTS mak_keys (
+    key_sha256  TEXT PRIMARY KEY,
+    allowed     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mak_activations (
+    key_sha256  TEXT NOT NULL,
+    binding     TEXT NOT NULL,     -- hex hash of the machine (CMID and edition)
+    first_at    INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    PRIMARY KEY (key_sha256, binding)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id  TEXT PRIMARY KEY,  -- online requests carry a unique id: a replay is refused
+    at          INTEGER NOT NULL
+);
 """,
 }
 #: a KMS key activates at most this many distinct hosts, each at most 1 + 9 times (the seed)
 KMS_HOST_LIMIT = 6
 KMS_REACTIVATIONS = 9
+KMS_CERT_DAYS = 365
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -456,6 +474,50 @@ class LocalAuthority:
             issued_at=now,
         )
 
+    def _tagged(self, key: ProductKey | str, want: KeyType, what: str) -> ProductKey:
+        parsed = parse_key(key) if isinstance(key, str) else key
+        if parsed.type is not want:
+            raise AuthorityError(f"this is a {parsed.type.name}, not a {what}")
+        if not verify_tag(parsed, self._tag_secret):
+            raise AuthorityError(
+                f"the {parsed.type.name} {parsed} was not issued by this authority"
+            )
+        return parsed
+
+    def _grant_host(
+        self, parsed: ProductKey, subject: bytes, name: str | None, epid: str, now: int
+    ) -> None:
+        digest, host = key_sha256(parsed), subject.hex()
+        label = name or f"host {host}"
+        with self._records() as db:
+            row = db.execute(
+                "SELECT host_limit FROM kms_keys WHERE key_sha256 = ?", (digest,)
+            ).fetchone()
+            limit = int(row[0]) if row else KMS_HOST_LIMIT
+            mine = {
+                str(h): int(n)
+                for h, n in db.execute(
+                    "SELECT host_id, activations FROM kms_hosts WHERE key_sha256 = ?", (digest,)
+                )
+            }
+            if host not in mine and len(mine) >= limit:
+                raise ActivationLimitReached(
+                    f"the KMS key {parsed} is already activated on {len(mine)} hosts (its limit "
+                    f"is {limit}): ask the vendor for more activations "
+                    "(`adba authority grant-hosts`)"
+                )
+            if mine.get(host, 0) >= 1 + KMS_REACTIVATIONS:
+                raise ActivationLimitReached(
+                    f"{label} has used its {KMS_REACTIVATIONS} reactivations of the KMS "
+                    f"key {parsed}: ask the vendor for more activations"
+                )
+            db.execute(
+                "INSERT INTO kms_hosts VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (key_sha256, host_id)"
+                " DO UPDATE SET activations = activations + 1, last_at = ?, epid = ?,"
+                " host_name = COALESCE(?, host_name)",
+                (digest, host, name, now, now, epid, now, epid, name),
+            )
+
     def activate_kms_host(
         self,
         key: str,
@@ -471,43 +533,15 @@ class LocalAuthority:
         A key activates at most :data:`KMS_HOST_LIMIT` distinct hosts (more if granted), and
         each host at most 1 + :data:`KMS_REACTIVATIONS` times.
         """
+        from adba.confirmation import host_subject
         from adba.kms.protocol import HostCertificate, certificate_message
 
-        parsed = parse_key(key)
-        if parsed.type is not KeyType.CSVLK:
-            raise AuthorityError(f"this is a {parsed.type.name}, not a KMS host key (CSVLK)")
-        if not verify_tag(parsed, self._tag_secret):
-            raise AuthorityError(f"the CSVLK {parsed} was not issued by this authority")
+        parsed = self._tagged(key, KeyType.CSVLK, "KMS host key (CSVLK)")
         if len(host_public_key) != 32 or not host_id or len(host_id) > 255:
             raise InvalidInput("a host needs a 32-byte Ed25519 public key and an id")
         product = catalog.csvlk_by_code(parsed.code)
-        digest = key_sha256(parsed)
         epid = make_kms_epid(parsed.code, parsed.serial, now)
-        with self._records() as db:
-            row = db.execute(
-                "SELECT host_limit FROM kms_keys WHERE key_sha256 = ?", (digest,)
-            ).fetchone()
-            limit = int(row[0]) if row else KMS_HOST_LIMIT
-            hosts = db.execute(
-                "SELECT host_id, activations FROM kms_hosts WHERE key_sha256 = ?", (digest,)
-            ).fetchall()
-            mine = {str(h): int(n) for h, n in hosts}
-            if host_id not in mine and len(mine) >= limit:
-                raise ActivationLimitReached(
-                    f"the KMS key {parsed} is already activated on {len(mine)} hosts (its limit "
-                    f"is {limit}): ask the vendor for more activations "
-                    "(`adba authority grant-hosts`)"
-                )
-            if mine.get(host_id, 0) >= 1 + KMS_REACTIVATIONS:
-                raise ActivationLimitReached(
-                    f"host {host_id} has used its {KMS_REACTIVATIONS} reactivations of the KMS "
-                    f"key {parsed}: ask the vendor for more activations"
-                )
-            db.execute(
-                "INSERT INTO kms_hosts VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (key_sha256, host_id)"
-                " DO UPDATE SET activations = activations + 1, last_at = ?, epid = ?",
-                (digest, host_id, now, now, epid, now, epid),
-            )
+        self._grant_host(parsed, host_subject(host_id), host_id, epid, now)
         not_after = now + cert_days * 86400
         signature = self._root_key.sign(
             certificate_message(host_public_key, epid, product.sku, not_after)
@@ -518,6 +552,183 @@ class LocalAuthority:
             product.name,
             product.kms_ids,
         )
+
+    def confirm(self, installation: Installation, catalog: Catalog, *, now: int) -> Confirmation:
+        """Answer an installation ID with a confirmation ID (offline / telephone activation,
+        and what online MAK activation does too). Enforces the same limits as online."""
+        from adba.confirmation import (
+            KIND_CSVLK_FOREST,
+            KIND_KMS_HOST,
+            Confirmation,
+            signed_message,
+        )
+        from adba.kms.protocol import binding_certificate_message
+
+        if installation.kind == KIND_CSVLK_FOREST:
+            parsed = self._tagged(installation.key, KeyType.CSVLK, "CSVLK")
+            product = catalog.csvlk_by_code(parsed.code)
+            with self._records() as db:
+                db.execute(
+                    "INSERT INTO activations (key_sha256, forest_dn, forest_guid, pid, issued_at)"
+                    " VALUES (?, ?, NULL, ?, ?)",
+                    (
+                        key_sha256(parsed),
+                        f"phone:{installation.binding.hex()}",
+                        make_pid(parsed.code, parsed.serial, now),
+                        now,
+                    ),
+                )
+            message = signed_message(installation, now)
+            log.info("confirmed %s %s for a forest by installation ID", product.name, parsed)
+        elif installation.kind == KIND_KMS_HOST:
+            parsed = self._tagged(installation.key, KeyType.CSVLK, "KMS host key (CSVLK)")
+            product = catalog.csvlk_by_code(parsed.code)
+            epid = make_kms_epid(parsed.code, parsed.serial, now)
+            self._grant_host(parsed, installation.subject, None, epid, now)
+            message = binding_certificate_message(
+                installation.binding, epid, product.sku, now + KMS_CERT_DAYS * 86400
+            )
+        else:
+            parsed = self._tagged(installation.key, KeyType.MAK, "MAK")
+            self._use_mak(parsed, installation.binding, now)
+            message = signed_message(installation, now)
+        return Confirmation(now, self._root_key.sign(message))
+
+    def _use_mak(self, parsed: ProductKey, binding: bytes, now: int) -> None:
+        digest = key_sha256(parsed)
+        with self._records() as db:
+            row = db.execute(
+                "SELECT allowed FROM mak_keys WHERE key_sha256 = ?", (digest,)
+            ).fetchone()
+            allowed = int(row[0]) if row else 0
+            known = db.execute(
+                "SELECT 1 FROM mak_activations WHERE key_sha256 = ? AND binding = ?",
+                (digest, binding.hex()),
+            ).fetchone()
+            (used,) = db.execute(
+                "SELECT COUNT(*) FROM mak_activations WHERE key_sha256 = ?", (digest,)
+            ).fetchone()
+            if not known and used >= allowed:
+                raise ActivationLimitReached(
+                    f"the MAK {parsed} has no activations left ({used} of {allowed} used): "
+                    "ask the vendor for more"
+                )
+            db.execute(
+                "INSERT INTO mak_activations VALUES (?, ?, ?, ?) ON CONFLICT (key_sha256, binding)"
+                " DO UPDATE SET last_at = ?",
+                (digest, binding.hex(), now, now, now),
+            )
+
+    def set_mak_count(self, key: ProductKey, count: int) -> None:
+        if count < 1:
+            raise InvalidInput("a MAK needs at least 1 activation")
+        with self._records() as db:
+            db.execute("INSERT OR REPLACE INTO mak_keys VALUES (?, ?)", (key_sha256(key), count))
+
+    def grant_hosts(self, key: str, hosts: int) -> int:
+        """Raise a KMS key's host limit by ``hosts``; returns the new limit."""
+        parsed = self._tagged(key, KeyType.CSVLK, "KMS host key (CSVLK)")
+        if hosts < 1:
+            raise InvalidInput("grant at least 1 more host")
+        digest = key_sha256(parsed)
+        with self._records() as db:
+            row = db.execute(
+                "SELECT host_limit FROM kms_keys WHERE key_sha256 = ?", (digest,)
+            ).fetchone()
+            limit = (int(row[0]) if row else KMS_HOST_LIMIT) + hosts
+            db.execute("INSERT OR REPLACE INTO kms_keys VALUES (?, ?)", (digest, limit))
+        log.info("KMS key %s may now activate %d hosts", parsed, limit)
+        return limit
+
+    def seen_request(self, request_id: str, now: int) -> bool:
+        """Record an online request id; True if it was seen before (a replay)."""
+        with self._records() as db:
+            try:
+                db.execute("INSERT INTO requests VALUES (?, ?)", (request_id, now))
+            except sqlite3.IntegrityError:
+                return True
+        return False
+
+    def rotate(self, *, now: int, cert_days: int = 3650) -> SigningCertificate:
+        """A new signing key under the same root. Objects signed before keep verifying (their
+        licenses carry the old certificate, still valid); new ones use the new key."""
+        old = self._certificate
+        archive = self._path / f"signing-{old.key_id.hex()}"
+        signing_key = Ed25519PrivateKey.generate()
+        certificate = issue_certificate(
+            self._root_key, _raw_public(signing_key), now, now + cert_days * 86400
+        )
+        os.replace(self._path / SIGNING_KEY, archive.with_suffix(".key"))
+        os.replace(self._path / SIGNING_CERT, archive.with_suffix(".cert"))
+        _write(self._path / SIGNING_KEY, _private_pem(signing_key), 0o600)
+        _write(self._path / SIGNING_CERT, certificate.der, 0o644)
+        self._signing_key, self._certificate = signing_key, certificate
+        log.info("rotated the signing key: %s -> %s", old.key_id.hex(), certificate.key_id.hex())
+        return certificate
+
+    def report(self, catalog: Catalog) -> dict[str, Any]:
+        """Keys, activations per key, KMS hosts, remaining counts (no key text)."""
+        with self._records() as db:
+            keys = db.execute(
+                "SELECT type, product_code, serial, created_at, key_sha256 FROM minted_keys ORDER BY id"
+            ).fetchall()
+            activations = dict(
+                db.execute(
+                    "SELECT key_sha256, COUNT(*) FROM activations GROUP BY key_sha256"
+                ).fetchall()
+            )
+            hosts = db.execute(
+                "SELECT key_sha256, host_id, host_name, activations, last_at, epid FROM kms_hosts"
+            ).fetchall()
+            limits = dict(db.execute("SELECT key_sha256, host_limit FROM kms_keys").fetchall())
+            mak_allowed = dict(db.execute("SELECT key_sha256, allowed FROM mak_keys").fetchall())
+            mak_used = dict(
+                db.execute(
+                    "SELECT key_sha256, COUNT(*) FROM mak_activations GROUP BY key_sha256"
+                ).fetchall()
+            )
+        out = []
+        for key_type, code, serial, created, digest in keys:
+            kt = KeyType(key_type)
+            product = (
+                catalog.csvlk_by_code(code)
+                if kt is KeyType.CSVLK
+                else catalog.edition_by_code(code)
+            ).name
+            entry: dict[str, Any] = {
+                "type": kt.name,
+                "product": product,
+                "serial": serial,
+                "created_at": created,
+                "key_sha256": digest,
+            }
+            if kt is KeyType.CSVLK:
+                mine = [h for h in hosts if h[0] == digest]
+                limit = int(limits.get(digest, KMS_HOST_LIMIT))
+                entry.update(
+                    forest_activations=int(activations.get(digest, 0)),
+                    kms_hosts=[
+                        {
+                            "host": name or host_id,
+                            "activations": n,
+                            "reactivations_left": 1 + KMS_REACTIVATIONS - n,
+                            "last_at": last,
+                            "epid": epid,
+                        }
+                        for _d, host_id, name, n, last, epid in mine
+                    ],
+                    kms_host_limit=limit,
+                    kms_hosts_left=max(0, limit - len(mine)),
+                )
+            else:
+                allowed, used = int(mak_allowed.get(digest, 0)), int(mak_used.get(digest, 0))
+                entry.update(mak_allowed=allowed, mak_used=used, mak_left=max(0, allowed - used))
+            out.append(entry)
+        return {
+            "root_key_id": key_id(self._root_public).hex(),
+            "signing_key_id": self._certificate.key_id.hex(),
+            "keys": out,
+        }
 
     # -- records -------------------------------------------------------------------------------
     def minted(self) -> list[tuple[KeyType, int, int, int]]:

@@ -1,0 +1,149 @@
+"""Talking to a remote activation authority (``adba authority serve``) over HTTPS, with httpx.
+
+:class:`RemoteAuthority` is an :class:`~adba.authority.Activator` like the local one, so every
+command that activates takes either. Transient failures (connection refused, timeouts, 5xx)
+are retried a few times with a growing pause; then the caller is told the authority is down
+and how to carry on (try later, or activate by telephone with an installation ID).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    ActivationLimitReached,
+    AuthorityError,
+    AuthorityUnavailable,
+    InvalidInput,
+)
+from .local import CsvlkActivation, KmsHostActivation
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+    from ..confirmation import Confirmation, Installation
+    from ..license import ForestIdentity
+
+__all__ = ["RemoteAuthority"]
+
+log = logging.getLogger(__name__)
+
+
+class RemoteAuthority:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        pause: float = 0.5,
+    ) -> None:
+        if not url.startswith(("https://", "http://")):
+            raise InvalidInput(
+                f"authority URL {url!r} must start with https:// (or http:// for a lab)"
+            )
+        self.url = url.rstrip("/")
+        self.ca_file, self.timeout, self.retries, self.pause = ca_file, timeout, retries, pause
+
+    def __repr__(self) -> str:
+        return f"RemoteAuthority({self.url!r})"
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        body = {"request_id": secrets.token_hex(16), **body}
+        verify: Any = self.ca_file or True
+        last = ""
+        for attempt in range(1, self.retries + 1):
+            try:
+                with httpx.Client(verify=verify, timeout=self.timeout) as client:
+                    response = client.post(self.url + path, json=body)
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+                log.warning(
+                    "authority %s: %s (attempt %d of %d)", self.url, last, attempt, self.retries
+                )
+            else:
+                if response.status_code < 500:
+                    return self._result(response)
+                last = f"HTTP {response.status_code}"
+                log.warning(
+                    "authority %s: %s (attempt %d of %d)", self.url, last, attempt, self.retries
+                )
+            if attempt < self.retries:
+                time.sleep(self.pause * attempt)
+        raise AuthorityUnavailable(
+            f"the activation authority at {self.url} is not answering ({last}, {self.retries} "
+            "tries): try again later, or activate by telephone with an installation ID (--get-iid)"
+        )
+
+    def _result(self, response: Any) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise AuthorityError(
+                f"the authority at {self.url} sent a reply that is not JSON"
+            ) from exc
+        if response.status_code == 200:
+            return data
+        message = str(data.get("message") or f"HTTP {response.status_code}")
+        if response.status_code == 409 and data.get("error") == "activation-limit":
+            raise ActivationLimitReached(message)
+        if response.status_code == 400:
+            raise InvalidInput(f"the authority refused the request: {message}")
+        raise AuthorityError(f"the authority refused: {message}", status=response.status_code)
+
+    # -- the Activator seam -------------------------------------------------------------------
+    def activate_csvlk(
+        self, key: str, forest: ForestIdentity, catalog: Catalog, *, now: int
+    ) -> CsvlkActivation:
+        data = self._post(
+            "/v1/csvlk/activations",
+            {
+                "key": key,
+                "forest_dn": forest.dn,
+                "forest_guid": str(forest.guid) if forest.guid else None,
+            },
+        )
+        return CsvlkActivation(
+            csvlk_sku=uuid.UUID(data["csvlk_sku"]),
+            csvlk_name=data["csvlk_name"],
+            kms_ids=tuple(uuid.UUID(k) for k in data["kms_ids"]),
+            partial_key=data["partial_key"],
+            pid=data["pid"],
+            license_der=base64.b64decode(data["license"]),
+            issued_at=int(data["issued_at"]),
+        )
+
+    def activate_kms_host(
+        self, key: str, host_public_key: bytes, host_id: str, catalog: Catalog, *, now: int
+    ) -> KmsHostActivation:
+        from ..kms.protocol import HostCertificate
+
+        data = self._post(
+            "/v1/kms-hosts/activations",
+            {"key": key, "host_public_key": host_public_key.hex(), "host_id": host_id},
+        )
+        return KmsHostActivation(
+            HostCertificate.from_bytes(bytes.fromhex(data["certificate"])),
+            data["csvlk_name"],
+            tuple(uuid.UUID(k) for k in data["kms_ids"]),
+        )
+
+    def confirm(
+        self, installation: Installation, catalog: Catalog | None = None, *, now: int = 0
+    ) -> Confirmation:
+        from ..confirmation import Confirmation
+
+        data = self._post("/v1/confirmations", {"installation_id": installation.text()})
+        return Confirmation.parse(data["confirmation_id"])
+
+    def proxy(self, installation_ids: list[str]) -> list[dict[str, Any]]:
+        data = self._post("/v1/mak/proxy", {"installation_ids": installation_ids})
+        results: list[dict[str, Any]] = data["results"]
+        return results
