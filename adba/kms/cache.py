@@ -45,6 +45,8 @@ class ClientRecord:
     last_seen: int
     #: the count it was given reached the threshold for its kind
     activated: bool = False
+    #: the store holds a row for it (a record added and evicted between two saves never does)
+    persisted: bool = False
 
 
 class KmsCache:
@@ -63,6 +65,7 @@ class KmsCache:
 
     def load(self, record: ClientRecord) -> None:
         """Restore a persisted record (records must come least recently seen first)."""
+        record.persisted = True
         self.entries[record.cmid] = record
 
     def _expire(self, now: int) -> list[ClientRecord]:
@@ -77,7 +80,8 @@ class KmsCache:
     def _drop(self, gone: list[ClientRecord]) -> None:
         for rec in gone:
             self.dirty.pop(rec.cmid, None)
-            self.removed[rec.cmid] = rec
+            if rec.persisted:
+                self.removed[rec.cmid] = rec
 
     def observe(self, request: Request, now: int) -> tuple[int, bool]:
         """Record one request; returns (count, activated) to answer with."""

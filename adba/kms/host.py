@@ -244,50 +244,27 @@ class KmsHost:
         ).body()
         self.metrics.requests += 1
         self.metrics.activated += activated
-        log.info(
-            "event=request machine=%s cmid=%s kms_id=%s kind=%s count=%d activated=%s status=%d",
-            request.machine,
-            request.cmid,
-            request.kms_id,
-            "server" if request.kind else "client",
-            count,
-            activated,
-            status,
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "event=request machine=%s cmid=%s kms_id=%s kind=%s count=%d activated=%s "
+                "status=%d",
+                request.machine,
+                request.cmid,
+                request.kms_id,
+                "server" if request.kind else "client",
+                count,
+                activated,
+                status,
+            )
         return body + self._sign(response_message(data, body))
 
     # -- the server ----------------------------------------------------------------------------
-    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
-        data = b""
-        while len(data) <= REQUEST_SIZE:
-            chunk = await reader.read(REQUEST_SIZE + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.metrics.open >= self.max_connections:
-            self.metrics.refused += 1
-            writer.transport.abort()
-            return
-        self.metrics.open += 1
-        try:
-            data = await asyncio.wait_for(self._read_request(reader), self.deadline)
-            reply = self.respond(data)
-            writer.write(reply)
-            await asyncio.wait_for(writer.drain(), self.deadline)
-        except (ProtocolError, TimeoutError, ConnectionError) as exc:
-            self.metrics.rejected += 1
-            peer = writer.get_extra_info("peername")
-            log.warning(
-                "event=rejected peer=%s reason=%s",
-                peer,
-                getattr(exc, "message", type(exc).__name__),
-            )
-        finally:
-            self.metrics.open -= 1
-            writer.transport.abort() if writer.is_closing() else writer.close()
+    def _reject(self, transport: asyncio.BaseTransport, reason: str) -> None:
+        self.metrics.rejected += 1
+        log.warning(
+            "event=rejected peer=%s reason=%s", transport.get_extra_info("peername"), reason
+        )
+        transport.abort()  # type: ignore[attr-defined]
 
     async def _flusher(self) -> None:
         assert self._stop is not None
@@ -323,13 +300,12 @@ class KmsHost:
         for address in addresses:
             try:
                 servers.append(
-                    await asyncio.start_server(
-                        self._handle,
+                    await loop.create_server(
+                        lambda: _Connection(self),
                         host=address,
                         port=port,
                         reuse_address=True,
                         backlog=1024,
-                        limit=REQUEST_SIZE + 1,
                     )
                 )
             except OSError as exc:
@@ -360,6 +336,69 @@ class KmsHost:
     def stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: collect at most one request until the client half-closes,
+    answer, close. A plain protocol (no stream objects, no task per connection): the host
+    spends its time on the request, not on the event-loop machinery. The deadline timer runs
+    until the connection is gone, so a client that neither sends nor reads is cut off too."""
+
+    __slots__ = ("buf", "counted", "host", "timer", "transport")
+
+    def __init__(self, host: KmsHost) -> None:
+        self.host = host
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        host = self.host
+        if host.metrics.open >= host.max_connections:
+            host.metrics.refused += 1
+            transport.abort()
+            return
+        host.metrics.open += 1
+        self.counted = True
+        self.transport = transport
+        self.timer = asyncio.get_running_loop().call_later(host.deadline, self._late)
+
+    def _late(self) -> None:
+        if self.transport is not None:
+            self.host._reject(self.transport, "deadline")
+            self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        self.buf += data
+        if len(self.buf) > REQUEST_SIZE:
+            self.host._reject(self.transport, "request too long")
+            self.transport = None
+
+    def eof_received(self) -> bool:
+        transport = self.transport
+        if transport is None:
+            return False
+        try:
+            reply = self.host.respond(bytes(self.buf))
+        except ProtocolError as exc:
+            self.host._reject(transport, exc.message)
+            self.transport = None
+            return False
+        transport.write(reply)
+        transport.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.counted:
+            self.host.metrics.open -= 1
+            self.counted = False
+        self.transport = None
 
 
 def default_addresses() -> list[str]:

@@ -101,6 +101,8 @@ class KmsStore:
             if capacity:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('capacity', ?)", (str(capacity),))
             db.execute("COMMIT")
+            for r in saved:
+                r.persisted = True
         except BaseException:
             db.execute("ROLLBACK")
             raise

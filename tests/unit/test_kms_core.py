@@ -90,6 +90,8 @@ def test_an_entry_older_than_30_days_drops_out() -> None:
     cache = KmsCache()
     old = uuid.uuid4()
     cache.observe(req(cmid=old), NOW)
+    for rec in cache.take_changes()[0]:  # as the store does when it saves
+        rec.persisted = True
     cache.observe(req(), NOW + 29 * DAY)
     assert cache.count(NOW + 30 * DAY - 1) == 2
     assert cache.count(NOW + 30 * DAY) == 1
@@ -102,3 +104,11 @@ def test_25_clients_activate_the_25th() -> None:
     cache = KmsCache()
     results = [cache.observe(req(KIND_CLIENT), NOW) for _ in range(25)]
     assert [a for _c, a in results] == [False] * 24 + [True]
+
+
+def test_a_record_evicted_before_it_was_saved_needs_no_delete() -> None:
+    cache = KmsCache()
+    for _ in range(12):  # capacity 10: two leave before any save
+        cache.observe(req(KIND_SERVER), NOW)
+    saved, removed, capacity = cache.take_changes()
+    assert len(saved) == 10 and removed == [] and capacity == 10
