@@ -101,7 +101,8 @@ def _product(product: Product, index: int, catalog: Any, source: str) -> Product
             key_error = f"the {key.type.name} is for another edition, not {edition.name}"
     except AdbaError as exc:
         key_error = exc.message
-    covering = tuple(str(c.sku) for c in catalog.csvlks if catalog.csvlk_covers(c, edition))
+    covering_products = [c for c in catalog.csvlks if catalog.csvlk_covers(c, edition)]
+    covering = tuple(str(c.sku) for c in covering_products)
     return ProductSettings(
         edition=edition.name,
         sku=str(edition.sku),
@@ -112,6 +113,7 @@ def _product(product: Product, index: int, catalog: Any, source: str) -> Product
         partial=partial,
         key_error=key_error,
         csvlk_skus=covering,
+        csvlk_codes=tuple((c.code, str(c.sku)) for c in covering_products),
     )
 
 

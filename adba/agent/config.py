@@ -97,6 +97,10 @@ class ProductSettings:
     key_error: str | None
     #: SKUs of the CSVLKs whose activation objects may activate this edition
     csvlk_skus: tuple[str, ...]
+    #: (product code, SKU) of those CSVLKs: a phone-activated object names only the code
+    csvlk_codes: tuple[tuple[int, str], ...] = ()
+    #: partial key of the MAK to fall back to (the key itself stays in the config file)
+    mak_partial: str | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -130,7 +134,14 @@ class Settings:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:
         products = tuple(
-            ProductSettings(**{**p, "csvlk_skus": tuple(p["csvlk_skus"])}) for p in data["products"]
+            ProductSettings(
+                **{
+                    **p,
+                    "csvlk_skus": tuple(p["csvlk_skus"]),
+                    "csvlk_codes": tuple((int(c), str(s)) for c, s in p.get("csvlk_codes", ())),
+                }
+            )
+            for p in data["products"]
         )
         return cls(
             **{

@@ -210,16 +210,15 @@ def _check(
     from ..directory.objects import verify_object
     from ..license import ForestIdentity
 
-    lic = verify_object(
+    codes = {code: uuid.UUID(sku) for code, sku in product.csvlk_codes}
+    ok = verify_object(
         ao,
         root_public_key=bytes.fromhex(settings.root_key),
         forest=ForestIdentity.of(forest[0], uuid.UUID(forest[1]) if forest[1] else None),
         now=now,
+        sku_for_code=codes.get,
     )
-    verified[digest] = {
-        "not_before": lic.certificate.not_before,
-        "not_after": lic.certificate.not_after,
-    }
+    verified[digest] = {"not_before": ok.not_before, "not_after": ok.not_after}
     used.add(digest)
 
 

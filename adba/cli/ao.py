@@ -69,9 +69,25 @@ def register(nouns: Any) -> None:
         "--key", help="the CSVLK itself (visible in the process list: prefer --key-file)"
     )
     pub.add_argument("--name", help="object name (cn); default: CSVLK product and partial key")
-    pub.add_argument(
+    how = pub.add_argument_group("activation (one of)")
+    how.add_argument(
+        "--online", metavar="URL", help="activate online with the authority at URL (https://...)"
+    )
+    how.add_argument(
         "--authority", metavar="DIR", help="local activation authority directory (ADBA_AUTHORITY)"
     )
+    how.add_argument(
+        "--get-iid",
+        action="store_true",
+        help="print this forest's installation ID for telephone activation, publish nothing",
+    )
+    how.add_argument(
+        "--apply-cid", metavar="CID", help="publish with the confirmation ID the authority gave"
+    )
+    pub.add_argument(
+        "--authority-ca-file", metavar="PEM", help="CA of the authority's TLS certificate"
+    )
+    pub.add_argument("--root-key", metavar="PEM", help="pinned root key (checks a confirmation ID)")
     pub.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
     add_connection_options(pub)
     add_json(pub)
@@ -139,33 +155,71 @@ HEADERS = ["DN", "CSVLK SKU", "PARTIAL", "PID", "KMS IDS", "LICENSE"]
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from ..authority import LocalAuthority
-    from ..directory.objects import publish_csvlk
+    from ..directory.objects import forest_installation, publish_confirmed, publish_csvlk
     from ..keys import parse_key
 
     key = _read_key(args)
     parse_key(key)  # a typo is reported before anything else happens
     cat = catalog(args)
-    path = pick(args, "authority") or pick(args, "path", "authority")
-    if not path:
-        raise InvalidInput("no activation authority: give --authority DIR (or ADBA_AUTHORITY)")
-    activator = LocalAuthority.open(path)
+    chosen = [bool(args.online), bool(args.get_iid), bool(args.apply_cid)]
+    if sum(chosen) > 1:
+        raise InvalidInput("choose one of --online, --get-iid, --apply-cid")
     opts = connection_options(args)
     root = root_dn(args, opts)
-    dn, view = publish_csvlk(
-        opts,
-        root=root,
-        key=key,
-        activator=activator,
-        catalog=cat,
-        name=args.name,
-        progress=None if args.json else (lambda m: say(m)),
-    )
+    if args.get_iid:
+        installation = forest_installation(opts, root=root, key=key)
+        if args.json:
+            emit_json({"installation_id": installation.text(), "forest": root})
+        else:
+            print(installation.text())
+        return 0
+    if args.apply_cid:
+        root_key = root_public_key(args)
+        if root_key is None:
+            raise InvalidInput(
+                "--apply-cid needs the pinned root key (--root-key or ADBA_ROOT_KEY)"
+            )
+        dn, view = publish_confirmed(
+            opts,
+            root=root,
+            key=key,
+            confirmation_id=args.apply_cid,
+            catalog=cat,
+            root_public_key=root_key,
+            name=args.name,
+        )
+    else:
+        dn, view = publish_csvlk(
+            opts,
+            root=root,
+            key=key,
+            activator=_activator(args),
+            catalog=cat,
+            name=args.name,
+            progress=None if args.json else (lambda m: say(m)),
+        )
     if args.json:
         emit_json(view.to_dict())
     else:
         print(f"published {dn}")
     return 0
+
+
+def _activator(args: argparse.Namespace) -> Any:
+    """The authority to activate with: --online URL, else --authority DIR (local)."""
+    if getattr(args, "online", None):
+        from ..authority.client import RemoteAuthority
+
+        return RemoteAuthority(args.online, ca_file=getattr(args, "authority_ca_file", None))
+    path = pick(args, "authority") or pick(args, "path", "authority")
+    if not path:
+        raise InvalidInput(
+            "no activation authority: give --online URL, --authority DIR (or ADBA_AUTHORITY), "
+            "or activate by telephone (--get-iid, then --apply-cid)"
+        )
+    from ..authority import LocalAuthority
+
+    return LocalAuthority.open(path)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -22,13 +22,16 @@ from .connection import ConnectionOptions, session
 if TYPE_CHECKING:
     from ..authority import Activator
     from ..catalog import Catalog
-    from ..license import ForestIdentity, IssuanceLicense
+    from ..license import ForestIdentity
 
 __all__ = [
     "ObjectView",
+    "Verified",
     "delete_object",
     "forest_identity",
+    "forest_installation",
     "list_views",
+    "publish_confirmed",
     "publish_csvlk",
     "show_view",
     "verify_object",
@@ -43,32 +46,70 @@ def forest_identity(conn: Any, root: str) -> ForestIdentity:
     return ForestIdentity.of(root, store.read_forest_guid(conn, root))
 
 
+@dataclass(frozen=True)
+class Verified:
+    """What a verified object's license says about its own validity window."""
+
+    kind: str  # "issuance" (online) or "phone" (installation + confirmation ID)
+    not_before: int
+    not_after: int
+
+
 def verify_object(
     ao: store.ActivationObject,
     *,
     root_public_key: bytes,
     forest: ForestIdentity | None,
     now: int,
-) -> IssuanceLicense:
+    sku_for_code: Callable[[int], uuid.UUID | None] | None = None,
+) -> Verified:
     """The license chain, the forest binding, and that the object's own attributes agree
-    with what the authority signed. Raises a :class:`LicenseError` naming the first problem."""
-    from ..license import verify_license
+    with what the authority signed. Raises a :class:`LicenseError` naming the first problem.
+
+    An object activated online carries an issuance license (signed by the authority's
+    signing key, certified by the root); one activated by telephone carries a phone license
+    (the installation ID and the root's confirmation), whose SKU follows from the key's
+    product code (``sku_for_code``, from the catalogue)."""
+    from ..license import make_pid, verify_license
 
     der = ao.issuance_license
-    if der is None:
-        raise LicenseError("object carries no issuance license")
-    lic = verify_license(der, root_public_key=root_public_key, forest=forest, now=now)
-    if lic.partial_key != ao.partial_key:
-        raise LicenseError(
-            f"partial key {ao.partial_key} disagrees with the license ({lic.partial_key})"
+    phone = ao.licenses.get("msSPP-PhoneLicense")
+    if der is not None:
+        lic = verify_license(der, root_public_key=root_public_key, forest=forest, now=now)
+        if lic.partial_key != ao.partial_key:
+            raise LicenseError(
+                f"partial key {ao.partial_key} disagrees with the license ({lic.partial_key})"
+            )
+        if lic.csvlk_pid != ao.pid:
+            raise LicenseError("PID disagrees with the license")
+        if lic.csvlk_sku.bytes_le != ao.csvlk_sku:
+            raise LicenseError("CSVLK SKU disagrees with the license")
+        if {k.bytes_le for k in lic.kms_ids} != set(ao.kms_ids):
+            raise LicenseError("KMS IDs disagree with the license")
+        return Verified("issuance", lic.certificate.not_before, lic.certificate.not_after)
+    if phone is not None:
+        from ..confirmation import verify_phone_license
+
+        if forest is None:
+            raise LicenseError("a phone license can only be checked against a forest")
+        installation, confirmation = verify_phone_license(
+            phone, root_public_key=root_public_key, forest_dn=forest.dn, forest_guid=forest.guid
         )
-    if lic.csvlk_pid != ao.pid:
-        raise LicenseError("PID disagrees with the license")
-    if lic.csvlk_sku.bytes_le != ao.csvlk_sku:
-        raise LicenseError("CSVLK SKU disagrees with the license")
-    if {k.bytes_le for k in lic.kms_ids} != set(ao.kms_ids):
-        raise LicenseError("KMS IDs disagree with the license")
-    return lic
+        key = installation.key
+        if confirmation.issued_at > now + 300:
+            raise LicenseError("the phone license was confirmed in the future")
+        if key.partial != ao.partial_key:
+            raise LicenseError(
+                f"partial key {ao.partial_key} disagrees with the phone license ({key.partial})"
+            )
+        if make_pid(key.code, key.serial, confirmation.issued_at) != ao.pid:
+            raise LicenseError("PID disagrees with the phone license")
+        if sku_for_code is not None:
+            sku = sku_for_code(key.code)
+            if sku is None or sku.bytes_le != ao.csvlk_sku:
+                raise LicenseError("CSVLK SKU disagrees with the phone license's key")
+        return Verified("phone", confirmation.issued_at, 2**62)
+    raise LicenseError("object carries no license of ours (a Windows object?)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +134,15 @@ class ObjectView:
         return dict(self.__dict__)
 
 
+def _csvlk_sku(catalog: Catalog, code: int) -> uuid.UUID | None:
+    from ..errors import AdbaError
+
+    try:
+        return catalog.csvlk_by_code(code).sku
+    except AdbaError:
+        return None
+
+
 def _uuid_text(raw: bytes) -> str:
     return str(uuid.UUID(bytes_le=raw)) if len(raw) == 16 else raw.hex()
 
@@ -104,14 +154,20 @@ def _view(
     forest: ForestIdentity | None,
     now: int,
 ) -> ObjectView:
-    der = ao.issuance_license
+    der = ao.issuance_license or ao.licenses.get("msSPP-PhoneLicense")
     if der is None:
-        status, detail = "absent", "no issuance license"
+        status, detail = "absent", "no license"
     elif root_public_key is None:
         status, detail = "present", "not verified: no pinned root key (--root-key)"
     else:
         try:
-            verify_object(ao, root_public_key=root_public_key, forest=forest, now=now)
+            verify_object(
+                ao,
+                root_public_key=root_public_key,
+                forest=forest,
+                now=now,
+                sku_for_code=lambda code: _csvlk_sku(catalog, code),
+            )
             status, detail = "verified", "signed by the pinned authority for this forest"
         except LicenseError as exc:
             status, detail = "invalid", exc.message
@@ -181,6 +237,80 @@ def publish_csvlk(
         dn = store.publish(conn, schema.container_dn(root), ao)
         published = dataclasses.replace(ao, dn=dn)
         return dn, _view(published, catalog, None, forest, now)
+
+
+def forest_installation(opts: ConnectionOptions, *, root: str, key: str) -> Any:
+    """The installation ID for activating ``key`` (a CSVLK) for this forest by telephone."""
+    from ..confirmation import KIND_CSVLK_FOREST, Installation, forest_binding
+    from ..keys import parse_key
+
+    parsed = parse_key(key)
+    with session(opts) as conn:
+        forest = forest_identity(conn, root)
+    return Installation.of(KIND_CSVLK_FOREST, parsed, forest_binding(forest.dn, forest.guid))
+
+
+def publish_confirmed(
+    opts: ConnectionOptions,
+    *,
+    root: str,
+    key: str,
+    confirmation_id: str,
+    catalog: Catalog,
+    root_public_key: bytes,
+    name: str | None = None,
+) -> tuple[str, ObjectView]:
+    """Publish an object activated by telephone: the confirmation ID must answer this
+    forest's installation ID for ``key`` (checked with the pinned root key before anything is
+    written); the object records both IDs and carries the phone license."""
+    from ..confirmation import (
+        KIND_CSVLK_FOREST,
+        Confirmation,
+        Installation,
+        forest_binding,
+        phone_license,
+        signed_message,
+        verify_root_signature,
+    )
+    from ..keys import KeyType, parse_key
+    from ..license import make_pid
+
+    parsed = parse_key(key)
+    if parsed.type is not KeyType.CSVLK:
+        raise InvalidInput(
+            f"{parsed.type.name} keys are not published: activation objects need a CSVLK"
+        )
+    confirmation = Confirmation.parse(confirmation_id)
+    product = catalog.csvlk_by_code(parsed.code)
+    with session(opts) as conn:
+        forest = forest_identity(conn, root)
+        installation = Installation.of(
+            KIND_CSVLK_FOREST, parsed, forest_binding(forest.dn, forest.guid)
+        )
+        if not verify_root_signature(
+            root_public_key,
+            confirmation.signature,
+            signed_message(installation, confirmation.issued_at),
+        ):
+            raise LicenseError(
+                "the confirmation ID does not answer this installation ID (another key, "
+                "another forest, or not from the pinned authority)"
+            )
+        ao = store.ActivationObject.build(
+            cn=name or f"{product.name} {parsed.partial}",
+            kms_ids=tuple(product.kms_ids),
+            csvlk_sku=product.sku,
+            partial_key=parsed.partial,
+            pid=make_pid(parsed.code, parsed.serial, confirmation.issued_at),
+            installation_id=installation.text(),
+            confirmation_id=confirmation.text(),
+        )
+        ao = dataclasses.replace(
+            ao, licenses={"msSPP-PhoneLicense": phone_license(installation, confirmation)}
+        )
+        dn = store.publish(conn, schema.container_dn(root), ao)
+        published = dataclasses.replace(ao, dn=dn)
+        return dn, _view(published, catalog, root_public_key, forest, int(time.time()))
 
 
 def list_views(
