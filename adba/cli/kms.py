@@ -68,8 +68,18 @@ def register(nouns: Any) -> None:
     key = inst.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-file", metavar="FILE", help="file holding the CSVLK ('-' for stdin)")
     key.add_argument("--key", help="the CSVLK itself (visible in the process list)")
+    how = inst.add_argument_group("activation (one of)")
+    how.add_argument("--online", metavar="URL", help="activate online with the authority at URL")
+    how.add_argument("--authority", metavar="DIR", help="local activation authority")
+    how.add_argument(
+        "--get-iid", action="store_true", help="print the installation ID for telephone activation"
+    )
+    how.add_argument("--apply-cid", metavar="CID", help="finish with the confirmation ID")
     inst.add_argument(
-        "--authority", metavar="DIR", required=True, help="local activation authority"
+        "--authority-ca-file", metavar="PEM", help="CA of the authority's TLS certificate"
+    )
+    inst.add_argument(
+        "--root-key", metavar="PEM", help="pinned root key (checks a confirmation ID)"
     )
     inst.add_argument(
         "--host-id", help="this host's identity for the authority (default: machine id)"
@@ -172,22 +182,48 @@ def _hostname() -> str:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from ..authority import LocalAuthority
     from ..catalog import load_catalog
+    from ..errors import InvalidInput
     from ..keys import parse_key
     from ..kms.host import HostIdentity
-    from .ao import _read_key
+    from ._common import root_public_key
+    from .ao import _activator, _read_key
 
     key = _read_key(args)
     parse_key(key)
-    identity = HostIdentity.install(
-        args.state_dir,
-        key,
-        LocalAuthority.open(args.authority),
-        load_catalog(args.catalog),
-        host_id=args.host_id or _host_id(),
-        now=int(time.time()),
-    )
+    host_id = args.host_id or _host_id()
+    if sum([bool(args.online), bool(args.authority), args.get_iid, bool(args.apply_cid)]) != 1:
+        raise InvalidInput(
+            "choose one of --online URL, --authority DIR, --get-iid, --apply-cid CID"
+        )
+    if args.get_iid:
+        installation = HostIdentity.begin_phone(args.state_dir, key, host_id=host_id)
+        if args.json:
+            emit_json({"installation_id": installation.text(), "host_id": host_id})
+        else:
+            print(installation.text())
+        return 0
+    if args.apply_cid:
+        root = root_public_key(args)
+        if root is None:
+            raise InvalidInput("--apply-cid needs the pinned root key (--root-key)")
+        identity = HostIdentity.finish_phone(
+            args.state_dir,
+            key,
+            args.apply_cid,
+            load_catalog(args.catalog),
+            root_key=root,
+            host_id=host_id,
+        )
+    else:
+        identity = HostIdentity.install(
+            args.state_dir,
+            key,
+            _activator(args),
+            load_catalog(args.catalog),
+            host_id=host_id,
+            now=int(time.time()),
+        )
     cert = identity.certificate
     if args.json:
         emit_json(

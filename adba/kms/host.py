@@ -43,7 +43,6 @@ from .store import KmsStore
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from ..authority import LocalAuthority
     from ..catalog import Catalog
 
 __all__ = ["HostIdentity", "KmsHost", "Metrics"]
@@ -51,6 +50,7 @@ __all__ = ["HostIdentity", "KmsHost", "Metrics"]
 log = logging.getLogger(__name__)
 
 HOST_KEY, HOST_JSON, CSVLK_FILE, RECORDS = "host.key", "host.json", "csvlk.key", "kms.sqlite"
+PENDING_KEY = "host.key.pending"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -66,7 +66,6 @@ class HostIdentity:
     certificate: HostCertificate
     csvlk_name: str
     kms_ids: frozenset[uuid.UUID]
-    root_key: bytes
 
     @classmethod
     def load(cls, state_dir: str | Path) -> HostIdentity:
@@ -89,7 +88,6 @@ class HostIdentity:
             HostCertificate.from_bytes(bytes.fromhex(info["certificate"])),
             info["csvlk_name"],
             frozenset(uuid.UUID(k) for k in info["kms_ids"]),
-            bytes.fromhex(info["root_key"]),
         )
 
     @classmethod
@@ -97,23 +95,36 @@ class HostIdentity:
         cls,
         state_dir: str | Path,
         key: str,
-        authority: LocalAuthority,
+        authority: Any,
         catalog: Catalog,
         *,
         host_id: str,
         now: int,
     ) -> HostIdentity:
-        """Install a KMS host key and activate it with the authority (new host key pair)."""
+        """Install a KMS host key and activate it online (``authority``: a local authority or
+        a :class:`~adba.authority.client.RemoteAuthority`) with a new host key pair."""
+        private = _new_key()
+        act = authority.activate_kms_host(key, _public(private), host_id, catalog, now=now)
+        return cls._save(
+            state_dir, private, key, act.certificate, act.csvlk_name, act.kms_ids, host_id, now
+        )
+
+    @classmethod
+    def _save(
+        cls,
+        state_dir: str | Path,
+        private: Ed25519PrivateKey,
+        key: str,
+        cert: HostCertificate,
+        csvlk_name: str,
+        kms_ids: Any,
+        host_id: str,
+        now: int,
+    ) -> HostIdentity:
         from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         d = Path(state_dir)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        private = Ed25519PrivateKey.generate()
-        public = private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        act = authority.activate_kms_host(key, public, host_id, catalog, now=now)
         _write_private(
             d / HOST_KEY,
             private.private_bytes(
@@ -124,17 +135,105 @@ class HostIdentity:
         )
         _write_private(d / CSVLK_FILE, key.encode() + b"\n")
         info = {
-            "certificate": act.certificate.to_bytes().hex(),
-            "epid": act.certificate.epid,
-            "csvlk_sku": str(act.certificate.csvlk_sku),
-            "csvlk_name": act.csvlk_name,
-            "kms_ids": [str(k) for k in act.kms_ids],
-            "root_key": authority.root_public_key.hex(),
+            "certificate": cert.to_bytes().hex(),
+            "epid": cert.epid,
+            "csvlk_sku": str(cert.csvlk_sku),
+            "csvlk_name": csvlk_name,
+            "kms_ids": [str(k) for k in kms_ids],
             "host_id": host_id,
             "activated_at": now,
         }
         (d / HOST_JSON).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        (d / PENDING_KEY).unlink(missing_ok=True)
         return cls.load(d)
+
+    @classmethod
+    def begin_phone(cls, state_dir: str | Path, key: str, *, host_id: str) -> Any:
+        """Telephone activation, step 1: a new host key pair (kept pending in the state dir)
+        and the installation ID to read out to the authority."""
+        from cryptography.hazmat.primitives import serialization
+
+        from ..confirmation import KIND_KMS_HOST, Installation, host_binding, host_subject
+        from ..keys import parse_key
+
+        parsed = parse_key(key)
+        d = Path(state_dir)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private = _new_key()
+        _write_private(
+            d / PENDING_KEY,
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        return Installation.of(
+            KIND_KMS_HOST, parsed, host_binding(_public(private)), host_subject(host_id)
+        )
+
+    @classmethod
+    def finish_phone(
+        cls,
+        state_dir: str | Path,
+        key: str,
+        confirmation_id: str,
+        catalog: Catalog,
+        *,
+        root_key: bytes,
+        host_id: str,
+    ) -> HostIdentity:
+        """Telephone activation, step 2: the confirmation ID is the authority's signature on
+        the host certificate; everything else in the certificate follows from the key and
+        the time, so the host rebuilds it and checks it under the pinned root key."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from ..authority.local import KMS_CERT_DAYS, make_kms_epid
+        from ..confirmation import Confirmation, verify_root_signature
+        from ..keys import parse_key
+        from .protocol import certificate_message
+
+        d = Path(state_dir)
+        if not (d / PENDING_KEY).is_file():
+            raise KmsError(
+                f"no pending host key in {d}: run `adba kms install-key --get-iid` first"
+            )
+        private = serialization.load_pem_private_key((d / PENDING_KEY).read_bytes(), password=None)
+        assert isinstance(private, Ed25519PrivateKey)
+        parsed = parse_key(key)
+        confirmation = Confirmation.parse(confirmation_id)
+        product = catalog.csvlk_by_code(parsed.code)
+        epid = make_kms_epid(parsed.code, parsed.serial, confirmation.issued_at)
+        not_after = confirmation.issued_at + KMS_CERT_DAYS * 86400
+        public = _public(private)
+        if not verify_root_signature(
+            root_key,
+            confirmation.signature,
+            certificate_message(public, epid, product.sku, not_after),
+        ):
+            raise KmsError(
+                "the confirmation ID does not answer this host's installation ID (another key "
+                "or host, or not from the pinned authority)"
+            )
+        cert = HostCertificate(public, epid, product.sku, not_after, confirmation.signature)
+        return cls._save(
+            d, private, key, cert, product.name, product.kms_ids, host_id, confirmation.issued_at
+        )
+
+
+def _new_key() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
+def _public(private: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
 
 
 class Metrics:
