@@ -11,12 +11,21 @@ from __future__ import annotations
 import os
 import time
 
-from .config import DEFAULT_CONFIG, guess_state_path, load_settings, read_raw, state_path_for
+from .config import (
+    DEFAULT_CONFIG,
+    Settings,
+    guess_state_path,
+    load_settings,
+    read_raw,
+    state_path_for,
+)
 from .run import Outcome, RunReport, run_pass
 from .state import DEFAULT_STATE, read_state, write_state
 
 TYPE_CHECKING = False  # typing costs ~2 ms at every boot; annotations need it only for mypy
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._status import ProductStatus
 
 #: version of ``adba agent status --json``; fields are only ever added
@@ -60,6 +69,73 @@ def run_agent(
     )
     write_state(state_path, report.state)
     return report
+
+
+def load_for_offline(
+    config_path: str = DEFAULT_CONFIG, *, env: dict[str, str] | None = None
+) -> tuple[Settings, dict[str, Any], str]:
+    """Settings, state and state path, for the offline verbs (get-iid, apply-cid)."""
+    env = dict(os.environ) if env is None else env
+    state_path = guess_state_path(config_path, env)
+    state = read_state(state_path)
+    settings, cache = load_settings(
+        config_path, env=env, cache=state["config"], state_path=state_path
+    )
+    if settings.state_path != state_path:
+        state_path = settings.state_path
+        state = read_state(state_path)
+    if state["config"].get("digest") != cache["digest"]:
+        state.update(config=cache, directory={}, verified={})
+    return settings, state, state_path
+
+
+def installation_ids(config_path: str = DEFAULT_CONFIG) -> dict[str, Any]:
+    """``adba agent get-iid``: this machine's installation ID for each MAK product."""
+    import socket
+
+    from .mak import cmid_of, installation_for
+
+    settings, state, state_path = load_for_offline(config_path)
+    products = []
+    for product in settings.products:
+        if product.mak_partial:
+            products.append(
+                {
+                    "edition": product.edition,
+                    "sku": product.sku,
+                    "installation_id": installation_for(settings, state, product).text(),
+                }
+            )
+    write_state(state_path, state)  # the CMID must stay the one the IDs were made with
+    return {
+        "machine": settings.machine_name or socket.gethostname(),
+        "cmid": str(cmid_of(state)),
+        "products": products,
+    }
+
+
+def apply_confirmations(
+    pairs: list[tuple[str | None, str]], config_path: str = DEFAULT_CONFIG
+) -> list[str]:
+    """``adba agent apply-cid``: (edition or None, confirmation ID) -> what happened."""
+    from ..confirmation import Confirmation
+    from ..errors import InvalidInput
+    from .mak import apply_confirmation
+
+    settings, state, state_path = load_for_offline(config_path)
+    maks = [p for p in settings.products if p.mak_partial]
+    done = []
+    for edition, text in pairs:
+        matches = [p for p in maks if edition is None or p.edition.lower() == edition.lower()]
+        if len(matches) != 1:
+            raise InvalidInput(
+                f"say which product ({', '.join(p.edition for p in maks) or 'no MAK products'}) "
+                "the confirmation ID is for: --edition"
+            )
+        message = apply_confirmation(settings, state, matches[0], Confirmation.parse(text))
+        done.append(f"{matches[0].edition}: {message}")
+    write_state(state_path, state)
+    return done
 
 
 def resolve_state_path(

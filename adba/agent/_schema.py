@@ -40,6 +40,7 @@ class Intervals(_Model):
 class Product(_Model):
     edition: str
     key: str | None = None
+    mak_key: str | None = None
 
 
 class AgentFile(_Model):
@@ -54,6 +55,8 @@ class AgentFile(_Model):
     insecure: bool = False
     kms_host: str | None = None
     kms_domains: list[str] = []
+    authority_url: str | None = Field(None, pattern=r"^https?://")
+    authority_ca_file: str | None = None
     machine_name: str | None = Field(None, max_length=63)
     machine: Machine = Machine()
     intervals: Intervals = Intervals()
@@ -101,6 +104,17 @@ def _product(product: Product, index: int, catalog: Any, source: str) -> Product
             key_error = f"the {key.type.name} is for another edition, not {edition.name}"
     except AdbaError as exc:
         key_error = exc.message
+    mak_partial = None
+    if key_type == "MAK" and not key_error:
+        mak_partial = partial
+    if product.mak_key:
+        try:
+            mak = parse_key(product.mak_key)
+        except AdbaError as exc:
+            raise _fail(source, f"products[{index}].mak_key", exc.message) from exc
+        if mak.type is not KeyType.MAK or mak.code != edition.code:
+            raise _fail(source, f"products[{index}].mak_key", f"not a MAK for {edition.name}")
+        mak_partial = mak.partial
     covering_products = [c for c in catalog.csvlks if catalog.csvlk_covers(c, edition)]
     covering = tuple(str(c.sku) for c in covering_products)
     return ProductSettings(
@@ -114,6 +128,8 @@ def _product(product: Product, index: int, catalog: Any, source: str) -> Product
         key_error=key_error,
         csvlk_skus=covering,
         csvlk_codes=tuple((c.code, str(c.sku)) for c in covering_products),
+        mak_partial=mak_partial,
+        index=index,
     )
 
 
@@ -162,4 +178,6 @@ def validate(raw: dict[str, Any], *, source: str) -> Settings:
         kms_host=model.kms_host,
         kms_domains=tuple(model.kms_domains),
         machine_name=model.machine_name,
+        authority_url=model.authority_url,
+        authority_ca_file=model.authority_ca_file,
     )

@@ -51,6 +51,8 @@ def derive(rec: dict[str, Any], now: int) -> tuple[str, int]:
     """(status, seconds left in that status) for one product record."""
     error = rec.get("last_error") or {}
     expires = rec.get("expires_at")
+    if rec.get("mak_confirmed"):  # a MAK activation does not expire
+        return "licensed", 0
     if expires and now < expires:
         return "licensed", expires - now
     if error.get("code") == "invalid-key" and not expires:

@@ -14,6 +14,8 @@ Example ``agent.toml``::
     # kms_host = "kms1.example.test:1688"   # static KMS host (else cached, else _vlmcs._tcp SRV)
     # kms_domains = ["branch.example.test"] # more domains to look for KMS hosts in
     # machine_name = "host1"                # name shown on KMS hosts (default: hostname)
+    # authority_url = "https://activation.example.com"  # for MAK activation online
+    # authority_ca_file = "/etc/adba/authority-ca.pem"
     base = "dc=example,dc=test"             # forest root (default: from the root DSE)
     ca_file = "/etc/adba/ca.pem"
     root_key = "/etc/adba/root.pub"         # the activation authority's pinned root key
@@ -33,7 +35,8 @@ Example ``agent.toml``::
 
     [[products]]
     edition = "Nimbus Server Standard"
-    # key = "..."                           # default: the edition's GVLK
+    # key = "..."                           # default: the edition's GVLK (or a MAK)
+    # mak_key = "..."                       # a MAK to fall back to after ADBA and KMS
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ ENV: dict[str, tuple[str, str]] = {
     "ADBA_STATE": ("", "state_path"),
     "ADBA_KMS_HOST": ("", "kms_host"),
     "ADBA_KMS_DOMAINS": ("", "kms_domains"),
+    "ADBA_AUTHORITY_URL": ("", "authority_url"),
     "ADBA_INSECURE": ("", "insecure"),
     "ADBA_MACHINE_DN": ("machine", "dn"),
     "ADBA_MACHINE_PASSWORD_FILE": ("machine", "password_file"),
@@ -101,6 +105,8 @@ class ProductSettings:
     csvlk_codes: tuple[tuple[int, str], ...] = ()
     #: partial key of the MAK to fall back to (the key itself stays in the config file)
     mak_partial: str | None = None
+    #: position in the config's products list (to read the MAK from the file when needed)
+    index: int = 0
 
 
 @dataclass(eq=False, repr=False)
@@ -127,6 +133,9 @@ class Settings:
     #: more DNS domains to look for _vlmcs._tcp in (like slmgr /skms-domain)
     kms_domains: tuple[str, ...] = ()
     machine_name: str | None = None
+    #: the activation authority, for MAK activation online
+    authority_url: str | None = None
+    authority_ca_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

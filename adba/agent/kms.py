@@ -95,8 +95,8 @@ def kms_step(
     todo: list[tuple[ProductSettings, str, str]],
     now: int,
     *,
-    fail: Callable[..., Outcome],
-) -> list[Outcome]:
+    fail: Callable[..., Outcome | None],
+) -> list[Outcome | None]:
     from ..kms.cache import Thresholds
     from ..kms.client import KmsUnreachable, RogueHost, ask
     from ..kms.protocol import KIND_CLIENT, KIND_SERVER
@@ -107,7 +107,7 @@ def kms_step(
     machine = (settings.machine_name or socket.gethostname())[:63]
     root = bytes.fromhex(settings.root_key)
     thresholds = Thresholds()
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome | None] = []
     for product, adba_code, adba_message in todo:
         rec = state["products"][product.sku]
         kind = KIND_SERVER if product.kind == "server" else KIND_CLIENT

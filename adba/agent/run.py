@@ -332,6 +332,7 @@ def run_pass(
     }
     adba_todo: list[ProductSettings] = []
     kms_todo: list[tuple[ProductSettings, str, str]] = []
+    mak_todo: list[tuple[ProductSettings, str, str]] = []
     outcomes: list[Outcome] = []
     for product in settings.products:
         rec = _record(state, product, settings, now)
@@ -344,6 +345,8 @@ def run_pass(
                 last_error={"code": "invalid-key", "message": product.key_error},
             )
             outcomes.append(Outcome(product.edition, False, "invalid-key", product.key_error))
+        elif product.key_type == "MAK":
+            mak_todo.append((product, "not-gvlk", "configured with a MAK: ADBA and KMS not tried"))
         elif product.key_type != "GVLK":
             message = f"configured with a {product.key_type}, not a GVLK: ADBA and KMS not tried"
             outcomes.append(_fail(rec, product, settings, "not-gvlk", message, now))
@@ -384,7 +387,24 @@ def run_pass(
     if kms_todo:
         from .kms import kms_step
 
-        outcomes += kms_step(settings, state, kms_todo, now, fail=_fail)
+        def fail_or_mak(
+            rec: dict[str, Any],
+            product: ProductSettings,
+            settings: Settings,
+            code: str,
+            message: str,
+            now: int,
+        ) -> Outcome | None:
+            if product.mak_partial:  # ADBA and KMS both failed: the MAK is next
+                mak_todo.append((product, code, message))
+                return None
+            return _fail(rec, product, settings, code, message, now)
+
+        outcomes += [o for o in kms_step(settings, state, kms_todo, now, fail=fail_or_mak) if o]
+    if mak_todo:
+        from .mak import mak_step
+
+        outcomes += mak_step(settings, state, mak_todo, now, fail=_fail)
     for outcome in outcomes:
         if not outcome.activated:
             log.info("%s: not activated: %s", outcome.edition, outcome.message)

@@ -31,6 +31,7 @@ NOUNS = {
     "authority": "adba.cli.authority",
     "agent": "adba.cli.agent",
     "kms": "adba.cli.kms",
+    "mak": "adba.cli.mak",
     "demo": "adba.cli.demo",
 }
 

@@ -33,6 +33,22 @@ example:
   adba agent status
   adba agent status --json | jq '.products[] | {edition, status, expires_at}'
 """
+GET_IID = """\
+Prints this machine's installation ID for each product with a MAK, to activate without a
+network path to the authority: by telephone (`adba authority confirm`), or by proxy (save the
+--json output of each machine for `adba mak proxy`).
+
+example:
+  adba agent get-iid
+  adba agent get-iid --json > /media/usb/$(hostname).iid.json
+"""
+APPLY_CID = """\
+Applies a confirmation ID (checked under the pinned root key) and records the MAK activation.
+
+example:
+  adba agent apply-cid 0000013-0172245-...
+  adba agent apply-cid --file /media/usb/host1.cids.json
+"""
 UNITS = """\
 Writes the systemd units (adba-agent.service at boot, adba-agent.timer + adba-agent-check.service
 hourly) with the path of this adba, then tells you what to enable.
@@ -69,6 +85,34 @@ def register(nouns: Any) -> None:
     st.add_argument("--config", metavar="TOML", help="agent configuration (to find the state file)")
     add_json(st)
     st.set_defaults(func=cmd_status)
+
+    iid = verbs.add_parser(
+        "get-iid",
+        help="installation IDs for MAK activation offline",
+        description=GET_IID,
+        formatter_class=Formatter,
+    )
+    iid.add_argument(
+        "--config", metavar="TOML", help="agent configuration (default /etc/adba/agent.toml)"
+    )
+    add_json(iid)
+    iid.set_defaults(func=cmd_get_iid)
+
+    cid = verbs.add_parser(
+        "apply-cid",
+        help="apply confirmation IDs (MAK offline or by proxy)",
+        description=APPLY_CID,
+        formatter_class=Formatter,
+    )
+    cid.add_argument("confirmation_id", nargs="?", metavar="CID", help="the digits")
+    cid.add_argument("--edition", help="which MAK product (when there is more than one)")
+    cid.add_argument(
+        "--file", metavar="JSON", help="a confirmation file written by `adba mak proxy`"
+    )
+    cid.add_argument(
+        "--config", metavar="TOML", help="agent configuration (default /etc/adba/agent.toml)"
+    )
+    cid.set_defaults(func=cmd_apply_cid)
 
     units = verbs.add_parser(
         "install-units",
@@ -163,4 +207,36 @@ def cmd_install_units(args: argparse.Namespace) -> int:
         (target / unit.name).write_text(text)
         print(f"wrote {target / unit.name}")
     print("now: systemctl daemon-reload && systemctl enable adba-agent.service adba-agent.timer")
+    return 0
+
+
+def cmd_get_iid(args: argparse.Namespace) -> int:
+    from ..agent import DEFAULT_CONFIG, installation_ids
+
+    data = installation_ids(args.config or DEFAULT_CONFIG)
+    if args.json:
+        emit_json(data)
+        return 0
+    if not data["products"]:
+        print("no product with a MAK in the configuration")
+    for p in data["products"]:
+        print(f"{p['edition']}: {p['installation_id']}")
+    return 0
+
+
+def cmd_apply_cid(args: argparse.Namespace) -> int:
+    from ..agent import DEFAULT_CONFIG, apply_confirmations
+    from ..errors import InvalidInput
+
+    pairs: list[tuple[str | None, str]] = []
+    if args.file:
+        from ..agent.mak import read_confirmations
+
+        pairs += [(e, c) for e, c in read_confirmations(args.file)]
+    if args.confirmation_id:
+        pairs.append((args.edition, args.confirmation_id))
+    if not pairs:
+        raise InvalidInput("give a confirmation ID or --file")
+    for line in apply_confirmations(pairs, args.config or DEFAULT_CONFIG):
+        print(line)
     return 0

@@ -115,8 +115,9 @@ def test_a_product_with_a_mak_does_not_try_adba(
     mak = LocalAuthority.open(authority_dir).mint(KeyType.MAK, SERVER, load_catalog(), now=NOW)
     agent = Agent(tmp_path, slapd, authority_dir, products=[{"edition": SERVER, "key": mak.text}])
     [outcome] = agent.run().outcomes
-    assert (outcome.activated, outcome.code) == (False, "not-gvlk")
-    assert outcome.message.endswith("MAK activation next")
+    assert (outcome.activated, outcome.code) == (False, "mak-offline")  # no authority_url here
+    assert outcome.message.startswith("configured with a MAK: ADBA and KMS not tried")
+    assert "adba agent get-iid" in outcome.message
     assert mak.text not in agent.state.read_text()  # secrets never reach the state file
 
 
