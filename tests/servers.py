@@ -391,3 +391,81 @@ class TestKmsHost:
         self.stop()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TestAuthority:
+    """A real activation authority process (``adba authority serve``) on 127.0.0.1."""
+
+    __test__ = False
+
+    def __init__(self, path: object, *, tls: tuple[str, str] | None = None) -> None:
+        from pathlib import Path
+
+        self.path = Path(str(path))
+        self.tls = tls
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def start(self) -> TestAuthority:
+        import socket
+        import sys
+        import time
+
+        from adba.lab import free_port
+
+        self.port = self.port or free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "adba",
+            "authority",
+            "serve",
+            "--path",
+            str(self.path),
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        if self.tls:
+            argv += ["--tls-cert", self.tls[0], "--tls-key", self.tls[1]]
+        log = open(self.path / "serve.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"authority exited: {self.log_tail()}")
+            with socket.socket() as probe:
+                probe.settimeout(0.2)
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"authority not ready: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        try:
+            return "\n".join((self.path / "serve.log").read_text().splitlines()[-20:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

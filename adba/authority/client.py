@@ -57,7 +57,9 @@ class RemoteAuthority:
         import httpx
 
         body = {"request_id": secrets.token_hex(16), **body}
-        verify: Any = self.ca_file or True
+        import ssl
+
+        verify: Any = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
         last = ""
         for attempt in range(1, self.retries + 1):
             try:
