@@ -69,10 +69,40 @@ class _Step:
         return text
 
 
-def _kms_part(step: _Step, work: Path, authority: str, root_key: str) -> None:
-    """Machines outside any domain: a KMS host, found statically, activates the fifth."""
-    import subprocess
+class _Background:
+    """An `adba` server started in the background for the demo (stopped on any exit)."""
 
+    def __init__(self, step: _Step, title: str, argv: list[str], log: Path, port: int) -> None:
+        import socket
+        import subprocess
+
+        step.n += 1
+        print(f"\n[{step.n}] {title}\n$ adba {shlex.join(argv)} &", flush=True)
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "adba", *argv],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise AdbaError(f"demo: `adba {argv[0]} {argv[1]}` did not start (see {log})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+
+def _kms_part(step: _Step, work: Path, authority: str, url: str, root_key: str) -> None:
+    """Machines outside any domain: a KMS host, found statically, activates the fifth."""
     from ..lab import free_port
 
     print("\n--- KMS: machines that are not in a domain ---")
@@ -93,34 +123,18 @@ def _kms_part(step: _Step, work: Path, authority: str, root_key: str) -> None:
             state,
             "--key-file",
             str(key_file),
-            "--authority",
-            authority,
+            "--online",
+            url,
             "--host-id",
             "demo-kms-1",
         ],
     )
     port = free_port()
     serve = ["kms", "serve", "--state-dir", state, "--listen", "127.0.0.1", "--port", str(port)]
-    print(
-        f"\n[{step.n + 1}] the host starts answering (in the background)\n$ adba {shlex.join(serve)}"
-    )
-    step.n += 1
-    log = open(work / "kms.log", "wb")  # noqa: SIM115 - closed below
-    host = subprocess.Popen(
-        [sys.executable, "-m", "adba", *serve],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+    host = _Background(
+        step, "the host starts answering (in the background)", serve, work / "kms.log", port
     )
     try:
-        import socket
-
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and host.poll() is None:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.02)
         for i in range(1, 6):
             cfg = work / f"server{i}.toml"
             cfg.write_text(
@@ -136,9 +150,40 @@ def _kms_part(step: _Step, work: Path, authority: str, root_key: str) -> None:
         step("the operator looks at the host", ["kms", "status", "--state-dir", state])
         step("... and its clients", ["kms", "clients", "--state-dir", state])
     finally:
-        host.terminate()
-        host.wait(10)
-        log.close()
+        host.stop()
+
+
+def _mak_part(step: _Step, work: Path, authority: str, url: str, root_key: str) -> None:
+    """A laptop that never sees the corporate network: MAK, activated online once."""
+    print("\n--- MAK: a laptop outside the network ---")
+    mak = step(
+        "the vendor mints a MAK good for 2 activations",
+        [
+            "authority",
+            "mint",
+            "--path",
+            authority,
+            "--type",
+            "mak",
+            "--product",
+            "Nimbus Workstation Enterprise",
+            "--count",
+            "2",
+        ],
+    ).strip()
+    cfg = work / "laptop.toml"
+    cfg.write_text(
+        f'authority_url = "{url}"\nroot_key = "{root_key}"\n'
+        f'state_path = "{work / "laptop.json"}"\nmachine_name = "LAPTOP1"\n'
+        f'[[products]]\nedition = "Nimbus Workstation Enterprise"\nkey = "{mak}"\n'
+    )
+    cfg.chmod(0o600)  # it holds a secret: the MAK
+    step(
+        "the laptop boots: its agent activates the MAK with the authority",
+        ["agent", "run", "--once", "--config", str(cfg)],
+    )
+    step("... and is licensed for good", ["agent", "status", "--config", str(cfg)])
+    step("the vendor's audit", ["authority", "report", "--path", authority])
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -153,6 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="adba-demo-", dir="/tmp"))
     print("ADBA demo: every step below is a real adba command against a real slapd.")
     try:
+        cleanup: list[Any] = []
         with Slapd(keep=args.keep) as lab:
             print(
                 f"slapd {lab.uri} (ldaps {lab.ldaps_uri}, ldapi {lab.dir}/ldapi), "
@@ -202,6 +248,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "the vendor creates an activation authority",
                 ["authority", "init", "--path", authority],
             )
+            from ..lab import free_port
+
+            auth_port = free_port()
+            url = f"http://127.0.0.1:{auth_port}"
+            service = _Background(
+                step,
+                "... and serves it (HTTP here; TLS with --tls-cert/--tls-key)",
+                ["authority", "serve", "--path", authority, "--port", str(auth_port)],
+                work / "authority.log",
+                auth_port,
+            )
+            cleanup.append(service.stop)
             key = step(
                 "the vendor mints a CSVLK for the customer",
                 [
@@ -220,7 +278,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             key_file.chmod(0o600)
             step(
                 "an ADBA admin activates it for this forest and publishes the object",
-                ["ao", "publish", "--key-file", str(key_file), "--authority", authority, *as_admin],
+                ["ao", "publish", "--key-file", str(key_file), "--online", url, *as_admin],
             )
             root_key = f"{authority}/root.pub"
             step(
@@ -266,13 +324,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "the next boot finds no object: still licensed until the 180 days run out",
                 ["agent", "run", "--once", *agent_cfg],
             )
-            _kms_part(step, work, authority, root_key)
+            _kms_part(step, work, authority, url, root_key)
+            _mak_part(step, work, authority, url, root_key)
             if args.keep:
                 print(f"\nkept {lab.dir} and {work}")
     except AdbaError as exc:
         print(f"demo failed: {exc.message}", file=sys.stderr)
         return exc.exit_code
     finally:
+        for stop in reversed(cleanup):
+            stop()
         signal.signal(signal.SIGTERM, previous)
         if not args.keep:
             import shutil
