@@ -26,7 +26,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-from .errors import InvalidInput, LicenseError, WrongForest
+from .errors import InvalidInput, LicenseError, MalformedLicense, WrongForest
 from .keys import KeyType, ProductKey, make_key
 
 __all__ = [
@@ -201,12 +201,12 @@ def phone_license(installation: Installation, confirmation: Confirmation) -> byt
 
 def parse_phone_license(data: bytes) -> tuple[Installation, Confirmation]:
     if len(data) != len(PHONE_MAGIC) + IID_SIZE + CID_SIZE or not data.startswith(PHONE_MAGIC):
-        raise LicenseError("the phone license is malformed")
+        raise MalformedLicense("the phone license is malformed")
     body = data[len(PHONE_MAGIC) :]
     try:
         installation = Installation.from_payload(body[:IID_SIZE])
     except InvalidInput as exc:
-        raise LicenseError(f"the phone license is malformed: {exc.message}") from exc
+        raise MalformedLicense(f"the phone license is malformed: {exc.message}") from exc
     rest = body[IID_SIZE:]
     return installation, Confirmation(int.from_bytes(rest[:5], "big"), rest[5:])
 

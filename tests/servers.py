@@ -469,3 +469,226 @@ class TestAuthority:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class TestSambaDC:
+    """A real Samba AD domain controller on 127.0.0.N (root only: its LDAP ports are fixed).
+
+    Lifecycle: ``samba-tool domain provision`` (2012 R2 schema, no DNS) -> our smb.conf (LDAP
+    service only, loopback address only, every directory under the run dir) -> optional offline
+    fixes (forest prep, which creates the activation-objects container; the repair of Samba's
+    unparseable msSPP default security descriptor) -> accounts -> ``samba -M single`` -> ready
+    when an LDAPS bind with certificate validation succeeds -> SIGTERM to its pidfile's PID.
+    """
+
+    __test__ = False
+    realm = "LAB.EXAMPLE.TEST"
+    domain = "LAB"
+    suffix = "DC=lab,DC=example,DC=test"
+    host_name = "labdc"
+    admin_password = "Passw0rd!Lab123"
+    fixed_sd = "O:BAG:BAD:(A;;RPWPCRCCDCLCLORCWOWDSDDTSW;;;DA)(A;;RPLCLORC;;;AU)"
+
+    def __init__(self, ip: str = "127.0.0.2", *, forest_prep: bool = True, fix_sd: bool = True) -> None:
+        import os
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from adba.lab import Identity
+
+        if os.geteuid() != 0:
+            raise RuntimeError("a Samba AD DC needs root (fixed LDAP ports 389/636)")
+        if not shutil.which("samba-tool") or not os.access("/usr/sbin/samba", os.X_OK):
+            raise RuntimeError(
+                "Samba AD DC missing: apt-get install --no-install-recommends samba samba-ad-dc "
+                "samba-ad-provision samba-dsdb-modules python3-markdown ldb-tools"
+            )
+        self.ip = ip
+        self.forest_prep, self.fix_sd = forest_prep, fix_sd
+        self.dir = Path(tempfile.mkdtemp(prefix="adba-samba-", dir="/tmp"))
+        self.dc = self.dir / "dc"
+        self.conf = self.dc / "etc" / "smb.conf"
+        self.sam = self.dc / "private" / "sam.ldb"
+        self.keep = False
+        self.tls_name = f"{self.host_name}.{self.realm.lower()}"
+        self.computers = f"CN=Computers,{self.suffix}"
+        self.admin_group = f"CN=ADBA Admins,CN=Users,{self.suffix}"
+
+        def ident(name: str, dn: str, password: str) -> Identity:
+            path = self.dir / f"{name}.password"
+            path.write_text(password + "\n")
+            path.chmod(0o600)
+            return Identity(dn, password, str(path))
+
+        self.root = ident("root", f"CN=Administrator,CN=Users,{self.suffix}", self.admin_password)
+        self.computer = ident("computer", f"CN=KMSCLIENT1,{self.computers}", "Cl1ent!Passw0rd")
+        self.user = ident("user", f"CN=plainuser,CN=Users,{self.suffix}", "Us3r!Passw0rd")
+        self.admin = ident("admin", f"CN=adbaadmin,CN=Users,{self.suffix}", "Adm1n!Passw0rd")
+
+    @property
+    def uri(self) -> str:
+        return f"ldaps://{self.ip}"
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.dc / "private" / "tls" / "ca.pem")
+
+    @property
+    def container(self) -> str:
+        from adba.directory.schema import container_dn
+
+        return container_dn(self.suffix)
+
+    def _tool(self, *argv: str, stdin: str | None = None) -> None:
+        res = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:3])} failed: {res.stderr.strip()[-800:]}")
+
+    def gen_config(self) -> str:
+        d = self.dc
+        return f"""[global]
+	netbios name = {self.host_name.upper()}
+	realm = {self.realm}
+	workgroup = {self.domain}
+	server role = active directory domain controller
+	interfaces = {self.ip}/8
+	bind interfaces only = yes
+	server services = ldap
+	disable netbios = yes
+	private dir = {d}/private
+	state directory = {d}/state
+	cache directory = {d}/cache
+	lock directory = {d}
+	binddns dir = {d}/bind-dns
+	pid directory = {d}/run
+	ncalrpc dir = {d}/run/ncalrpc
+	winbindd socket directory = {d}/run/winbindd
+	ntp signd socket directory = {d}/run/ntp_signd
+	log file = {d}/log/samba.log
+	logging = file
+	log level = 1
+"""
+
+    def provision(self) -> None:
+        self._tool(
+            "samba-tool", "domain", "provision", f"--targetdir={self.dc}", f"--realm={self.realm}",
+            f"--domain={self.domain}", "--server-role=dc", "--dns-backend=NONE",
+            "--base-schema=2012_R2", f"--host-name={self.host_name}", f"--host-ip={self.ip}",
+            f"--adminpass={self.admin_password}", f"--option=interfaces = {self.ip}/8",
+            "--option=bind interfaces only = yes",
+        )
+        for sub in ("etc", "run", "log", "cache"):
+            (self.dc / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(self.gen_config())
+        if self.fix_sd:
+            schema = f"CN=Schema,CN=Configuration,{self.suffix}"
+            ldif = "".join(
+                f"dn: CN={cls},{schema}\nchangetype: modify\nreplace: defaultSecurityDescriptor\n"
+                f"defaultSecurityDescriptor: {self.fixed_sd}\n-\n\n"
+                for cls in ("ms-SPP-Activation-Object", "ms-SPP-Activation-Objects-Container")
+            )
+            self._tool("ldbmodify", "-H", str(self.sam),
+                       "--option=dsdb:schema update allowed=true", stdin=ldif)
+        if self.forest_prep:
+            self._tool("samba-tool", "domain", "functionalprep", "-s", str(self.conf), "-H",
+                       str(self.sam), "--function-level=2012_R2", "--forest-prep")
+        tool = ["-s", str(self.conf), "-H", str(self.sam)]
+        self._tool("samba-tool", "computer", "create", "KMSCLIENT1", *tool)
+        self._tool("samba-tool", "user", "setpassword", "KMSCLIENT1$",
+                   f"--newpassword={self.computer.password}", *tool)
+        for name, ident in (("plainuser", self.user), ("adbaadmin", self.admin)):
+            self._tool("samba-tool", "user", "create", name, ident.password, *tool)
+        self._tool("samba-tool", "group", "add", "ADBA Admins", *tool)
+        self._tool("samba-tool", "group", "addmembers", "ADBA Admins", "adbaadmin", *tool)
+
+    def start(self) -> TestSambaDC:
+        import socket
+        import time
+
+        for port in (389, 636):
+            with socket.socket() as probe:
+                probe.settimeout(0.2)
+                if probe.connect_ex((self.ip, port)) == 0:
+                    raise RuntimeError(f"something already answers on {self.ip}:{port}")
+        if not self.sam.exists():
+            self.provision()
+        self._tool("samba", "-s", str(self.conf), "-M", "single")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self._ready():
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"samba not ready: {self.log_tail()}")
+
+    def options(self, ident: object | None = None, **kw: object):  # type: ignore[no-untyped-def]
+        from adba.directory.connection import ConnectionOptions
+
+        if ident is None:
+            return ConnectionOptions(uri=self.uri, ca_file=self.ca_file, tls_name=self.tls_name, **kw)  # type: ignore[arg-type]
+        return ConnectionOptions(
+            uri=self.uri, bind_dn=ident.dn, password=ident.password,  # type: ignore[attr-defined]
+            ca_file=self.ca_file, tls_name=self.tls_name, **kw,  # type: ignore[arg-type]
+        )
+
+    def cli_args(self, who: str) -> list[str]:
+        ident = getattr(self, who)
+        return ["-H", self.uri, "--ca-file", self.ca_file, "--tls-name", self.tls_name,
+                "-b", self.suffix, "-D", ident.dn, "--password-file", ident.password_file]
+
+    def _ready(self) -> bool:
+        from pathlib import Path
+
+        from adba.directory.connection import connect
+        from adba.errors import AdbaError
+
+        if not Path(self.ca_file).is_file():
+            return False
+        try:
+            connect(self.options(self.root, connect_timeout=1.0)).unbind()
+            return True
+        except AdbaError:
+            return False
+
+    def log_tail(self) -> str:
+        try:
+            return "\n".join((self.dc / "log" / "samba.log").read_text().splitlines()[-15:])
+        except OSError:
+            return "(no log)"
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.dc / "run" / "samba.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import time
+
+        pid = self.pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+    def publish_csvlk(self, authority: object, product: str, name: str, now: int) -> str:
+        return TestSlapd.publish_csvlk(self, authority, product, name, now)  # type: ignore[arg-type]
+
+    def destroy(self) -> None:
+        import shutil
+
+        self.stop()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)

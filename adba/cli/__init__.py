@@ -28,6 +28,7 @@ _EXIT_TABLE = "\n".join(
 NOUNS = {
     "directory": "adba.cli.directory",
     "ao": "adba.cli.ao",
+    "acl": "adba.cli.acl",
     "authority": "adba.cli.authority",
     "agent": "adba.cli.agent",
     "kms": "adba.cli.kms",

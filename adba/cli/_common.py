@@ -70,6 +70,11 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--ca-file", metavar="PEM", help="CA certificate(s) to validate the server with")
     g.add_argument(
+        "--tls-name",
+        metavar="NAME",
+        help="name the server certificate must carry, when -H gives an address (e.g. the DC's FQDN)",
+    )
+    g.add_argument(
         "--insecure",
         action="store_true",
         default=None,
@@ -120,6 +125,7 @@ def connection_options(args: argparse.Namespace) -> ConnectionOptions:
         ca_file=pick(args, "ca_file"),
         insecure=bool(pick(args, "insecure")),
         connect_timeout=args.timeout,
+        tls_name=getattr(args, "tls_name", None),
     )
 
 

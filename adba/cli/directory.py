@@ -101,6 +101,15 @@ def cmd_init(args: argparse.Namespace) -> int:
     validate_dn(admin_group)
     validate_dn(computers)
     root = root_dn(args, data)
+    from ..directory import ad
+    from ..directory.connection import session
+
+    with session(data) as conn:
+        if ad.is_active_directory(conn):
+            raise InvalidInput(
+                "this is Active Directory: its schema already has the msSPP classes and ADBA never "
+                f"extends it; if `adba directory check` reports the container missing, {ad.FOREST_PREP}"
+            )
     report = openldap.init(
         _config_opts(args),
         data,
@@ -114,21 +123,27 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ..directory import openldap
+    from ..directory import ad, openldap
+    from ..directory.connection import session
     from ..errors import CheckFailed
     from ._common import connection_options, root_dn
 
     data = connection_options(args)
     root = root_dn(args, data)
+    with session(data) as conn:
+        active_directory = ad.is_active_directory(conn)
     config = _config_opts(args) if pick(args, "config_uri") else None
     try:
-        report = openldap.check(
-            data,
-            root=root,
-            config=config,
-            admin_group=pick(args, "admin_group"),
-            computers=pick(args, "computers"),
-        )
+        if active_directory:
+            report = ad.check(data, root=root)
+        else:
+            report = openldap.check(
+                data,
+                root=root,
+                config=config,
+                admin_group=pick(args, "admin_group"),
+                computers=pick(args, "computers"),
+            )
     except CheckFailed as exc:
         _print_report(exc.context["report"], args.json)
         raise

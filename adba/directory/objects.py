@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInput, LicenseError
+from ..errors import InvalidInput, LicenseError, MalformedLicense
 from . import schema, store
 from .connection import ConnectionOptions, session
 
@@ -109,7 +109,7 @@ def verify_object(
             if sku is None or sku.bytes_le != ao.csvlk_sku:
                 raise LicenseError("CSVLK SKU disagrees with the phone license's key")
         return Verified("phone", confirmation.issued_at, 2**62)
-    raise LicenseError("object carries no license of ours (a Windows object?)")
+    raise MalformedLicense("object carries no license of ours (a Windows object?)")
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,14 @@ class ObjectView:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _ours(blob: bytes) -> bool:
+    """Does this look like an ADBA license at all (a DER sequence, or a phone license)?
+    Windows' own licenses are XrML documents."""
+    from ..confirmation import PHONE_MAGIC
+
+    return blob[:1] == b"\x30" or blob.startswith(PHONE_MAGIC)
 
 
 def _csvlk_sku(catalog: Catalog, code: int) -> uuid.UUID | None:
@@ -169,6 +177,11 @@ def _view(
                 sku_for_code=lambda code: _csvlk_sku(catalog, code),
             )
             status, detail = "verified", "signed by the pinned authority for this forest"
+        except MalformedLicense as exc:
+            if _ours(der):  # our format, altered
+                status, detail = "invalid", exc.message
+            else:
+                status, detail = "foreign", "Windows object, not ours (never used by the agent)"
         except LicenseError as exc:
             status, detail = "invalid", exc.message
     kms = [_uuid_text(k) for k in ao.kms_ids]
