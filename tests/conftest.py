@@ -4,6 +4,7 @@ import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,3 +74,50 @@ def named(request: pytest.FixtureRequest) -> Iterator[TestNamed]:
     finally:
         server.keep = request.session.testsfailed > 0
         server.destroy()
+
+
+def _samba_unavailable() -> str | None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "a Samba AD DC needs root (its LDAP ports are fixed)"
+    if not shutil.which("samba-tool"):
+        return (
+            "Samba AD DC not installed (apt-get install samba samba-ad-dc samba-ad-provision ...)"
+        )
+    return None
+
+
+@pytest.fixture(scope="session")
+def samba(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """One real Samba AD DC for the session (forest prepared, msSPP default SD repaired), with
+    the ADBA Admins group delegated through `adba acl grant`. Skipped with the reason where it
+    cannot run -- except in CI (ADBA_CI=1), where that is a failure."""
+    import os
+
+    from tests.servers import TestSambaDC
+
+    reason = _samba_unavailable()
+    if reason:
+        if os.environ.get("ADBA_CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    dc = TestSambaDC("127.0.0.2")
+    try:
+        dc.start()
+        from adba.directory import ad
+
+        ad.grant(dc.options(dc.root), root=dc.suffix, who="ADBA Admins")
+        yield dc
+    finally:
+        dc.keep = request.session.testsfailed > 0
+        dc.destroy()
+
+
+@pytest.fixture(params=["openldap", "samba"])
+def directory(request: pytest.FixtureRequest) -> Any:
+    """The same test bodies against OpenLDAP and Samba AD."""
+    return request.getfixturevalue("slapd" if request.param == "openldap" else request.param)

@@ -489,7 +489,9 @@ class TestSambaDC:
     admin_password = "Passw0rd!Lab123"
     fixed_sd = "O:BAG:BAD:(A;;RPWPCRCCDCLCLORCWOWDSDDTSW;;;DA)(A;;RPLCLORC;;;AU)"
 
-    def __init__(self, ip: str = "127.0.0.2", *, forest_prep: bool = True, fix_sd: bool = True) -> None:
+    def __init__(
+        self, ip: str = "127.0.0.2", *, forest_prep: bool = True, fix_sd: bool = True
+    ) -> None:
         import os
         import shutil
         import tempfile
@@ -572,10 +574,19 @@ class TestSambaDC:
 
     def provision(self) -> None:
         self._tool(
-            "samba-tool", "domain", "provision", f"--targetdir={self.dc}", f"--realm={self.realm}",
-            f"--domain={self.domain}", "--server-role=dc", "--dns-backend=NONE",
-            "--base-schema=2012_R2", f"--host-name={self.host_name}", f"--host-ip={self.ip}",
-            f"--adminpass={self.admin_password}", f"--option=interfaces = {self.ip}/8",
+            "samba-tool",
+            "domain",
+            "provision",
+            f"--targetdir={self.dc}",
+            f"--realm={self.realm}",
+            f"--domain={self.domain}",
+            "--server-role=dc",
+            "--dns-backend=NONE",
+            "--base-schema=2012_R2",
+            f"--host-name={self.host_name}",
+            f"--host-ip={self.ip}",
+            f"--adminpass={self.admin_password}",
+            f"--option=interfaces = {self.ip}/8",
             "--option=bind interfaces only = yes",
         )
         for sub in ("etc", "run", "log", "cache"):
@@ -588,15 +599,35 @@ class TestSambaDC:
                 f"defaultSecurityDescriptor: {self.fixed_sd}\n-\n\n"
                 for cls in ("ms-SPP-Activation-Object", "ms-SPP-Activation-Objects-Container")
             )
-            self._tool("ldbmodify", "-H", str(self.sam),
-                       "--option=dsdb:schema update allowed=true", stdin=ldif)
+            self._tool(
+                "ldbmodify",
+                "-H",
+                str(self.sam),
+                "--option=dsdb:schema update allowed=true",
+                stdin=ldif,
+            )
         if self.forest_prep:
-            self._tool("samba-tool", "domain", "functionalprep", "-s", str(self.conf), "-H",
-                       str(self.sam), "--function-level=2012_R2", "--forest-prep")
+            self._tool(
+                "samba-tool",
+                "domain",
+                "functionalprep",
+                "-s",
+                str(self.conf),
+                "-H",
+                str(self.sam),
+                "--function-level=2012_R2",
+                "--forest-prep",
+            )
         tool = ["-s", str(self.conf), "-H", str(self.sam)]
         self._tool("samba-tool", "computer", "create", "KMSCLIENT1", *tool)
-        self._tool("samba-tool", "user", "setpassword", "KMSCLIENT1$",
-                   f"--newpassword={self.computer.password}", *tool)
+        self._tool(
+            "samba-tool",
+            "user",
+            "setpassword",
+            "KMSCLIENT1$",
+            f"--newpassword={self.computer.password}",
+            *tool,
+        )
         for name, ident in (("plainuser", self.user), ("adbaadmin", self.admin)):
             self._tool("samba-tool", "user", "create", name, ident.password, *tool)
         self._tool("samba-tool", "group", "add", "ADBA Admins", *tool)
@@ -625,16 +656,34 @@ class TestSambaDC:
         from adba.directory.connection import ConnectionOptions
 
         if ident is None:
-            return ConnectionOptions(uri=self.uri, ca_file=self.ca_file, tls_name=self.tls_name, **kw)  # type: ignore[arg-type]
+            return ConnectionOptions(
+                uri=self.uri, ca_file=self.ca_file, tls_name=self.tls_name, **kw
+            )  # type: ignore[arg-type]
         return ConnectionOptions(
-            uri=self.uri, bind_dn=ident.dn, password=ident.password,  # type: ignore[attr-defined]
-            ca_file=self.ca_file, tls_name=self.tls_name, **kw,  # type: ignore[arg-type]
+            uri=self.uri,
+            bind_dn=ident.dn,
+            password=ident.password,  # type: ignore[attr-defined]
+            ca_file=self.ca_file,
+            tls_name=self.tls_name,
+            **kw,  # type: ignore[arg-type]
         )
 
     def cli_args(self, who: str) -> list[str]:
         ident = getattr(self, who)
-        return ["-H", self.uri, "--ca-file", self.ca_file, "--tls-name", self.tls_name,
-                "-b", self.suffix, "-D", ident.dn, "--password-file", ident.password_file]
+        return [
+            "-H",
+            self.uri,
+            "--ca-file",
+            self.ca_file,
+            "--tls-name",
+            self.tls_name,
+            "-b",
+            self.suffix,
+            "-D",
+            ident.dn,
+            "--password-file",
+            ident.password_file,
+        ]
 
     def _ready(self) -> bool:
         from pathlib import Path

@@ -57,6 +57,7 @@ class AgentFile(_Model):
     kms_domains: list[str] = []
     authority_url: str | None = Field(None, pattern=r"^https?://")
     authority_ca_file: str | None = None
+    tls_name: str | None = None
     machine_name: str | None = Field(None, max_length=63)
     machine: Machine = Machine()
     intervals: Intervals = Intervals()
@@ -180,4 +181,5 @@ def validate(raw: dict[str, Any], *, source: str) -> Settings:
         machine_name=model.machine_name,
         authority_url=model.authority_url,
         authority_ca_file=model.authority_ca_file,
+        tls_name=model.tls_name,
     )

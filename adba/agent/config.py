@@ -10,6 +10,7 @@ Example ``agent.toml``::
 
     domain = "example.test"                 # DC location via DNS SRV
     # dc_uris = ["ldap://dc1.example.test"] # or explicit DCs, tried in order
+    # tls_name = "dc1.example.test"         # certificate name, if dc_uris give addresses
     # dns_servers = ["192.0.2.53"]          # DNS servers for SRV lookups (default: system)
     # kms_host = "kms1.example.test:1688"   # static KMS host (else cached, else _vlmcs._tcp SRV)
     # kms_domains = ["branch.example.test"] # more domains to look for KMS hosts in
@@ -136,6 +137,8 @@ class Settings:
     #: the activation authority, for MAK activation online
     authority_url: str | None = None
     authority_ca_file: str | None = None
+    #: the name DC certificates must carry when dc_uris give addresses
+    tls_name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

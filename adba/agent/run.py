@@ -117,7 +117,7 @@ def _candidates(settings: Settings, directory: dict[str, Any]) -> Iterator[tuple
     """(uri, name to verify in the certificate), in the order to try them."""
     if settings.dc_uris:
         for uri in settings.dc_uris:
-            yield uri, None
+            yield uri, settings.tls_name
         return
     if not settings.domain:
         return

@@ -74,6 +74,8 @@ def verify_object(
 
     der = ao.issuance_license
     phone = ao.licenses.get("msSPP-PhoneLicense")
+    if not any(_ours(blob) for blob in (der, phone) if blob is not None):
+        raise MalformedLicense("object carries no license of ours (a Windows object?)")
     if der is not None:
         lic = verify_license(der, root_public_key=root_public_key, forest=forest, now=now)
         if lic.partial_key != ao.partial_key:

@@ -43,6 +43,7 @@ class Agent:
             "ca_file": lab.ca_file,
             "root_key": str(authority / "root.pub"),
             "state_path": str(self.state),
+            "tls_name": getattr(lab, "tls_name", None),
         }
         settings.update(overrides)
         lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items() if v is not None]
