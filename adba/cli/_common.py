@@ -63,7 +63,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "-b", "--base", help="forest root DN, e.g. dc=example,dc=test (default: from the root DSE)"
     )
     g.add_argument(
-        "-D", "--bind-dn", help="DN to bind as (default: anonymous, or SASL EXTERNAL on ldapi)"
+        "-D",
+        "--bind-dn",
+        help="DN to bind as (AD: also HOST$@REALM); default: anonymous, or SASL EXTERNAL on ldapi",
     )
     g.add_argument(
         "--password-file", metavar="FILE", help="file whose first line is the bind password"
@@ -114,7 +116,7 @@ def connection_options(args: argparse.Namespace) -> ConnectionOptions:
         raise InvalidInput("no directory URI: give --uri (or ADBA_URI, or uri in adba.toml)")
     pw_file = pick(args, "password_file")
     bind_dn = pick(args, "bind_dn")
-    if bind_dn:
+    if bind_dn and not _ad_account_name(bind_dn):
         from ..directory.store import validate_dn
 
         validate_dn(bind_dn)
@@ -127,6 +129,11 @@ def connection_options(args: argparse.Namespace) -> ConnectionOptions:
         connect_timeout=args.timeout,
         tls_name=getattr(args, "tls_name", None),
     )
+
+
+def _ad_account_name(name: str) -> bool:
+    """AD also takes ``HOST$@REALM`` (UPN) or ``DOMAIN\\HOST$`` as a simple-bind name."""
+    return "=" not in name and ("@" in name or "\\" in name)
 
 
 def root_dn(args: argparse.Namespace, opts: ConnectionOptions) -> str:

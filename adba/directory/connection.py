@@ -198,7 +198,7 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
                 f"{opts.uri} rejected the credentials for {opts.bind_dn or 'this identity'}",
                 uri=opts.uri,
             )
-        if code == 13:
+        if code in (8, 13):  # strongerAuthRequired / confidentialityRequired
             raise TlsError(f"{opts.uri} requires TLS for this bind", uri=opts.uri)
         if code == 34:
             raise InvalidDN(f"malformed bind DN: {opts.bind_dn}")

@@ -266,3 +266,43 @@ def test_check_finds_the_missing_container_then_samba_s_lost_grant_and_acl_fixes
         assert outcome.activated, outcome
     finally:
         stock.destroy()
+
+
+def test_ad_binds_starttls_and_the_computer_account_by_its_account_name(
+    samba: Any,
+    authority_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    ao_name: str,
+) -> None:
+    dn = samba.publish_csvlk(authority_dir, SERVER_CSVLK, ao_name, NOW)
+    try:
+        upn = f"KMSCLIENT1$@{samba.realm}"
+        argv = [
+            "ao",
+            "list",
+            "--json",
+            "-H",
+            f"ldap://{samba.ip}",
+            "--ca-file",
+            samba.ca_file,
+            "--tls-name",
+            samba.tls_name,
+            "-b",
+            samba.suffix,
+            "-D",
+            upn,
+            "--password-file",
+            samba.computer.password_file,
+        ]
+        assert main(argv) == 0  # StartTLS on 389, bound as HOST$@REALM
+        assert ao_name in capsys.readouterr().out
+        assert main([*argv, "--insecure"]) == 7  # AD refuses a simple bind in clear
+        assert "requires TLS" in capsys.readouterr().err
+        agent = Agent(tmp_path, samba, authority_dir, dc_uris=[f"ldap://{samba.ip}"])
+        agent.path.write_text(agent.path.read_text().replace(samba.computer.dn, upn))
+        [outcome] = agent.run().outcomes
+        assert outcome.activated, outcome
+    finally:
+        with session(samba.options(samba.root)) as conn:
+            conn.delete(dn)
