@@ -465,3 +465,53 @@ def test_connection_limit_and_metrics(authority_dir: Path, tmp_path: Path) -> No
         for s in idle:
             s.close()
         host.destroy()
+
+
+def test_a_served_entry_older_than_30_days_drops_out_with_an_injected_clock(
+    authority_dir: Path, tmp_path: Path
+) -> None:
+    """The real asyncio server (in this process, on a real socket) with a fake clock."""
+    import asyncio
+
+    from adba.kms.host import HostIdentity, KmsHost
+    from adba.kms.store import KmsStore
+
+    state = tmp_path / "host"
+    from adba.authority import LocalAuthority
+    from adba.catalog import load_catalog
+    from adba.keys import KeyType
+
+    auth = LocalAuthority.open(authority_dir)
+    key = auth.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", load_catalog(), now=NOW).text
+    identity = HostIdentity.install(state, key, auth, load_catalog(), host_id="clock", now=NOW)
+    clock = [float(NOW)]
+    host = KmsHost(identity, KmsStore(state / "kms.sqlite"), clock=lambda: clock[0])
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(
+        target=loop.run_until_complete,
+        args=(host.serve(["127.0.0.1"], port),),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.02)
+        old = Machine(tmp_path, "old", authority_dir, SERVER, kms_host=f"127.0.0.1:{port}")
+        assert "count 1," in old.run().message
+        clock[0] += 29 * 86400
+        new = Machine(tmp_path, "new", authority_dir, SERVER, kms_host=f"127.0.0.1:{port}")
+        assert "count 2," in new.run(now=int(clock[0])).message
+        clock[0] += 2 * 86400  # "old" is now 31 days old: it drops out of the count
+        later = Machine(tmp_path, "later", authority_dir, SERVER, kms_host=f"127.0.0.1:{port}")
+        assert "count 2," in later.run(now=int(clock[0])).message
+        assert old.dir.name not in {r.machine for r in host.cache.entries.values()}
+    finally:
+        loop.call_soon_threadsafe(host.stop)
+        thread.join(10)
+        loop.close()
+        host.store.close()
