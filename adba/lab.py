@@ -90,8 +90,18 @@ class Slapd:
     debug_level = 0
 
     def __init__(
-        self, *, debug_level: int | None = None, keep: bool = False, prefix: str = "adba-lab-"
+        self,
+        *,
+        debug_level: int | None = None,
+        keep: bool = False,
+        prefix: str = "adba-lab-",
+        directory: str | os.PathLike[str] | None = None,
+        ports: tuple[int, int] | None = None,
+        listen: str | None = None,
+        tls_names: tuple[str, ...] = (),
     ) -> None:
+        """A throwaway server in a new temp dir by default; with ``directory``, a lasting one
+        (a container's volume): configured once, its passwords kept in ``<dir>/*.password``."""
         for binary in (SLAPD, SLAPADD):
             if not os.access(binary, os.X_OK):
                 raise LabError(
@@ -100,9 +110,16 @@ class Slapd:
                 )
         if debug_level is not None:
             self.debug_level = debug_level
-        self.keep = keep
-        self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        self.keep = keep or directory is not None
+        if directory is None:
+            self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        else:
+            self.dir = Path(directory)
+            self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
+        self.fixed_ports = ports
+        self.listen = listen or self.host
+        self.tls_names = tls_names
         self.port = 0
         self.tls_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -116,7 +133,7 @@ class Slapd:
         self.admin = self._identity("adbaadmin", f"uid=adbaadmin,{self.people}")
         self.user = self._identity("plainuser", f"uid=plainuser,{self.people}")
         self.computer = self._identity("computer", f"cn=KMSCLIENT1,{self.computers}")
-        self._configured = False
+        self._configured = (self.dir / "slapd.d").is_dir()
 
     # -- paths and URLs ------------------------------------------------------------------------
     @property
@@ -140,8 +157,10 @@ class Slapd:
         return self.dir / "slapd.log"
 
     def _identity(self, name: str, dn: str) -> Identity:
-        password = secrets.token_urlsafe(12)
         path = self.dir / f"{name}.password"
+        if path.is_file():  # a lasting server keeps its passwords
+            return Identity(dn, path.read_text().strip(), str(path))
+        password = secrets.token_urlsafe(12)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(password + "\n")
@@ -271,7 +290,7 @@ userPassword: {ssha(self.computer.password)}
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=825))
             .add_extension(
                 x509.SubjectAlternativeName(
                     [
@@ -279,6 +298,7 @@ userPassword: {ssha(self.computer.password)}
                         x509.DNSName("localhost"),
                         # DCs found through the lab's DNS zone (dc1.<domain>, ...)
                         x509.DNSName("*." + self.domain),
+                        *(x509.DNSName(n) for n in self.tls_names),
                     ]
                 ),
                 critical=False,
@@ -332,6 +352,10 @@ userPassword: {ssha(self.computer.password)}
     def start(self) -> Slapd:
         self.configure()
         last = ""
+        if self.fixed_ports:
+            self.port, self.tls_port = self.fixed_ports
+            self._launch()
+            return self
         for _attempt in range(5):
             self.port, self.tls_port = free_port(self.host), free_port(self.host)
             if self.port == self.tls_port:
@@ -345,7 +369,10 @@ userPassword: {ssha(self.computer.password)}
         raise LabError(f"slapd did not start: {last}")
 
     def _launch(self) -> None:
-        urls = f"{self.uri}/ {self.ldaps_uri}/ {self.ldapi_uri}"
+        urls = (
+            f"ldap://{self.listen}:{self.port}/ ldaps://{self.listen}:{self.tls_port}/ "
+            f"{self.ldapi_uri}"
+        )
         self._log = open(self.log_file, "ab")  # noqa: SIM115 - closed in _terminate
         self.proc = subprocess.Popen(
             [SLAPD, "-F", str(self.dir / "slapd.d"), "-h", urls, "-d", str(self.debug_level)],

@@ -481,6 +481,11 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return False
+        if not self.buf:  # a health check's probe: connected, sent nothing, closed
+            log.debug("event=probe peer=%s", transport.get_extra_info("peername"))
+            transport.close()
+            self.transport = None
+            return False
         try:
             reply = self.host.respond(bytes(self.buf))
         except ProtocolError as exc:

@@ -1,0 +1,230 @@
+#!/opt/adba/bin/python
+"""Entrypoints of the compose stack's containers: ldap, dns, authority, kms, admin, client.
+
+Every secret is made at first start (never baked into an image) and shared with the other
+containers through the ``shared`` volume: passwords, the LDAP CA, the TSIG key, the
+authority's root key and the keys it minted for this lab. Each server keeps its data on its
+own volume, so a restart keeps published objects, counts and records, and a second
+``up`` changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHARED = Path(os.environ.get("ADBA_SHARED", "/shared"))
+DATA = Path(os.environ.get("ADBA_DATA", "/data"))
+SUFFIX = "dc=lab,dc=example,dc=test"
+ZONE = "lab.example.test"
+LDAP_PORT, LDAPS_PORT = 1389, 1636
+DNS_PORT = 5353
+AUTHORITY = os.environ.get("ADBA_AUTHORITY_URL", "http://authority:8443")
+
+
+def say(msg: str) -> None:
+    print(f"[{sys.argv[1] if len(sys.argv) > 1 else '?'}] {msg}", flush=True)
+
+
+def wait_for(path: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out waiting for {path}")
+        time.sleep(0.5)
+
+
+def adba(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(["adba", *argv], capture_output=True, text=True, check=False)
+    if check and res.returncode != 0:
+        sys.exit(f"adba {' '.join(argv[:2])} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def share(src: Path, name: str) -> None:
+    target = SHARED / name
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, target)
+
+
+def supervise(proc: subprocess.Popen[bytes]) -> int:
+    """Forward SIGTERM/SIGINT to the server and exit with it."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, _f: proc.send_signal(s))
+    return proc.wait()
+
+
+# -- the directory ------------------------------------------------------------------------------
+def ldap() -> int:
+    from adba.directory import openldap
+    from adba.directory.connection import ConnectionOptions
+    from adba.lab import Slapd
+
+    lab = Slapd(directory=DATA, ports=(LDAP_PORT, LDAPS_PORT), listen="0.0.0.0",
+                tls_names=("ldap", f"ldap.{ZONE}"))
+    first = not (DATA / ".adba-initialised").exists()
+    lab.start()
+    if first:
+        data = ConnectionOptions(uri=lab.uri, bind_dn=lab.root.dn, password=lab.root.password,
+                                 ca_file=lab.ca_file)
+        openldap.init(ConnectionOptions(uri=lab.ldapi_uri), data, root=lab.suffix,
+                      admin_group=lab.admin_group, computers=lab.computers)
+        (DATA / ".adba-initialised").touch()
+        say("schema, index, limits, ACLs and container in place")
+    for name in ("root", "adbaadmin", "computer"):
+        share(DATA / f"{name}.password", f"ldap-{name}.password")
+    share(Path(lab.ca_file), "ldap-ca.pem")
+    say(f"serving ldap://0.0.0.0:{LDAP_PORT} and ldaps://0.0.0.0:{LDAPS_PORT}")
+    assert lab.proc is not None
+    return supervise(lab.proc)
+
+
+def dns() -> int:
+    import base64
+    import secrets
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    key = DATA / "tsig.key"
+    if not key.exists():
+        secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        key.write_text(f'key "kms-update." {{ algorithm hmac-sha256; secret "{secret}"; }};\n')
+        (DATA / f"{ZONE}.zone").write_text(
+            f"$TTL 60\n@ IN SOA ns1.{ZONE}. hostmaster.{ZONE}. ( 1 3600 600 86400 60 )\n"
+            f"  IN NS ns1.{ZONE}.\nns1 IN A 127.0.0.1\n"
+        )
+    (DATA / "named.conf").write_text(f"""include "{key}";
+options {{
+    directory "{DATA}"; pid-file "{DATA}/named.pid"; session-keyfile "{DATA}/session.key";
+    managed-keys-directory "{DATA}"; listen-on port {DNS_PORT} {{ any; }}; listen-on-v6 {{ none; }};
+    recursion no; allow-query {{ any; }}; allow-transfer {{ none; }};
+    dnssec-validation no; notify no;
+}};
+controls {{ }};
+zone "{ZONE}" {{ type primary; file "{DATA}/{ZONE}.zone"; journal "{DATA}/{ZONE}.zone.jnl";
+    update-policy {{ grant kms-update. name _vlmcs._tcp.{ZONE}. SRV; grant kms-update. subdomain {ZONE}. A AAAA; }}; }};
+""")
+    share(key, "tsig.key")
+    say(f"serving {ZONE} on port {DNS_PORT}")
+    return supervise(subprocess.Popen(["named", "-g", "-4", "-c", str(DATA / "named.conf")]))
+
+
+# -- the vendor -----------------------------------------------------------------------------------
+def authority() -> int:
+    path = DATA / "authority"
+    if not (path / "root.key").exists():
+        adba("authority", "init", "--path", str(path))
+        for name, product in (("csvlk", "Nimbus Server 2026 CSVLK"),
+                              ("kms-csvlk", "Nimbus Server 2026 CSVLK")):
+            key = adba("authority", "mint", "--path", str(path), "--type", "csvlk",
+                       "--product", product).stdout.strip()
+            (DATA / f"{name}.txt").write_text(key + "\n")
+            os.chmod(DATA / f"{name}.txt", 0o600)
+        say("authority created; lab keys minted")
+    share(path / "root.pub", "root.pub")
+    for name in ("csvlk", "kms-csvlk"):
+        share(DATA / f"{name}.txt", f"{name}.txt")
+    return supervise(subprocess.Popen(
+        ["adba", "authority", "serve", "--path", str(path), "--listen", "0.0.0.0", "--port", "8443"]
+    ))
+
+
+# -- the KMS host ----------------------------------------------------------------------------------
+def kms() -> int:
+    state = DATA / "kms"
+    wait_for(SHARED / "kms-csvlk.txt")
+    wait_for(SHARED / "tsig.key")
+    if not (state / "host.json").exists():
+        for _ in range(60):  # the authority may still be starting
+            res = adba("kms", "install-key", "--state-dir", str(state), "--key-file",
+                       str(SHARED / "kms-csvlk.txt"), "--online", AUTHORITY, "--host-id", "kms1",
+                       check=False)
+            if res.returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            sys.exit(f"cannot activate the KMS host key: {res.stderr.strip()}")
+        say(res.stdout.strip())
+    address = os.environ.get("ADBA_KMS_ADDRESS", "172.28.0.40")
+    dns_server = os.environ.get("ADBA_DNS_SERVER", f"172.28.0.53:{DNS_PORT}")
+    return supervise(subprocess.Popen([
+        "adba", "kms", "serve", "--state-dir", str(state), "--listen", "0.0.0.0", "--port", "1688",
+        "--publish", ZONE, "--dns-server", dns_server, "--tsig-key-file", str(SHARED / "tsig.key"),
+        "--host-name", f"kms.{ZONE}", "--address", address,
+    ]))
+
+
+# -- the directory admin: publish the lab's activation object once ------------------------------
+def conn_args(who: str) -> list[str]:
+    return ["-H", f"ldap://ldap:{LDAP_PORT}", "--ca-file", str(SHARED / "ldap-ca.pem"),
+            "--tls-name", "ldap", "-b", SUFFIX, "-D", {
+                "adbaadmin": f"uid=adbaadmin,ou=People,{SUFFIX}",
+                "computer": f"cn=KMSCLIENT1,ou=Computers,{SUFFIX}",
+            }[who], "--password-file", str(SHARED / f"ldap-{who}.password")]
+
+
+def admin() -> int:
+    for name in ("ldap-ca.pem", "ldap-adbaadmin.password", "csvlk.txt", "root.pub"):
+        wait_for(SHARED / name)
+    listed = json.loads(adba("ao", "list", "--json", *conn_args("adbaadmin")).stdout)
+    if listed:
+        say(f"{len(listed)} activation object(s) already published")
+        return 0
+    for _ in range(60):
+        res = adba("ao", "publish", "--key-file", str(SHARED / "csvlk.txt"), "--online", AUTHORITY,
+                   "--name", "Lab server CSVLK", *conn_args("adbaadmin"), check=False)
+        if res.returncode == 0:
+            say(res.stdout.strip())
+            return 0
+        time.sleep(1)
+    sys.exit(f"publish failed: {res.stderr.strip()}")
+
+
+def unpublish() -> int:
+    """Delete the lab's activation objects (to watch clients fall back to KMS)."""
+    for view in json.loads(adba("ao", "list", "--json", *conn_args("adbaadmin")).stdout):
+        adba("ao", "delete", "--yes", view["dn"], *conn_args("adbaadmin"))
+        say(f"deleted {view['dn']}")
+    return 0
+
+
+# -- a client machine ----------------------------------------------------------------------------------
+def client() -> int:
+    for name in ("ldap-ca.pem", "ldap-computer.password", "root.pub"):
+        wait_for(SHARED / name)
+    home = Path(os.environ.get("HOME", "/var/lib/adba"))
+    password = home / "machine.password"
+    shutil.copyfile(SHARED / "ldap-computer.password", password)
+    os.chmod(password, 0o600)
+    state = os.environ.get("ADBA_STATE", str(home / "state.json"))
+    config = home / "agent.toml"
+    config.write_text(
+        f'domain = "{ZONE}"\n'
+        f'dns_servers = ["{os.environ.get("ADBA_DNS_SERVER", f"172.28.0.53:{DNS_PORT}")}"]\n'
+        f'dc_uris = ["ldap://ldap:{LDAP_PORT}"]\ntls_name = "ldap"\nbase = "{SUFFIX}"\n'
+        f'ca_file = "{SHARED / "ldap-ca.pem"}"\nroot_key = "{SHARED / "root.pub"}"\n'
+        f'state_path = "{state}"\nmachine_name = "{os.environ.get("ADBA_MACHINE", "client")}"\n'
+        f'[machine]\ndn = "cn=KMSCLIENT1,ou=Computers,{SUFFIX}"\npassword_file = "{password}"\n'
+        '[[products]]\nedition = "Nimbus Server Standard"\n'
+    )
+    run = subprocess.run(["adba", "agent", "run", "--once", "--config", str(config)], check=False)
+    status = subprocess.run(["adba", "agent", "status", "--json", "--config", str(config)],
+                            check=False)
+    return run.returncode or status.returncode
+
+
+ROLES = {"ldap": ldap, "dns": dns, "authority": authority, "kms": kms, "admin": admin,
+         "unpublish": unpublish, "client": client}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in ROLES:
+        sys.exit(f"usage: entrypoint.py {{{','.join(ROLES)}}}")
+    SHARED.mkdir(parents=True, exist_ok=True)
+    sys.exit(ROLES[sys.argv[1]]())
