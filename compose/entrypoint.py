@@ -68,15 +68,25 @@ def ldap() -> int:
     from adba.directory.connection import ConnectionOptions
     from adba.lab import Slapd
 
-    lab = Slapd(directory=DATA, ports=(LDAP_PORT, LDAPS_PORT), listen="0.0.0.0",
-                tls_names=("ldap", f"ldap.{ZONE}"))
+    lab = Slapd(
+        directory=DATA,
+        ports=(LDAP_PORT, LDAPS_PORT),
+        listen="0.0.0.0",
+        tls_names=("ldap", f"ldap.{ZONE}"),
+    )
     first = not (DATA / ".adba-initialised").exists()
     lab.start()
     if first:
-        data = ConnectionOptions(uri=lab.uri, bind_dn=lab.root.dn, password=lab.root.password,
-                                 ca_file=lab.ca_file)
-        openldap.init(ConnectionOptions(uri=lab.ldapi_uri), data, root=lab.suffix,
-                      admin_group=lab.admin_group, computers=lab.computers)
+        data = ConnectionOptions(
+            uri=lab.uri, bind_dn=lab.root.dn, password=lab.root.password, ca_file=lab.ca_file
+        )
+        openldap.init(
+            ConnectionOptions(uri=lab.ldapi_uri),
+            data,
+            root=lab.suffix,
+            admin_group=lab.admin_group,
+            computers=lab.computers,
+        )
         (DATA / ".adba-initialised").touch()
         say("schema, index, limits, ACLs and container in place")
     for name in ("root", "adbaadmin", "computer"):
@@ -121,19 +131,34 @@ def authority() -> int:
     path = DATA / "authority"
     if not (path / "root.key").exists():
         adba("authority", "init", "--path", str(path))
-        for name, product in (("csvlk", "Nimbus Server 2026 CSVLK"),
-                              ("kms-csvlk", "Nimbus Server 2026 CSVLK")):
-            key = adba("authority", "mint", "--path", str(path), "--type", "csvlk",
-                       "--product", product).stdout.strip()
+        for name, product in (
+            ("csvlk", "Nimbus Server 2026 CSVLK"),
+            ("kms-csvlk", "Nimbus Server 2026 CSVLK"),
+        ):
+            key = adba(
+                "authority", "mint", "--path", str(path), "--type", "csvlk", "--product", product
+            ).stdout.strip()
             (DATA / f"{name}.txt").write_text(key + "\n")
             os.chmod(DATA / f"{name}.txt", 0o600)
         say("authority created; lab keys minted")
     share(path / "root.pub", "root.pub")
     for name in ("csvlk", "kms-csvlk"):
         share(DATA / f"{name}.txt", f"{name}.txt")
-    return supervise(subprocess.Popen(
-        ["adba", "authority", "serve", "--path", str(path), "--listen", "0.0.0.0", "--port", "8443"]
-    ))
+    return supervise(
+        subprocess.Popen(
+            [
+                "adba",
+                "authority",
+                "serve",
+                "--path",
+                str(path),
+                "--listen",
+                "0.0.0.0",
+                "--port",
+                "8443",
+            ]
+        )
+    )
 
 
 # -- the KMS host ----------------------------------------------------------------------------------
@@ -143,9 +168,19 @@ def kms() -> int:
     wait_for(SHARED / "tsig.key")
     if not (state / "host.json").exists():
         for _ in range(60):  # the authority may still be starting
-            res = adba("kms", "install-key", "--state-dir", str(state), "--key-file",
-                       str(SHARED / "kms-csvlk.txt"), "--online", AUTHORITY, "--host-id", "kms1",
-                       check=False)
+            res = adba(
+                "kms",
+                "install-key",
+                "--state-dir",
+                str(state),
+                "--key-file",
+                str(SHARED / "kms-csvlk.txt"),
+                "--online",
+                AUTHORITY,
+                "--host-id",
+                "kms1",
+                check=False,
+            )
             if res.returncode == 0:
                 break
             time.sleep(1)
@@ -154,20 +189,52 @@ def kms() -> int:
         say(res.stdout.strip())
     address = os.environ.get("ADBA_KMS_ADDRESS", "172.28.0.40")
     dns_server = os.environ.get("ADBA_DNS_SERVER", f"172.28.0.53:{DNS_PORT}")
-    return supervise(subprocess.Popen([
-        "adba", "kms", "serve", "--state-dir", str(state), "--listen", "0.0.0.0", "--port", "1688",
-        "--publish", ZONE, "--dns-server", dns_server, "--tsig-key-file", str(SHARED / "tsig.key"),
-        "--host-name", f"kms.{ZONE}", "--address", address,
-    ]))
+    return supervise(
+        subprocess.Popen(
+            [
+                "adba",
+                "kms",
+                "serve",
+                "--state-dir",
+                str(state),
+                "--listen",
+                "0.0.0.0",
+                "--port",
+                "1688",
+                "--publish",
+                ZONE,
+                "--dns-server",
+                dns_server,
+                "--tsig-key-file",
+                str(SHARED / "tsig.key"),
+                "--host-name",
+                f"kms.{ZONE}",
+                "--address",
+                address,
+            ]
+        )
+    )
 
 
 # -- the directory admin: publish the lab's activation object once ------------------------------
 def conn_args(who: str) -> list[str]:
-    return ["-H", f"ldap://ldap:{LDAP_PORT}", "--ca-file", str(SHARED / "ldap-ca.pem"),
-            "--tls-name", "ldap", "-b", SUFFIX, "-D", {
-                "adbaadmin": f"uid=adbaadmin,ou=People,{SUFFIX}",
-                "computer": f"cn=KMSCLIENT1,ou=Computers,{SUFFIX}",
-            }[who], "--password-file", str(SHARED / f"ldap-{who}.password")]
+    return [
+        "-H",
+        f"ldap://ldap:{LDAP_PORT}",
+        "--ca-file",
+        str(SHARED / "ldap-ca.pem"),
+        "--tls-name",
+        "ldap",
+        "-b",
+        SUFFIX,
+        "-D",
+        {
+            "adbaadmin": f"uid=adbaadmin,ou=People,{SUFFIX}",
+            "computer": f"cn=KMSCLIENT1,ou=Computers,{SUFFIX}",
+        }[who],
+        "--password-file",
+        str(SHARED / f"ldap-{who}.password"),
+    ]
 
 
 def admin() -> int:
@@ -178,13 +245,29 @@ def admin() -> int:
         say(f"{len(listed)} activation object(s) already published")
         return 0
     for _ in range(60):
-        res = adba("ao", "publish", "--key-file", str(SHARED / "csvlk.txt"), "--online", AUTHORITY,
-                   "--name", "Lab server CSVLK", *conn_args("adbaadmin"), check=False)
+        res = adba(
+            "ao",
+            "publish",
+            "--key-file",
+            str(SHARED / "csvlk.txt"),
+            "--online",
+            AUTHORITY,
+            "--name",
+            "Lab server CSVLK",
+            *conn_args("adbaadmin"),
+            check=False,
+        )
         if res.returncode == 0:
             say(res.stdout.strip())
             return 0
         time.sleep(1)
     sys.exit(f"publish failed: {res.stderr.strip()}")
+
+
+def objects() -> int:
+    """Print the published activation objects (JSON), as the directory admin sees them."""
+    print(adba("ao", "list", "--json", *conn_args("adbaadmin")).stdout, end="")
+    return 0
 
 
 def unpublish() -> int:
@@ -215,13 +298,22 @@ def client() -> int:
         '[[products]]\nedition = "Nimbus Server Standard"\n'
     )
     run = subprocess.run(["adba", "agent", "run", "--once", "--config", str(config)], check=False)
-    status = subprocess.run(["adba", "agent", "status", "--json", "--config", str(config)],
-                            check=False)
+    status = subprocess.run(
+        ["adba", "agent", "status", "--json", "--config", str(config)], check=False
+    )
     return run.returncode or status.returncode
 
 
-ROLES = {"ldap": ldap, "dns": dns, "authority": authority, "kms": kms, "admin": admin,
-         "unpublish": unpublish, "client": client}
+ROLES = {
+    "ldap": ldap,
+    "dns": dns,
+    "authority": authority,
+    "kms": kms,
+    "admin": admin,
+    "objects": objects,
+    "unpublish": unpublish,
+    "client": client,
+}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in ROLES:

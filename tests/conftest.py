@@ -13,10 +13,29 @@ from tests.servers import TestNamed, TestSlapd
 NOW = 1_790_000_000  # a fixed clock: 2026-09-21
 
 
+def docker_backend() -> bool:
+    import os
+
+    return os.environ.get("ADBA_TEST_LDAP") == "docker"
+
+
 @pytest.fixture(scope="session")
 def slapd(request: pytest.FixtureRequest) -> Iterator[TestSlapd]:
-    """One real slapd for the session, prepared with `adba directory init`."""
-    lab = TestSlapd()
+    """One real slapd for the session, prepared with `adba directory init`: a local process,
+    or (ADBA_TEST_LDAP=docker) the containerised one, started through the docker SDK."""
+    import os
+
+    if docker_backend():
+        from tests.servers import DockerSlapd
+
+        try:
+            lab: Any = DockerSlapd()
+        except RuntimeError as exc:
+            if os.environ.get("ADBA_CI"):
+                pytest.fail(str(exc))
+            pytest.skip(str(exc))
+    else:
+        lab = TestSlapd()
     try:
         lab.start()
         lab.adba_init()

@@ -741,3 +741,116 @@ class TestSambaDC:
         self.stop()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DockerSlapd:
+    """The containerised slapd (image ``adba/openldap``, built from compose/), started and
+    removed through the docker SDK, with the same interface as :class:`TestSlapd` for the
+    tests. The container prepares itself with ``adba directory init`` at first start."""
+
+    __test__ = False
+    image = "adba/openldap:latest"
+    suffix = TestSlapd.suffix
+    domain = TestSlapd.domain
+    options = TestSlapd.options
+    cli_args = TestSlapd.cli_args
+    publish_csvlk = TestSlapd.publish_csvlk
+    container = TestSlapd.container
+
+    def __init__(self) -> None:
+        import os
+        import tempfile
+        from pathlib import Path
+
+        try:
+            import docker
+
+            self.client = docker.from_env()
+            self.client.ping()
+        except Exception as exc:
+            raise RuntimeError(f"no Docker engine reachable ({exc})") from exc
+        self.image = os.environ.get("ADBA_TEST_LDAP_IMAGE", self.image)
+        self.dir = Path(tempfile.mkdtemp(prefix="adba-docker-ldap-", dir="/tmp"))
+        self.keep = False
+        self.box: object = None
+        self.people = f"ou=People,{self.suffix}"
+        self.groups = f"ou=Groups,{self.suffix}"
+        self.computers = f"ou=Computers,{self.suffix}"
+        self.admin_group = f"cn=ADBA Admins,{self.groups}"
+        self.port = self.tls_port = 0
+
+    @property
+    def uri(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_uri(self) -> str:
+        return f"ldaps://127.0.0.1:{self.tls_port}"
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.dir / "tls" / "cert.pem")
+
+    def _cat(self, path: str) -> bytes:
+        code, out = self.box.exec_run(["cat", path])  # type: ignore[attr-defined]
+        if code != 0:
+            raise FileNotFoundError(path)
+        return bytes(out)
+
+    def start(self) -> DockerSlapd:
+        import time
+
+        from adba.lab import Identity, free_port
+
+        self.port, self.tls_port = free_port(), free_port()
+        self.box = self.client.containers.run(
+            self.image,
+            detach=True,
+            ports={"1389/tcp": ("127.0.0.1", self.port), "1636/tcp": ("127.0.0.1", self.tls_port)},
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            self.box.reload()  # type: ignore[attr-defined]
+            if self.box.status == "exited":  # type: ignore[attr-defined]
+                raise RuntimeError(f"the slapd container exited: {self.logs()}")
+            try:
+                self._cat("/data/.adba-initialised")
+                break
+            except FileNotFoundError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the slapd container is not ready: {self.logs()}") from None
+                time.sleep(0.2)
+        (self.dir / "tls").mkdir()
+        for name in ("cert.pem", "key.pem"):
+            (self.dir / "tls" / name).write_bytes(self._cat(f"/data/tls/{name}"))
+
+        def ident(name: str, dn: str) -> Identity:
+            password = self._cat(f"/data/{name}.password").decode().strip()
+            path = self.dir / f"{name}.password"
+            path.write_text(password + "\n")
+            path.chmod(0o600)
+            return Identity(dn, password, str(path))
+
+        self.root = ident("root", f"cn=admin,{self.suffix}")
+        self.admin = ident("adbaadmin", f"uid=adbaadmin,{self.people}")
+        self.user = ident("plainuser", f"uid=plainuser,{self.people}")
+        self.computer = ident("computer", f"cn=KMSCLIENT1,{self.computers}")
+        return self
+
+    def adba_init(self) -> None:
+        """Done by the container at its first start."""
+
+    def logs(self) -> str:
+        try:
+            return bytes(self.box.logs()).decode(errors="replace")[-2000:]  # type: ignore[attr-defined]
+        except Exception:
+            return "(no logs)"
+
+    def destroy(self) -> None:
+        import shutil
+
+        if self.box is not None:
+            self.box.remove(force=True)  # type: ignore[attr-defined]
+            self.box = None
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -32,6 +32,14 @@ example:
       --publish example.test --publish branch.example.test,10,50 \\
       --dns-server 192.0.2.53 --tsig-key-file /etc/adba/kms-update.key --host-name kms1.example.test
 """
+PROBE = """\
+Sends one well-formed request for an activation group no host covers and waits for the
+signed answer: a real round trip through the host's event loop, counted nowhere. Exit 0 when
+the host answers, 19 when it does not (a health check).
+
+example:
+  adba kms probe 127.0.0.1:1688
+"""
 STATUS = f"""\
 Counts per activation group, cache size, host ePID, where the SRV record was published.
 Reads the host's records; works while the host runs.
@@ -115,6 +123,13 @@ def register(nouns: Any) -> None:
     )
     _publish_options(serve, required=False)
     serve.set_defaults(func=cmd_serve)
+
+    probe = verbs.add_parser(
+        "probe", help="is a KMS host answering? (counts nothing)", description=PROBE
+    )
+    probe.add_argument("address", nargs="?", default="127.0.0.1:1688", help="host[:port]")
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    probe.set_defaults(func=cmd_probe)
 
     st = verbs.add_parser("status", help="counts, cache, ePID, publication", description=STATUS)
     _state(st)
@@ -452,4 +467,30 @@ def cmd_clients(args: argparse.Namespace) -> int:
         )
     else:
         print("no clients yet")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import os
+    import uuid
+
+    from ..discovery import parse_nameserver
+    from ..errors import KmsError
+    from ..kms.client import _exchange, hostport
+    from ..kms.protocol import STATUS_NOT_COVERED, Request, parse_response
+
+    host, port = parse_nameserver(args.address, default_port=1688)
+    probe = Request(
+        1,
+        uuid.UUID(int=1),
+        uuid.UUID(int=0),
+        uuid.UUID(int=0),
+        int(time.time()),
+        os.urandom(16),
+        "adba-probe",
+    )
+    response = parse_response(_exchange(host, port, probe.encode(), args.timeout))
+    if response.status != STATUS_NOT_COVERED or response.nonce != probe.nonce:
+        raise KmsError(f"{hostport(host, port)} answered oddly")
+    print(f"{hostport(host, port)} answers (ePID {response.certificate.epid})")
     return 0

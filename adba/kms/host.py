@@ -343,8 +343,10 @@ class KmsHost:
         ).body()
         self.metrics.requests += 1
         self.metrics.activated += activated
-        if log.isEnabledFor(logging.INFO):
-            log.info(
+        level = logging.INFO if status == STATUS_OK else logging.DEBUG  # probes ask uncovered IDs
+        if log.isEnabledFor(level):
+            log.log(
+                level,
                 "event=request machine=%s cmid=%s kms_id=%s kind=%s count=%d activated=%s "
                 "status=%d",
                 request.machine,

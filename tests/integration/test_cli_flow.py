@@ -47,6 +47,10 @@ def key_file(tmp_path: Path, key: str) -> str:
     return str(path)
 
 
+@pytest.mark.skipif(
+    __import__("tests.conftest").conftest.docker_backend(),
+    reason="needs ldapi to slapd's cn=config, which stays inside the container",
+)
 def test_init_is_harmless_to_rerun_and_check_passes(
     slapd: TestSlapd, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -515,3 +515,14 @@ def test_a_served_entry_older_than_30_days_drops_out_with_an_injected_clock(
         thread.join(10)
         loop.close()
         host.store.close()
+
+
+def test_probe_answers_without_counting(
+    kms: TestKmsHost, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["kms", "probe", kms.address]) == 0
+    assert "answers" in capsys.readouterr().out
+    assert main(["kms", "probe", f"127.0.0.1:{free_port()}", "--timeout", "1"]) == 19
+    capsys.readouterr()
+    time.sleep(1.2)
+    assert kms.status()["count"] == 0

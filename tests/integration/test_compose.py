@@ -1,0 +1,184 @@
+"""The compose stack end to end: up, healthy, a client activated by ADBA, the object kept across
+an LDAP container restart, a second `up` idempotent, the object deleted, clients activated by
+KMS, health checks that turn unhealthy when slapd or the KMS host stops answering, down with
+nothing left. Needs a Docker engine and the images (compose/docker-engine.sh start)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adba.lab import free_port
+
+pytestmark = pytest.mark.integration
+
+COMPOSE = str(Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml")
+IMAGES = ("adba/adba:latest", "adba/openldap:latest", "adba/bind9:latest")
+
+
+def _unavailable() -> str | None:
+    if not shutil.which("docker-compose") or not shutil.which("docker"):
+        return "docker-compose is not installed (compose/docker-engine.sh start)"
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
+        return "no Docker engine answers (compose/docker-engine.sh start)"
+    for image in IMAGES:
+        if (
+            subprocess.run(
+                ["docker", "image", "inspect", image], capture_output=True, check=False
+            ).returncode
+            != 0
+        ):
+            return f"image {image} is not built (compose/docker-engine.sh start)"
+    return None
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.project = f"adbae2e{random.randrange(10**6)}"
+        self.env = dict(
+            os.environ,
+            ADBA_NET=f"172.29.{random.randrange(1, 250)}",
+            ADBA_LDAP_PORT=str(free_port()),
+        )
+
+    def compose(self, *argv: str, check: bool = True, timeout: float = 180) -> str:
+        res = subprocess.run(
+            ["docker-compose", "-p", self.project, "-f", COMPOSE, *argv],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"docker-compose {' '.join(argv)}: {res.stdout}{res.stderr}")
+        return res.stdout
+
+    def container(self, service: str) -> str:
+        return f"{self.project}_{service}_1"
+
+    def health(self, service: str) -> str:
+        return subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Health.Status}}", self.container(service)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+
+    def wait(self, service: str, status: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while self.health(service) != status:
+            if time.monotonic() > deadline:
+                logs = self.compose("logs", "--tail=20", service, check=False)
+                raise AssertionError(f"{service} not {status}: {self.health(service)}\n{logs}")
+            time.sleep(0.5)
+
+    def signal(self, service: str, process: str, sig: str) -> None:
+        code = (
+            "import os, signal\n"
+            "for p in filter(str.isdigit, os.listdir('/proc')):\n"
+            "    if int(p) == os.getpid(): continue\n"
+            f"    if {process!r} in open(f'/proc/{{p}}/cmdline').read().replace(chr(0), ' '):\n"
+            f"        os.kill(int(p), signal.{sig})\n"
+        )
+        subprocess.run(
+            ["docker", "exec", self.container(service), "python3", "-c", code],
+            check=True,
+            capture_output=True,
+        )
+
+    def client(self, name: str) -> dict[str, object]:
+        out = self.compose("run", "--rm", "-e", f"ADBA_MACHINE={name}", "client")
+        status: dict[str, object] = json.loads(out[out.index("{") :])
+        [product] = status["products"]  # type: ignore[misc]
+        return dict(product)
+
+    def objects(self) -> list[dict[str, object]]:
+        out = self.compose("run", "--rm", "--entrypoint", "adba-entrypoint", "admin", "objects")
+        data: list[dict[str, object]] = json.loads(out[out.index("[") :])
+        return data
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("ADBA_CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    s = Stack()
+    try:
+        s.compose("up", "-d")
+        for service in ("ldap", "dns", "authority", "kms"):
+            s.wait(service, "healthy")
+        deadline = time.monotonic() + 90
+        while not s.objects():  # the admin's one-shot publish
+            assert time.monotonic() < deadline, s.compose("logs", "admin", check=False)
+            time.sleep(1)
+        yield s
+    finally:
+        s.compose("down", "-v", "--remove-orphans", check=False)
+
+
+def test_the_stack_activates_by_adba_then_by_kms(stack: Stack) -> None:
+    product = stack.client("pc0")
+    assert (product["status"], product["channel"]) == ("licensed", "ADBA")
+
+    # the directory keeps its objects across a restart of its container (volume)
+    stack.compose("restart", "ldap")
+    stack.wait("ldap", "healthy")
+    assert len(stack.objects()) == 1
+    # a second `up` is idempotent: nothing recreated, nothing published twice
+    out = stack.compose("up", "-d")
+    assert "Recreating" not in out
+    time.sleep(2)
+    assert len(stack.objects()) == 1
+
+    stack.compose("run", "--rm", "--entrypoint", "adba-entrypoint", "admin", "unpublish")
+    assert stack.objects() == []
+    results = [stack.client(f"pc{i}") for i in range(1, 6)]
+    assert [r["status"] for r in results[:4]] == ["grace"] * 4
+    assert [r["kms_count"] for r in results] == [1, 2, 3, 4, 5]
+    assert (results[4]["status"], results[4]["channel"]) == ("licensed", "KMS")
+
+
+def test_health_checks_follow_slapd_and_the_kms_host(stack: Stack) -> None:
+    for service, process in (("ldap", "slapd"), ("kms", "kms serve")):
+        stack.signal(service, process, "SIGSTOP")
+        try:
+            stack.wait(service, "unhealthy", timeout=30)
+        finally:
+            stack.signal(service, process, "SIGCONT")
+        stack.wait(service, "healthy", timeout=30)
+
+
+def test_down_leaves_nothing(stack: Stack) -> None:
+    stack.compose("down", "-v", "--remove-orphans")
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={stack.project}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    volumes = subprocess.run(
+        [
+            "docker",
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={stack.project}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert left == [] and volumes == []
