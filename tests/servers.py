@@ -835,7 +835,17 @@ class DockerSlapd:
         self.admin = ident("adbaadmin", f"uid=adbaadmin,{self.people}")
         self.user = ident("plainuser", f"uid=plainuser,{self.people}")
         self.computer = ident("computer", f"cn=KMSCLIENT1,{self.computers}")
-        return self
+        from adba.directory.connection import connect
+        from adba.errors import AdbaError
+
+        while True:  # ready means an LDAP round trip through the published port
+            try:
+                connect(self.options(self.root, connect_timeout=1.0)).unbind()
+                return self
+            except AdbaError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"slapd in the container does not answer: {self.logs()}")
+                time.sleep(0.2)
 
     def adba_init(self) -> None:
         """Done by the container at its first start."""
