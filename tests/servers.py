@@ -8,6 +8,37 @@ import subprocess
 from adba.lab import Slapd
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, wait, SIGKILL if it will not go."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], what: str, log: object, timeout: float = 20
+) -> None:
+    """Until something accepts on 127.0.0.1:port; the process must stay alive meanwhile."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited {proc.returncode}: {log()}")  # type: ignore[operator]
+        with socket.socket() as probe:
+            probe.settimeout(0.2)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.03)
+    raise RuntimeError(f"{what} not ready: {log()}")  # type: ignore[operator]
+
+
 class TestSlapd(Slapd):
     """A lab slapd prepared for ADBA with the real ``adba directory init``."""
 
@@ -225,15 +256,8 @@ ns1  IN A   127.0.0.1
         assert response.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(response.rcode())
 
     def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
+        stop_process(self.proc)
+        self.proc = None
 
     def destroy(self) -> None:
         import shutil
@@ -302,9 +326,7 @@ class TestKmsHost:
         return f"127.0.0.1:{self.port}"
 
     def start(self, *extra: str) -> TestKmsHost:
-        import socket
         import sys
-        import time
 
         from adba.lab import free_port
 
@@ -332,16 +354,8 @@ class TestKmsHost:
             stdin=subprocess.DEVNULL,
         )
         log.close()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kms host exited {self.proc.returncode}: {self.log_tail()}")
-            with socket.socket() as probe:
-                probe.settimeout(0.2)
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.02)
-        raise RuntimeError(f"kms host not ready: {self.log_tail()}")
+        wait_for_port(self.port, self.proc, "kms host", self.log_tail)
+        return self
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -356,15 +370,8 @@ class TestKmsHost:
             return ""
 
     def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
+        stop_process(self.proc)
+        self.proc = None
 
     def restart(self) -> None:
         self.stop()
@@ -411,9 +418,7 @@ class TestAuthority:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> TestAuthority:
-        import socket
         import sys
-        import time
 
         from adba.lab import free_port
 
@@ -438,16 +443,8 @@ class TestAuthority:
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
         log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"authority exited: {self.log_tail()}")
-            with socket.socket() as probe:
-                probe.settimeout(0.2)
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"authority not ready: {self.log_tail()}")
+        wait_for_port(self.port, self.proc, "authority", self.log_tail)
+        return self
 
     def log_tail(self) -> str:
         try:
@@ -456,15 +453,8 @@ class TestAuthority:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
+        stop_process(self.proc)
+        self.proc = None
 
     def restart(self) -> None:
         self.stop()
@@ -844,7 +834,9 @@ class DockerSlapd:
                 return self
             except AdbaError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"slapd in the container does not answer: {self.logs()}")
+                    raise RuntimeError(
+                        f"slapd in the container does not answer: {self.logs()}"
+                    ) from None
                 time.sleep(0.2)
 
     def adba_init(self) -> None:
