@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 SHOW = """\\
 Shows the security descriptor of the activation-objects container (Active Directory / Samba
-AD) as SDDL, one entry per line with the account's name.
+AD) as SDDL, one entry per line with the account's name. On OpenLDAP: the olcAccess rules of
+the database (read from cn=config over ldapi, as root).
 
 example:
   adba acl show -H ldaps://dc1.example.test --ca-file ca.pem -D "CN=Administrator,CN=Users,DC=example,DC=test" --password-file pw
@@ -39,6 +40,7 @@ def register(nouns: Any) -> None:
     p = nouns.add_parser("acl", help="who may publish and delete activation objects (AD)")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     show = verbs.add_parser("show", help="the container's security descriptor", description=SHOW)
+    show.add_argument("--config-uri", metavar="LDAPI", help="OpenLDAP: ldapi:// of cn=config")
     add_connection_options(show)
     add_json(show)
     show.set_defaults(func=cmd_show)
@@ -53,6 +55,22 @@ def register(nouns: Any) -> None:
             )
         add_connection_options(v)
         v.set_defaults(func=func)
+
+
+def _openldap_rules(args: argparse.Namespace, opts: Any, root: str) -> int:
+    """On OpenLDAP, `acl show` lists ADBA's olcAccess rules (read over ldapi, as root)."""
+    from ..directory import openldap
+    from ..directory.connection import ConnectionOptions, session
+
+    uri = getattr(args, "config_uri", None) or openldap.DEFAULT_LDAPI
+    with session(ConnectionOptions(uri=uri)) as conn:
+        rules = openldap.access_rules(conn, root)
+    if args.json:
+        emit_json({"database_suffix": root, "olcAccess": rules})
+    else:
+        for rule in rules:
+            print(rule)
+    return 0
 
 
 def _ad(args: argparse.Namespace) -> tuple[Any, str]:
@@ -72,8 +90,14 @@ def _ad(args: argparse.Namespace) -> tuple[Any, str]:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from ..directory import ad
+    from ..directory.connection import session
 
-    opts, root = _ad(args)
+    opts = connection_options(args)
+    root = root_dn(args, opts)
+    with session(opts) as conn:
+        active_directory = ad.is_active_directory(conn)
+    if not active_directory:
+        return _openldap_rules(args, opts, root)
     view = ad.show(opts, root=root)
     if args.json:
         emit_json(view)

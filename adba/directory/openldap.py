@@ -26,6 +26,7 @@ __all__ = [
     "MIN_SOCKBUF",
     "CheckItem",
     "Report",
+    "access_rules",
     "check",
     "discover_root",
     "init",
@@ -148,6 +149,11 @@ def _int(values: object) -> int:
         return int(str(values or 0))
     except ValueError:
         return 0
+
+
+def access_rules(conn: ldap3.Connection, root: str) -> list[str]:
+    """The database's olcAccess rules, in order, with their {n} index."""
+    return [str(r) for r in _database(conn, root)["attributes"].get("olcAccess", [])]
 
 
 def init(

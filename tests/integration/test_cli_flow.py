@@ -242,3 +242,20 @@ def test_bad_input_is_one_line_with_a_distinct_code_and_changes_nothing(
     assert err.startswith("adba: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
     assert _list(capsys, slapd) == before
+
+
+@pytest.mark.skipif(
+    __import__("tests.conftest").conftest.docker_backend(),
+    reason="needs ldapi to slapd's cn=config, which stays inside the container",
+)
+def test_acl_show_on_openldap_lists_the_adba_rules_first(
+    slapd: TestSlapd, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys, "acl", "show", "--json", "--config-uri", slapd.ldapi_uri, *conn_args(slapd, "admin")
+    )
+    assert code == 0, err
+    rules = json.loads(out)["olcAccess"]
+    assert rules[0].startswith('{0}to dn.base="cn=Activation Objects')
+    code, _out, err = run(capsys, "acl", "grant", "x", *conn_args(slapd, "admin"))
+    assert code == 2 and "directory init --admin-group" in err
