@@ -242,7 +242,9 @@ def test_dc_located_by_srv_fails_over_to_the_second(
     )
     started = time.monotonic()
     report = agent.run()
-    assert time.monotonic() - started < 1.0  # connect timeout is 1 s; refused is immediate
+    assert (
+        time.monotonic() - started < 2.0
+    )  # refused is immediate; the connect timeout (1 s) bounds a silent DC; slack for a busy CI
     assert report.outcomes[0].activated
     assert report.dc == f"ldap://127.0.0.1:{slapd.port}"
     assert agent.status()["dc"] == report.dc

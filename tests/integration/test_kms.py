@@ -169,7 +169,9 @@ def test_discovery_skips_a_dead_host_caches_the_answer_and_static_wins(
         [m] = fleet(tmp_path, authority_dir, SERVER, 1, domain=zone, dns_servers=[named.nameserver])
         started = time.monotonic()
         outcome = m.run()
-        assert time.monotonic() - started < 1.0
+        assert (
+            time.monotonic() - started < 2.0
+        )  # the dead host refuses at once; slack for a busy CI
         assert outcome.code == "kms-count-low"  # an answer (count 1): the dead host was skipped
         used = m.status()["kms_host"]
         assert used in (a.address, b.address)
@@ -319,12 +321,12 @@ def test_malformed_input_is_closed_within_the_deadline_and_nothing_is_stored(
     for name, payload in cases.items():
         data, took = _send(kms.port, payload)
         assert data == b"", name
-        assert took < kms.deadline + 0.5, name
+        assert took < kms.deadline + 1.5, name
     # a slow sender and one that never finishes: cut at the deadline (1 s)
     data, took = _send(kms.port, good, pause=0.2)
-    assert data == b"" and took < kms.deadline + 1.0
+    assert data == b"" and took < kms.deadline + 2.0
     data, took = _send(kms.port, good[:50], half_close=False)
-    assert data == b"" and kms.deadline - 0.2 < took < kms.deadline + 1.0
+    assert data == b"" and kms.deadline - 0.2 < took < kms.deadline + 2.0
     # the host still serves others, and stored nothing from the above
     [m] = fleet(tmp_path, authority_dir, SERVER, 1, kms_host=kms.address)
     assert m.run().code == "kms-count-low"
