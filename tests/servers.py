@@ -480,7 +480,12 @@ class TestSambaDC:
     fixed_sd = "O:BAG:BAD:(A;;RPWPCRCCDCLCLORCWOWDSDDTSW;;;DA)(A;;RPLCLORC;;;AU)"
 
     def __init__(
-        self, ip: str = "127.0.0.2", *, forest_prep: bool = True, fix_sd: bool = True
+        self,
+        ip: str = "127.0.0.2",
+        *,
+        forest_prep: bool = True,
+        fix_sd: bool = True,
+        services: str = "ldap kdc",
     ) -> None:
         import os
         import shutil
@@ -497,6 +502,7 @@ class TestSambaDC:
                 "samba-ad-provision samba-dsdb-modules python3-markdown ldb-tools"
             )
         self.ip = ip
+        self.services = services
         self.forest_prep, self.fix_sd = forest_prep, fix_sd
         self.dir = Path(tempfile.mkdtemp(prefix="adba-samba-", dir="/tmp"))
         self.dc = self.dir / "dc"
@@ -546,8 +552,10 @@ class TestSambaDC:
 	server role = active directory domain controller
 	interfaces = {self.ip}/8
 	bind interfaces only = yes
-	server services = ldap
+	server services = {self.services}
 	disable netbios = yes
+	# as Windows: a SASL (Kerberos) bind inside TLS needs no SASL sign/seal of its own
+	ldap server require strong auth = allow_sasl_over_tls
 	private dir = {d}/private
 	state directory = {d}/state
 	cache directory = {d}/cache
@@ -620,6 +628,10 @@ class TestSambaDC:
         )
         for name, ident in (("plainuser", self.user), ("adbaadmin", self.admin)):
             self._tool("samba-tool", "user", "create", name, ident.password, *tool)
+        # the DC's LDAP service principal, which Kerberos binds ask a ticket for
+        self._tool(
+            "samba-tool", "spn", "add", f"ldap/{self.tls_name}", f"{self.host_name.upper()}$", *tool
+        )
         self._tool("samba-tool", "group", "add", "ADBA Admins", *tool)
         self._tool("samba-tool", "group", "addmembers", "ADBA Admins", "adbaadmin", *tool)
 
@@ -724,6 +736,29 @@ class TestSambaDC:
 
     def publish_csvlk(self, authority: object, product: str, name: str, now: int) -> str:
         return TestSlapd.publish_csvlk(self, authority, product, name, now)  # type: ignore[arg-type]
+
+    def export_keytab(self, principal: str, path: object) -> str:
+        self._tool(
+            "samba-tool",
+            "domain",
+            "exportkeytab",
+            str(path),
+            f"--principal={principal}",
+            "-s",
+            str(self.conf),
+        )
+        return str(path)
+
+    def krb5_conf(self, path: object) -> str:
+        from pathlib import Path
+
+        Path(str(path)).write_text(
+            f"[libdefaults]\n default_realm = {self.realm}\n dns_lookup_kdc = false\n"
+            f" dns_lookup_realm = false\n rdns = false\n dns_canonicalize_hostname = false\n"
+            f"[realms]\n {self.realm} = {{\n  kdc = {self.ip}\n }}\n"
+            f"[domain_realm]\n .{self.realm.lower()} = {self.realm}\n"
+        )
+        return str(path)
 
     def destroy(self) -> None:
         import shutil

@@ -17,16 +17,10 @@ class _Model(BaseModel):
 class Machine(_Model):
     dn: str | None = None
     password_file: str | None = None
+    #: Kerberos (GSSAPI) bind from the machine keytab instead of dn + password_file
     keytab: str | None = None
-
-    @field_validator("keytab")
-    @classmethod
-    def _no_keytab_yet(cls, value: str | None) -> str | None:
-        if value is not None:
-            raise ValueError(
-                "Kerberos (GSSAPI) bind from a keytab is not built yet: use dn + password_file"
-            )
-        return value
+    principal: str | None = None  # HOST$@REALM
+    krb5_config: str | None = None  # default: the system's /etc/krb5.conf
 
 
 class Intervals(_Model):
@@ -141,7 +135,13 @@ def validate(raw: dict[str, Any], *, source: str) -> Settings:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top)"
         raise _fail(source, where, err["msg"]) from exc
-    if bool(model.machine.dn) != bool(model.machine.password_file):
+    m = model.machine
+    if m.keytab:
+        if not m.principal:
+            raise _fail(source, "machine.principal", "a keytab needs the principal (HOST$@REALM)")
+        if m.password_file:
+            raise _fail(source, "machine", "give a keytab or a password_file, not both")
+    elif bool(m.dn) != bool(m.password_file):
         raise _fail(source, "machine", "give both dn and password_file (or neither)")
     from ..catalog import load_catalog
     from ..license import load_root_public_key
@@ -182,4 +182,7 @@ def validate(raw: dict[str, Any], *, source: str) -> Settings:
         authority_url=model.authority_url,
         authority_ca_file=model.authority_ca_file,
         tls_name=model.tls_name,
+        keytab=m.keytab,
+        principal=m.principal,
+        krb5_config=m.krb5_config,
     )

@@ -25,7 +25,10 @@ Example ``agent.toml``::
     [machine]                               # the computer account the agent binds as
     dn = "cn=HOST1,ou=Computers,dc=example,dc=test"
     password_file = "/etc/adba/machine.password"   # mode 0600, owned by root
-    # keytab = "/etc/krb5.keytab"           # reserved: Kerberos (GSSAPI) bind, not yet built
+    # or Kerberos (GSSAPI) from the machine keytab, as domain-joined Linux machines do:
+    # keytab = "/etc/krb5.keytab"
+    # principal = "HOST1$@EXAMPLE.TEST"
+    # krb5_config = "/etc/krb5.conf"
 
     [intervals]                             # like slmgr /sai /sri
     validity_days = 180
@@ -139,6 +142,10 @@ class Settings:
     authority_ca_file: str | None = None
     #: the name DC certificates must carry when dc_uris give addresses
     tls_name: str | None = None
+    #: Kerberos bind from the machine keytab (instead of machine_dn + password_file)
+    keytab: str | None = None
+    principal: str | None = None
+    krb5_config: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

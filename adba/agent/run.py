@@ -143,13 +143,19 @@ def _connect(
     from ..directory.connection import ConnectionOptions, connect
 
     password = _password(settings)
+    if settings.krb5_config:
+        import os
+
+        os.environ["KRB5_CONFIG"] = settings.krb5_config  # read by the Kerberos library
     tried = []
     try:
         for uri, name in _candidates(settings, directory):
             opts = ConnectionOptions(
                 uri=uri,
-                bind_dn=settings.machine_dn,
+                bind_dn=None if settings.keytab else settings.machine_dn,
                 password=password,
+                keytab=settings.keytab,
+                principal=settings.principal,
                 ca_file=settings.ca_file,
                 insecure=settings.insecure,
                 connect_timeout=settings.connect_timeout,
@@ -352,7 +358,7 @@ def run_pass(
             outcomes.append(_fail(rec, product, settings, "not-gvlk", message, now))
         elif not settings.domain and not settings.dc_uris:
             kms_todo.append((product, "not-domain-member", "not a domain member"))
-        elif not settings.machine_dn:
+        elif not settings.machine_dn and not settings.keytab:
             kms_todo.append((product, "no-credentials", "no machine credentials for ADBA"))
         else:
             adba_todo.append(product)

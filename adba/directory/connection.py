@@ -10,6 +10,7 @@ raised to 1 MiB, else reading a 5 MiB license is quadratic (seconds instead of ~
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -25,6 +26,7 @@ from ..errors import (
     AdbaError,
     AlreadyExists,
     AuthenticationFailed,
+    ConfigError,
     DirectoryError,
     InvalidDN,
     InvalidInput,
@@ -70,6 +72,11 @@ class ConnectionOptions:
     #: the name the server certificate must carry, when the URI holds an address (SRV targets
     #: are resolved by ADBA's own resolver, then verified by name)
     tls_name: str | None = None
+    #: Kerberos (GSSAPI) bind from a keytab instead of a password: the machine's keytab and
+    #: principal (``HOST$@REALM``); the DC's name (``tls_name`` or the URI's host) names the
+    #: service ``ldap/<name>``. Always inside TLS.
+    keytab: str | None = None
+    principal: str | None = None
 
     @property
     def scheme(self) -> str:
@@ -159,6 +166,34 @@ def _close(conn: ldap3.Connection) -> None:
         conn.unbind()
 
 
+def _keytab_credentials(opts: ConnectionOptions) -> Any:
+    """Kerberos initiator credentials from the machine keytab (in memory, no ticket files)."""
+    try:
+        import gssapi
+    except ImportError as exc:
+        raise ConfigError(
+            "a Kerberos bind needs the gssapi package (pip install 'adba[kerberos]'; it builds "
+            "against Debian's libkrb5-dev)"
+        ) from exc
+    if not opts.principal:
+        raise ConfigError("a Kerberos bind needs the machine's principal (HOST$@REALM)")
+    try:
+        return gssapi.Credentials(
+            name=gssapi.Name(opts.principal, gssapi.NameType.kerberos_principal),
+            usage="initiate",
+            # a fresh in-memory cache: tickets come from this keytab, never from an earlier bind
+            store={
+                "client_keytab": str(opts.keytab),
+                "ccache": f"MEMORY:adba-{os.urandom(8).hex()}",
+            },
+        )
+    except gssapi.raw.misc.GSSError as exc:
+        raise AuthenticationFailed(
+            f"no Kerberos ticket for {opts.principal} from {opts.keytab}: check the keytab, "
+            "the realm's KDC in krb5.conf and the clock"
+        ) from exc
+
+
 def connect(opts: ConnectionOptions) -> ldap3.Connection:
     """Open, secure and bind a connection. Raises our errors, never ldap3's."""
     scheme = opts.scheme
@@ -166,14 +201,23 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         raise InvalidInput(f"unsupported URI {opts.uri!r}: use ldap://, ldaps:// or ldapi://")
     if opts.bind_dn and opts.password is None:
         raise InvalidInput(f"a password is needed to bind as {opts.bind_dn} (use --password-file)")
-    use_starttls = scheme == "ldap" and (opts.start_tls or (opts.password and not opts.insecure))
+    kerberos = bool(opts.keytab)
+    use_starttls = scheme == "ldap" and (
+        opts.start_tls or kerberos or (opts.password and not opts.insecure)
+    )
     tls = _tls(opts) if scheme == "ldaps" or use_starttls else None
     server = ldap3.Server(
         opts.uri, get_info=ldap3.NONE, tls=tls, connect_timeout=opts.connect_timeout
     )
     # ldap3 packs receive_timeout into SO_RCVTIMEO as an integer
     kwargs: dict[str, Any] = {"receive_timeout": int(opts.receive_timeout) or 1}
-    if opts.bind_dn:
+    if kerberos:
+        kwargs.update(
+            authentication=ldap3.SASL,
+            sasl_mechanism=ldap3.KERBEROS,
+            sasl_credentials=(opts.tls_name or server.host, None, _keytab_credentials(opts)),
+        )
+    elif opts.bind_dn:
         kwargs.update(user=opts.bind_dn, password=opts.password, authentication=ldap3.SIMPLE)
     elif scheme == "ldapi":
         kwargs.update(authentication=ldap3.SASL, sasl_mechanism=ldap3.EXTERNAL, sasl_credentials="")
@@ -185,7 +229,16 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         if use_starttls and not conn.start_tls(read_server_info=False):
             raise TlsError(f"{opts.uri} refused StartTLS", uri=opts.uri)
         ok = conn.bind(read_server_info=False)
-    except (lexc.LDAPException, TlsError) as exc:
+    except Exception as exc:
+        if type(exc).__module__.startswith("gssapi"):  # a Kerberos failure while binding
+            _close(conn)
+            raise AuthenticationFailed(
+                f"Kerberos bind to {opts.uri} as {opts.principal} failed: does the DC have the "
+                f"service principal ldap/{opts.tls_name or server.host}?",
+                uri=opts.uri,
+            ) from exc
+        if not isinstance(exc, lexc.LDAPException | TlsError):
+            raise
         _close(conn)
         if isinstance(exc, TlsError):
             raise

@@ -306,3 +306,31 @@ def test_ad_binds_starttls_and_the_computer_account_by_its_account_name(
     finally:
         with session(samba.options(samba.root)) as conn:
             conn.delete(dn)
+
+
+def test_the_agent_binds_with_the_machine_keytab(
+    samba: Any, authority_dir: Path, tmp_path: Path, ao_name: str
+) -> None:
+    """Kerberos (GSSAPI) inside TLS, from the computer's keytab, as domain-joined Linux does."""
+    dn = samba.publish_csvlk(authority_dir, SERVER_CSVLK, ao_name, NOW)
+    try:
+        keytab = samba.export_keytab("KMSCLIENT1$", tmp_path / "machine.keytab")
+        krb5 = samba.krb5_conf(tmp_path / "krb5.conf")
+        agent = Agent(tmp_path, samba, authority_dir)
+        text = agent.path.read_text()
+        machine = text[text.index("[machine]") : text.index("[intervals]")]
+        kerberos = (
+            f'[machine]\nkeytab = "{keytab}"\nprincipal = "KMSCLIENT1$@{samba.realm}"\n'
+            f'krb5_config = "{krb5}"\n'
+        )
+        agent.path.write_text(text.replace(machine, kerberos))
+        [outcome] = agent.run().outcomes
+        assert outcome.activated, outcome
+        # another machine's keytab does not get this principal a ticket
+        other = samba.export_keytab("plainuser", tmp_path / "other.keytab")
+        agent.path.write_text(agent.path.read_text().replace(keytab, other))
+        [outcome] = agent.run(now=NOW + 60).outcomes
+        assert (outcome.activated, outcome.code) == (False, "auth-failed"), outcome
+    finally:
+        with session(samba.options(samba.root)) as conn:
+            conn.delete(dn)
