@@ -27,6 +27,9 @@ start)
             sleep 0.5
         done
     fi
+    # image builds trust what this machine trusts (a TLS-intercepting proxy, say)
+    BUNDLE="${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}"
+    [ -s "$BUNDLE" ] && cp "$BUNDLE" "$HERE/build-ca/ca.pem"
     if [ -z "${ADBA_BASE_IMAGE:-}" ]; then
         "$HERE/build-base.sh" adba/base:bookworm
         export ADBA_BASE_IMAGE=adba/base:bookworm
