@@ -39,6 +39,36 @@ def wait_for_port(
     raise RuntimeError(f"{what} not ready: {log()}")  # type: ignore[operator]
 
 
+class _ServerProcess:
+    """What a test server run as one child process shares: its log, stop and restart."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def start(self):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def log_text(self) -> str:
+        try:
+            return str(self.log_path.read_text())
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:]) or "(no log)"
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 class TestSlapd(Slapd):
     """A lab slapd prepared for ADBA with the real ``adba directory init``."""
 
@@ -267,7 +297,7 @@ ns1  IN A   127.0.0.1
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class TestKmsHost:
+class TestKmsHost(_ServerProcess):
     """A real KMS host process (``adba kms serve``) on 127.0.0.1 and a free port, its key
     installed and activated with ``adba kms install-key`` against a local authority."""
 
@@ -357,25 +387,9 @@ class TestKmsHost:
         wait_for_port(self.port, self.proc, "kms host", self.log_tail)
         return self
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join((self.dir / "kms.log").read_text().splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def log_text(self) -> str:
-        try:
-            return (self.dir / "kms.log").read_text()
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    @property
+    def log_path(self):  # type: ignore[no-untyped-def]
+        return self.dir / "kms.log"
 
     def status(self) -> dict[str, object]:
         import json
@@ -400,7 +414,7 @@ class TestKmsHost:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class TestAuthority:
+class TestAuthority(_ServerProcess):
     """A real activation authority process (``adba authority serve``) on 127.0.0.1."""
 
     __test__ = False
@@ -446,19 +460,9 @@ class TestAuthority:
         wait_for_port(self.port, self.proc, "authority", self.log_tail)
         return self
 
-    def log_tail(self) -> str:
-        try:
-            return "\n".join((self.path / "serve.log").read_text().splitlines()[-20:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    @property
+    def log_path(self):  # type: ignore[no-untyped-def]
+        return self.path / "serve.log"
 
 
 class TestSambaDC:
