@@ -243,6 +243,7 @@ def admin() -> int:
     listed = json.loads(adba("ao", "list", "--json", *conn_args("adbaadmin")).stdout)
     if listed:
         say(f"{len(listed)} activation object(s) already published")
+        (SHARED / "published").touch()
         return 0
     for _ in range(60):
         res = adba(
@@ -259,6 +260,7 @@ def admin() -> int:
         )
         if res.returncode == 0:
             say(res.stdout.strip())
+            (SHARED / "published").touch()  # clients started by `up` wait for this
             return 0
         time.sleep(1)
     sys.exit(f"publish failed: {res.stderr.strip()}")
@@ -282,6 +284,8 @@ def unpublish() -> int:
 def client() -> int:
     for name in ("ldap-ca.pem", "ldap-computer.password", "root.pub"):
         wait_for(SHARED / name)
+    if os.environ.get("ADBA_WAIT_PUBLISHED"):  # at `up`: boot once the admin has published
+        wait_for(SHARED / "published")
     home = Path(os.environ.get("HOME", "/var/lib/adba"))
     password = home / "machine.password"
     shutil.copyfile(SHARED / "ldap-computer.password", password)
