@@ -296,8 +296,8 @@ def _send(
                     time.sleep(pause)
             if half_close:
                 s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the host hung up on us: that is the point
+        except OSError:  # broken pipe, reset, not connected: the host hung up, as it should
+            pass
         data = b""
         try:
             while chunk := s.recv(4096):
