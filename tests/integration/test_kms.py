@@ -302,7 +302,7 @@ def _send(
         try:
             while chunk := s.recv(4096):
                 data += chunk
-        except (ConnectionResetError, TimeoutError):
+        except OSError:  # reset or timed out: the host closed it
             pass
     return data, time.monotonic() - started
 
