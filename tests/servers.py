@@ -89,27 +89,31 @@ class TestSlapd(Slapd):
             computers=self.computers,
         )
 
+    #: the name the server certificate carries, when the URI holds an address (Samba AD)
+    tls_name: str | None = None
+
     def options(self, ident: object | None = None, **kw: object):  # type: ignore[no-untyped-def]
         from adba.directory.connection import ConnectionOptions
 
-        if ident is None:
-            return ConnectionOptions(uri=self.uri, ca_file=self.ca_file, **kw)  # type: ignore[arg-type]
+        bind = {} if ident is None else {"bind_dn": ident.dn, "password": ident.password}  # type: ignore[attr-defined]
         return ConnectionOptions(
             uri=self.uri,
-            bind_dn=ident.dn,  # type: ignore[attr-defined]
-            password=ident.password,  # type: ignore[attr-defined]
             ca_file=self.ca_file,
+            tls_name=self.tls_name,
+            **bind,
             **kw,  # type: ignore[arg-type]
         )
 
     def cli_args(self, who: str) -> list[str]:
-        """Connection flags for `adba` as one of the lab identities (StartTLS, lab CA)."""
+        """Connection flags for `adba` as one of the lab identities (TLS, lab CA)."""
         ident = getattr(self, who)
+        name = ["--tls-name", self.tls_name] if self.tls_name else []
         return [
             "-H",
             self.uri,
             "--ca-file",
             self.ca_file,
+            *name,
             "-b",
             self.suffix,
             "-D",
@@ -658,38 +662,8 @@ class TestSambaDC:
             time.sleep(0.2)
         raise RuntimeError(f"samba not ready: {self.log_tail()}")
 
-    def options(self, ident: object | None = None, **kw: object):  # type: ignore[no-untyped-def]
-        from adba.directory.connection import ConnectionOptions
-
-        if ident is None:
-            return ConnectionOptions(
-                uri=self.uri, ca_file=self.ca_file, tls_name=self.tls_name, **kw
-            )  # type: ignore[arg-type]
-        return ConnectionOptions(
-            uri=self.uri,
-            bind_dn=ident.dn,
-            password=ident.password,  # type: ignore[attr-defined]
-            ca_file=self.ca_file,
-            tls_name=self.tls_name,
-            **kw,  # type: ignore[arg-type]
-        )
-
-    def cli_args(self, who: str) -> list[str]:
-        ident = getattr(self, who)
-        return [
-            "-H",
-            self.uri,
-            "--ca-file",
-            self.ca_file,
-            "--tls-name",
-            self.tls_name,
-            "-b",
-            self.suffix,
-            "-D",
-            ident.dn,
-            "--password-file",
-            ident.password_file,
-        ]
+    options = TestSlapd.options
+    cli_args = TestSlapd.cli_args
 
     def _ready(self) -> bool:
         from pathlib import Path
@@ -738,8 +712,7 @@ class TestSambaDC:
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
 
-    def publish_csvlk(self, authority: object, product: str, name: str, now: int) -> str:
-        return TestSlapd.publish_csvlk(self, authority, product, name, now)  # type: ignore[arg-type]
+    publish_csvlk = TestSlapd.publish_csvlk
 
     def export_keytab(self, principal: str, path: object) -> str:
         self._tool(
@@ -779,6 +752,7 @@ class DockerSlapd:
 
     __test__ = False
     image = "adba/openldap:latest"
+    tls_name = None
     suffix = TestSlapd.suffix
     domain = TestSlapd.domain
     options = TestSlapd.options
