@@ -52,18 +52,7 @@ def run_agent(
     due_only: bool = False,
 ) -> RunReport:
     """One pass: load config and state, activate what can be, write the state atomically."""
-    env = dict(os.environ) if env is None else env
-    state_path = guess_state_path(config_path, env)
-    state = read_state(state_path)
-    settings, cache = load_settings(
-        config_path, env=env, cache=state["config"], state_path=state_path
-    )
-    if settings.state_path != state_path:  # the guess was wrong: the real state lives elsewhere
-        state_path = settings.state_path
-        state = read_state(state_path)
-    if state["config"].get("digest") != cache["digest"]:
-        # new or changed configuration: forget what was learnt under the old one
-        state.update(config=cache, directory={}, verified={})
+    settings, state, state_path = load_settings_and_state(config_path, env=env)
     report = run_pass(
         settings, state, now=int(time.time()) if now is None else now, due_only=due_only
     )
@@ -71,10 +60,11 @@ def run_agent(
     return report
 
 
-def load_for_offline(
+def load_settings_and_state(
     config_path: str = DEFAULT_CONFIG, *, env: dict[str, str] | None = None
 ) -> tuple[Settings, dict[str, Any], str]:
-    """Settings, state and state path, for the offline verbs (get-iid, apply-cid)."""
+    """Settings, state and state path: the configuration cache is used when the config is
+    unchanged; a changed configuration forgets what was learnt under the old one."""
     env = dict(os.environ) if env is None else env
     state_path = guess_state_path(config_path, env)
     state = read_state(state_path)
@@ -95,7 +85,7 @@ def installation_ids(config_path: str = DEFAULT_CONFIG) -> dict[str, Any]:
 
     from .mak import cmid_of, installation_for
 
-    settings, state, state_path = load_for_offline(config_path)
+    settings, state, state_path = load_settings_and_state(config_path)
     products = []
     for product in settings.products:
         if product.mak_partial:
@@ -122,7 +112,7 @@ def apply_confirmations(
     from ..errors import InvalidInput
     from .mak import apply_confirmation
 
-    settings, state, state_path = load_for_offline(config_path)
+    settings, state, state_path = load_settings_and_state(config_path)
     maks = [p for p in settings.products if p.mak_partial]
     done = []
     for edition, text in pairs:
