@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "DirectoryError",
     "DiscoveryError",
+    "FileAccessError",
     "InvalidDN",
     "InvalidInput",
     "InvalidKey",
@@ -46,6 +47,7 @@ __all__ = [
     "UntrustedSigner",
     "WrongForest",
     "exit_code_for",
+    "from_exception",
 ]
 
 
@@ -79,6 +81,12 @@ class InvalidDN(InvalidInput):
     """Malformed distinguished name."""
 
     code = "invalid-dn"
+
+
+class FileAccessError(InvalidInput):
+    """A file or directory could not be used."""
+
+    code = "file-access"
 
 
 class ConfigError(InvalidInput):
@@ -281,26 +289,27 @@ class NotActivated(AdbaError):
 EXIT_CODES: dict[int, tuple[str, str]] = {
     0: ("", "success"),
     1: ("AdbaError", "unexpected failure"),
-    2: ("InvalidInput", "bad input or usage (includes a malformed DN)"),
+    2: ("InvalidInput", "bad input or usage (includes a malformed DN, a path that cannot be used)"),
     3: ("ObjectNotFound", "no such object"),
     4: ("AuthenticationFailed", "wrong bind DN or password"),
     5: ("AccessDenied", "the directory refused this identity"),
     6: ("ServerUnavailable", "server unreachable or timed out"),
     7: ("TlsError", "TLS failed: untrusted certificate or no TLS"),
-    8: ("SchemaMissing/CheckFailed", "directory not prepared for ADBA"),
+    8: ("SchemaMissing/CheckFailed", "directory not prepared for ADBA (`directory check`)"),
     9: ("LicenseError", "license does not verify"),
     10: ("AlreadyExists", "object already exists"),
-    11: ("InvalidKey", "product key invalid"),
+    11: ("InvalidKey", "product key invalid (typo, wrong type)"),
     12: ("CatalogError", "unknown edition or bad catalogue"),
     13: ("AuthorityError", "the activation authority refused"),
     14: ("NotAnActivationObject", "entry is not an activation object"),
     15: ("ConfigError", "invalid configuration file or variable"),
-    16: ("LabError", "the throwaway lab server failed to start"),
-    17: ("NotActivated", "a product is not activated (agent run --strict)"),
+    16: ("LabError", "the throwaway lab server failed to start (`demo`)"),
+    17: ("NotActivated", "a product is not activated (`agent run --strict`)"),
     18: ("DiscoveryError", "DNS lookup or update failed"),
     19: ("KmsError", "KMS host error (not activated, protocol, unreachable)"),
     20: ("DirectoryError", "other directory error"),
-    130: ("", "interrupted"),
+    130: ("", "interrupted (SIGINT, Ctrl-C)"),
+    141: ("", "standard output closed early (`adba ... | head`): quiet, like SIGPIPE"),
 }
 
 
@@ -310,3 +319,39 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return 130
     return 1
+
+
+def _one_line(text: str) -> str:
+    """Newlines folded, control characters escaped: an error is one printable line."""
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def from_exception(exc: BaseException) -> AdbaError:
+    """Any exception as an :class:`AdbaError` of the right family, for the one error printer.
+
+    Errors the library did not wrap get a code from what they are: a file or directory that
+    cannot be used is bad input (2) naming the path; a refused or timed-out connection is
+    :class:`ServerUnavailable` (6); a ``ValueError`` / ``OverflowError`` from a library is a
+    bad value (2); anything else is an unexpected failure (1) named by its type.
+    """
+    if isinstance(exc, AdbaError):
+        exc.message = _one_line(exc.message)
+        return exc
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return ServerUnavailable(_one_line(f"connection failed: {exc.strerror or exc}"))
+    import socket
+
+    if isinstance(exc, socket.gaierror):
+        return ServerUnavailable(_one_line(f"name lookup failed: {exc.strerror or exc}"))
+    if isinstance(exc, OSError) and exc.filename is not None:
+        import errno
+
+        path = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            reason += " (run it as a user who may write there, or choose another path)"
+        return FileAccessError(_one_line(f"{path}: {reason}"), path=str(exc.filename))
+    if isinstance(exc, (ValueError, OverflowError)):
+        return InvalidInput(_one_line(f"invalid value: {exc}"))
+    return AdbaError(_one_line(f"unexpected failure: {type(exc).__name__}: {exc}"))
