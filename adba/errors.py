@@ -327,6 +327,16 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _path_errnos() -> frozenset[int]:
+    import errno
+
+    names = ("ENOENT", "EISDIR", "ENOTDIR", "EACCES", "EPERM", "ENAMETOOLONG", "ELOOP", "EROFS")
+    return frozenset(getattr(errno, n) for n in names)
+
+
+_PATH_ERRNOS = _path_errnos()
+
+
 def from_exception(exc: BaseException) -> AdbaError:
     """Any exception as an :class:`AdbaError` of the right family, for the one error printer.
 
@@ -352,6 +362,12 @@ def from_exception(exc: BaseException) -> AdbaError:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             reason += " (run it as a user who may write there, or choose another path)"
         return FileAccessError(_one_line(f"{path}: {reason}"), path=str(exc.filename))
+    if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS:  # a library lost the path
+        return FileAccessError(
+            _one_line(
+                f"{exc.strerror}: a file or directory given on the command line or in the configuration"
+            )
+        )
     if isinstance(exc, (ValueError, OverflowError)):
         return InvalidInput(_one_line(f"invalid value: {exc}"))
     return AdbaError(_one_line(f"unexpected failure: {type(exc).__name__}: {exc}"))

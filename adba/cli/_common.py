@@ -221,7 +221,8 @@ def pick(args: argparse.Namespace, name: str, section: str = "directory") -> Any
     value = getattr(args, name, None)
     if value is not None:
         return value
-    return getattr(getattr(admin_config(args), section), name)
+    # a flag with no key in that section of adba.toml (e.g. ao publish --authority) is None
+    return getattr(getattr(admin_config(args), section), name, None)
 
 
 def _checked_dn(args: argparse.Namespace, name: str, flag: str) -> str | None:

@@ -156,10 +156,11 @@ HEADERS = ["DN", "CSVLK SKU", "PARTIAL", "PID", "KMS IDS", "LICENSE"]
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from ..directory.objects import forest_installation, publish_confirmed, publish_csvlk
-    from ..keys import parse_key
+    from ..keys import KeyType, parse_key
 
     key = _read_key(args)
-    parse_key(key)  # a typo is reported before anything else happens
+    # a typo or a GVLK/MAK (exit 11) is reported before anything else happens
+    parse_key(key, expect=KeyType.CSVLK, purpose="activation objects need a CSVLK")
     cat = catalog(args)
     chosen = [bool(args.online), bool(args.get_iid), bool(args.apply_cid)]
     if sum(chosen) > 1:
