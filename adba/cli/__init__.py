@@ -168,6 +168,15 @@ def _report(err: AdbaError, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # --help or output piped into `head`
+        if _stdout_closed():
+            return _quiet_broken_pipe()
+        raise
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
@@ -176,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             emit_json({"error": "usage", "message": exc.message, "exit_code": 2})
         return 2
     except SystemExit as exc:  # --help, --version
+        sys.stdout.flush()
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     verbose = int(getattr(args, "verbose", 0))
     _setup_logging(verbose)
@@ -191,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code_for(KeyboardInterrupt())
     except BrokenPipeError as exc:
         if _stdout_closed():
-            return _quiet_broken_pipe()
+            raise
         return _report_unexpected(exc, verbose, as_json)
     except Exception as exc:
         return _report_unexpected(exc, verbose, as_json)
