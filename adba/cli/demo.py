@@ -364,10 +364,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _mak_part(step, work, authority, url, root_key)
             if args.keep:
                 print(f"\nkept {lab.dir} and {work}")
-    except AdbaError as exc:
-        print(f"demo failed: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    finally:
+    finally:  # an error goes on to main()'s one error printer, after the clean-up
         for stop in reversed(cleanup):
             stop()
         signal.signal(signal.SIGTERM, previous)
