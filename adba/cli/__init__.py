@@ -154,9 +154,12 @@ def _quiet_broken_pipe() -> int:
     return BROKEN_PIPE
 
 
-def _report(err: AdbaError, as_json: bool) -> int:
-    """The one error printer: one line on stderr; with ``--json`` also an object on stdout."""
-    if as_json:
+def _report(err: AdbaError, as_json: bool, written: int = 0) -> int:
+    """The one error printer: one line on stderr; with ``--json`` also an object on stdout,
+    unless the verb already wrote its JSON answer (``written``: documents before it ran)."""
+    from . import _common
+
+    if as_json and _common.json_written == written:
         try:
             emit_json(err.to_dict())
             sys.stdout.flush()
@@ -190,6 +193,9 @@ def _main(argv: list[str]) -> int:
     verbose = int(getattr(args, "verbose", 0))
     _setup_logging(verbose)
     as_json = bool(getattr(args, "json", False))
+    from . import _common
+
+    written = _common.json_written
     try:
         code = int(args.func(args))
         sys.stdout.flush()
@@ -202,18 +208,18 @@ def _main(argv: list[str]) -> int:
     except BrokenPipeError as exc:
         if _stdout_closed():
             raise
-        return _report_unexpected(exc, verbose, as_json)
+        return _report_unexpected(exc, verbose, as_json, written)
     except Exception as exc:
-        return _report_unexpected(exc, verbose, as_json)
+        return _report_unexpected(exc, verbose, as_json, written)
 
 
-def _report_unexpected(exc: Exception, verbose: int, as_json: bool) -> int:
+def _report_unexpected(exc: Exception, verbose: int, as_json: bool, written: int) -> int:
     err = from_exception(exc)
     if verbose >= 2:
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
-    return _report(err, as_json)
+    return _report(err, as_json, written)
 
 
 def run() -> None:

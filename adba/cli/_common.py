@@ -295,9 +295,16 @@ def root_public_key(args: argparse.Namespace) -> bytes | None:
     return load_root_public_key(path)
 
 
+#: JSON documents written to stdout by this process (main() then knows whether a verb that
+#: failed already gave its JSON answer, e.g. `directory check --json`'s report)
+json_written = 0
+
+
 def emit_json(data: Any) -> None:
+    global json_written
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+    json_written += 1
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

@@ -282,3 +282,33 @@ def test_the_sweep_covers_every_verb() -> None:
         for verb in verbs.split("|"):
             name = noun if noun == verb or verb.startswith(("all", "the")) else f"{noun} {verb}"
             assert name in swept or noun in swept, line
+
+
+def _json_verbs() -> list[object]:
+    return [
+        pytest.param(c, id=" ".join(c.path))
+        for c in _sweepable()
+        if any("--json" in a.option_strings for a in c.options) and c.path not in SERVERS
+    ]
+
+
+@pytest.mark.parametrize("cmd", _json_verbs())
+def test_json_errors_are_an_object_on_stdout(
+    cmd: Command, sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each --json verb, failing (nothing answers), and failing at the parser too."""
+    import json
+
+    good = _good_values(sandbox)
+    for argv in (
+        [*_base(cmd, good, None), "--json"],
+        [*_base(cmd, good, None), "--json", "--no-such-option"],
+    ):
+        code = main(argv)
+        out, err = capsys.readouterr()
+        if code == 0:
+            json.loads(out)
+            continue
+        data = json.loads(out)
+        assert set(data) == {"error", "message", "exit_code"}, argv
+        assert data["exit_code"] == code and data["message"] in err, (argv, out, err)
