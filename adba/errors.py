@@ -360,7 +360,7 @@ def from_exception(exc: BaseException) -> AdbaError:
         path = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
         reason = exc.strerror or type(exc).__name__
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            reason += " (run it as a user who may write there, or choose another path)"
+            reason += " (run it as a user allowed to, e.g. root, or choose another path)"
         return FileAccessError(_one_line(f"{path}: {reason}"), path=str(exc.filename))
     if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS:  # a library lost the path
         return FileAccessError(
