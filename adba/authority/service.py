@@ -219,7 +219,21 @@ class _Guard:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                break
+        body = b"".join(chunks)
+        if not body.strip():
+            await _error(400, "invalid-request", "send a JSON object as the body")(
+                scope, receive, send
+            )
+            return None
+        try:
+            json.loads(body)
+        except ValueError:  # bad JSON, bad UTF-8: one answer for all of them
+            await _error(400, "malformed-json", "the request body is not valid JSON")(
+                scope, receive, send
+            )
+            return None
+        return body
 
 
 def _digest(path: str, body: BaseModel) -> str:
