@@ -583,8 +583,8 @@ class LocalAuthority:
         )
 
     def _still_good(self, license_der: bytes | None, now: int) -> bytes | None:
-        """A license issued before that can be sent again: signed by the current signing key,
-        whose certificate it carries is still valid."""
+        """A license issued before that can be sent again: it carries the current signing
+        certificate (so a repeat after a retirement carries the new statement), valid now."""
         if not license_der:
             return None
         try:
@@ -592,7 +592,7 @@ class LocalAuthority:
         except MalformedLicense:
             return None
         cert = lic.certificate
-        if cert.key_id != self._certificate.key_id or not cert.valid_at(now):
+        if cert.der != self._certificate.der or not cert.valid_at(now):
             return None
         return bytes(license_der)
 

@@ -125,6 +125,8 @@ def test_retire_a_key_rotated_out_before(tmp_path: Path, catalog: Catalog) -> No
     auth.rotate(now=NOW + DAY)  # kept: objects it signed still verify
     assert (auth.path / f"signing-{first.hex()}.key").is_file()
     current = auth.certificate
+    early = auth.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", catalog, now=NOW)
+    auth.activate_csvlk(early.text, FOREST, catalog, now=NOW + DAY + 1)
     with pytest.raises(InvalidInput, match="rotate --retire"):
         auth.retire(current.key_id.hex(), now=NOW + 2 * DAY)
     with pytest.raises(InvalidInput, match="never rotated out"):
@@ -137,6 +139,10 @@ def test_retire_a_key_rotated_out_before(tmp_path: Path, catalog: Catalog) -> No
     assert cert.public_key == current.public_key and cert.retired == (first,)
     assert cert.not_after == current.not_after
     reopened = LocalAuthority.open(auth.path)  # the re-certified key opens and signs
+    # a repeat activation after the retirement carries the new statement
+    repeat = reopened.activate_csvlk(early.text, FOREST, catalog, now=NOW + 3 * DAY)
+    assert decode_license(repeat.license_der).certificate.retired == (first,)
+    assert len(reopened.activations(early.text)) == 1
     assert reopened.certificate == cert
     key = reopened.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", catalog, now=NOW)
     lic = reopened.activate_csvlk(key.text, FOREST, catalog, now=NOW + 3 * DAY)
