@@ -133,6 +133,23 @@ def _protocol(limits: Limits, total: int, per_source: int, quiet: _Quiet) -> typ
                 self._deadline.cancel()
                 self._deadline = None
 
+        def send_400_response(self, msg: str) -> None:
+            """Not HTTP at all: a 400 in our format too (uvicorn's is plain text)."""
+            body = b'{"error":"bad-request","message":"not a valid HTTP/1.1 request"}'
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            try:
+                out = self.conn.send(h11.Response(status_code=400, headers=headers))
+                out = (out or b"") + (self.conn.send(h11.Data(data=body)) or b"")
+                out += self.conn.send(h11.EndOfMessage()) or b""
+                self.transport.write(out)
+            except h11.LocalProtocolError:
+                pass  # too late in the exchange for an answer
+            self.transport.close()
+
         def _expired(self) -> None:
             self._deadline = None
             if self.conn.their_state in waiting and not self.transport.is_closing():

@@ -272,6 +272,27 @@ def test_unknown_paths_and_wrong_methods_get_our_error_format(
     assert r.json()["error"] == code and r.json()["message"] and len(r.json()) == 2
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"POST /v1/confirmations HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\n" + b"x-long: " + b"a" * 100_000 + b"\r\n\r\n",
+    ],
+)
+def test_what_is_not_http_gets_our_error_format(authority: Authority, raw: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", authority.port), timeout=5) as s:
+        s.sendall(raw)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert json.loads(body) == {"error": "bad-request", "message": "not a valid HTTP/1.1 request"}
+    assert "Traceback" not in authority.log_text()
+
+
 # -- never a wildcard forest --------------------------------------------------------------------
 def test_a_forest_activation_without_a_guid_is_refused(authority: Authority) -> None:
     key = mint(authority.path)
