@@ -28,6 +28,7 @@ __all__ = [
     "DirectoryError",
     "DiscoveryError",
     "FileAccessError",
+    "ForestGuidMissing",
     "InvalidDN",
     "InvalidInput",
     "InvalidKey",
@@ -42,6 +43,7 @@ __all__ = [
     "SchemaMissing",
     "ServerUnavailable",
     "SignatureInvalid",
+    "SignerRetired",
     "TlsError",
     "UnknownProduct",
     "UntrustedSigner",
@@ -155,6 +157,12 @@ class WrongForest(LicenseError):
     code = "license-wrong-forest"
 
 
+class SignerRetired(LicenseError):
+    """The license was signed by a signing key the authority has retired."""
+
+    code = "license-signer-retired"
+
+
 # -- authority ---------------------------------------------------------------------------------
 class AuthorityError(AdbaError):
     """The activation authority refused the request."""
@@ -167,6 +175,12 @@ class AuthorityNotInitialised(AuthorityError):
     """No activation authority here: run `adba authority init` first."""
 
     code = "authority-not-initialised"
+
+
+class ForestGuidMissing(InvalidInput):
+    """A forest activation needs the forest's GUID: a license is never for any forest."""
+
+    code = "forest-guid-missing"
 
 
 # -- directory ---------------------------------------------------------------------------------
