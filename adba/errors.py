@@ -41,6 +41,7 @@ __all__ = [
     "SchemaMissing",
     "ServerUnavailable",
     "SignatureInvalid",
+    "StateNotSaved",
     "TlsError",
     "UnknownProduct",
     "UntrustedSigner",
@@ -86,6 +87,12 @@ class ConfigError(InvalidInput):
 
     exit_code = 15
     code = "config-invalid"
+
+
+class StateNotSaved(ConfigError):
+    """The agent's state file cannot be written (check state_path and its directory)."""
+
+    code = "state-not-saved"
 
 
 # -- catalogue and keys ------------------------------------------------------------------------
