@@ -44,6 +44,7 @@ __all__ = [
     "ServerUnavailable",
     "SignatureInvalid",
     "SignerRetired",
+    "StateNotSaved",
     "TlsError",
     "UnknownProduct",
     "UntrustedSigner",
@@ -96,6 +97,12 @@ class ConfigError(InvalidInput):
 
     exit_code = 15
     code = "config-invalid"
+
+
+class StateNotSaved(ConfigError):
+    """The agent's state file cannot be written (check state_path and its directory)."""
+
+    code = "state-not-saved"
 
 
 # -- catalogue and keys ------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def _print_report(report: Any, as_json: bool) -> None:
         return
     print(f"container {report.container}")
     for item in report.items:
-        mark = "ok  " if item.ok else "FAIL"
+        mark = "skip" if getattr(item, "skipped", False) else "ok  " if item.ok else "FAIL"
         fix = f"  -> {item.fix}" if item.fix else ""
         print(f"  [{mark}] {item.name}: {item.detail}{fix}")
 
