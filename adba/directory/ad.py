@@ -81,6 +81,7 @@ _RIGHTS = [
 ]
 READ = 0x00020094  # RPLCLORC
 READ_CONTROL = 0x00020000  # RC
+_WRITE_DAC = 0x00040000  # WD
 CREATE_DELETE = 0x00000003  # CCDC
 _FLAGS = [(0x01, "OI"), (0x02, "CI"), (0x04, "NP"), (0x08, "IO"), (0x10, "ID")]
 _WELL_KNOWN = {
@@ -331,8 +332,35 @@ def revoke(opts: ConnectionOptions, *, root: str, who: str) -> list[str]:
     return removed
 
 
+def _check_owner_rights(report: Report, aces: list[AclEntry]) -> None:
+    """Delegated publishers (object-specific create/delete entries of the container's own)
+    need the OWNER RIGHTS entry, else they may rewrite what they published (Windows)."""
+    delegated = sorted(
+        {e.name for e in aces if e.allow and not e.inherited and e.object_type and e.mask & 1}
+    )
+    limited = any(
+        e.sid == OWNER_RIGHTS and e.allow and not e.mask & _WRITE_DAC and e.flags & 0x02
+        for e in aces
+    )
+    if not delegated or limited:
+        detail = (
+            "the owner of an activation object gains no write (OWNER RIGHTS: read-control)"
+            if delegated
+            else "no delegated publishers"
+        )
+        report.add("owner-rights", True, detail)
+        return
+    report.add(
+        "owner-rights",
+        False,
+        "no OWNER RIGHTS entry: a delegated publisher that owns an object may rewrite its DACL",
+        f"re-run `adba acl grant` for {', '.join(repr(n) for n in delegated)}",
+    )
+
+
 def check(opts: ConnectionOptions, *, root: str) -> Report:
-    """Schema version, container, the Authenticated Users read grant (and Samba's bug), TLS."""
+    """Schema version, container, the Authenticated Users read grant (and Samba's bug), the
+    OWNER RIGHTS entry delegated publishers need, TLS."""
     from ..errors import CheckFailed
 
     report = Report(root, schema.container_dn(root))
@@ -372,7 +400,8 @@ def check(opts: ConnectionOptions, *, root: str) -> Report:
             sd = None
         if sd is not None:
             report.add("container", True, f"{report.container} present")
-            aces = [AclEntry(a, {}) for a in sd.Dacl.aces]
+            names = _names(conn, root, {str(a.Sid) for a in sd.Dacl.aces})
+            aces = [AclEntry(a, names) for a in sd.Dacl.aces]
             inheritable_read = any(
                 e.sid == AUTHENTICATED_USERS
                 and e.allow
@@ -401,6 +430,7 @@ def check(opts: ConnectionOptions, *, root: str) -> Report:
                 report.add(
                     "read-grant", True, "Authenticated Users read the container and its objects"
                 )
+            _check_owner_rights(report, aces)
     secure = opts.scheme == "ldaps" or (opts.scheme == "ldap" and not opts.insecure)
     report.add(
         "tls",

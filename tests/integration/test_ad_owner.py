@@ -142,3 +142,27 @@ def test_the_publisher_cannot_rewrite_the_descriptor_nor_modify_but_still_delete
         if dn:
             with session(dc.options(dc.root)) as conn:
                 conn.delete(dn)
+
+
+def test_check_names_a_missing_owner_rights_entry_and_acl_grant_restores_it(
+    creator_owned_dc: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A forest delegated before ADBA knew of OWNER RIGHTS: `directory check` fails (8) and
+    names the fix; `acl grant` adds only that entry."""
+    root = no_base(creator_owned_dc, "root")
+    code, out, err = run(capsys, "acl", "revoke", "S-1-3-4", *root)
+    assert code == 0 and "(OA;CIIO;RC;;" in out, err
+    try:
+        code, out, err = run(capsys, "directory", "check", "--json", *root)
+        assert code == 8, err
+        items = {i["name"]: i for i in json.loads(out)["items"]}
+        assert not items["owner-rights"]["ok"]
+        assert items["owner-rights"]["fix"] == "re-run `adba acl grant` for 'ADBA Admins'"
+        assert all(i["ok"] for n, i in items.items() if n != "owner-rights")
+    finally:
+        code, out, err = run(capsys, "acl", "grant", "ADBA Admins", *root)
+    assert code == 0, err
+    assert out.strip().endswith(";S-1-3-4)") and out.count("(") == 1, out
+    code, out, err = run(capsys, "directory", "check", *root)
+    assert code == 0, err
+    assert "[ok  ] owner-rights: the owner of an activation object gains no write" in out
