@@ -100,15 +100,12 @@ def _first(
 
 
 def discover_root(opts: ConnectionOptions) -> str:
-    """The forest root: the one naming context the root DSE announces."""
+    """The forest root from the root DSE, by the agent's own rule (:func:`store.read_forest_root`:
+    AD's rootDomainNamingContext, else the one naming context an OpenLDAP server announces)."""
+    from .store import read_forest_root
+
     with session(opts) as conn:
-        entry = _first(conn, "", "(objectClass=*)", ldap3.BASE, ["namingContexts"])
-    contexts = [c for c in (entry or {}).get("attributes", {}).get("namingContexts", []) if c]
-    if len(contexts) != 1:
-        raise DirectoryError(
-            f"cannot tell the forest root from the root DSE ({contexts or 'none'}): give --base"
-        )
-    return str(contexts[0])
+        return read_forest_root(conn)
 
 
 def _database(conn: ldap3.Connection, root: str) -> dict:  # type: ignore[type-arg]

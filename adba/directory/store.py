@@ -226,7 +226,13 @@ def publish(conn: ldap3.Connection, container: str, ao: ActivationObject) -> str
     ao.validate()
     validate_dn(container)
     dn = f"cn={escape_rdn(ao.cn)},{container}"
-    conn.add(dn, attributes=ao.attributes())
+    attrs, controls = ao.attributes(), None
+    from .ad import creation_descriptor  # the publisher must not own it (Samba AD)
+
+    creation = creation_descriptor(conn)
+    if creation is not None:
+        attrs["nTSecurityDescriptor"], controls = creation
+    conn.add(dn, attributes=attrs, controls=controls)
     raise_for_result(conn.result, what=f"publish {dn}", dn=dn)
     log.info("published %s", dn)
     return dn
@@ -384,9 +390,12 @@ def read_forest_root(conn: ldap3.Connection) -> str:
         if len(contexts) == 1:
             return str(contexts[0])
         raise DirectoryError(
-            f"cannot tell the forest root from the root DSE ({contexts}): set base"
+            f"cannot tell the forest root from the root DSE ({contexts}): give the base DN "
+            "(-b/--base, or base in the configuration)"
         )
-    raise DirectoryError("the root DSE is not readable: set base")
+    raise DirectoryError(
+        "the root DSE is not readable: give the base DN (-b/--base, or base in the configuration)"
+    )
 
 
 def read_forest_guid(conn: ldap3.Connection, root: str) -> uuid.UUID | None:
