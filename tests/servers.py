@@ -877,9 +877,23 @@ class ClusterSlapd(TestSlapd):
 
     __test__ = False
 
-    def __init__(self, *, empty: bool) -> None:
-        super().__init__()
+    #: slapd's "stats" log: one line per operation, and startup errors
+    debug_level = 256
+
+    def __init__(self, *, empty: bool, ca: TestCA) -> None:
         self.empty = empty
+        self.ca = ca
+        super().__init__()
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.ca.cert_file)
+
+    def _make_tls(self) -> None:
+        """A server certificate issued by the cluster's CA (as a site's servers have)."""
+        tls = self.dir / "tls"
+        tls.mkdir(mode=0o700)
+        self.ca.issue(tls / "cert.pem", tls / "key.pem", self.host)
 
     def slapadd(self, ldif: object) -> None:
         from pathlib import Path
@@ -898,6 +912,77 @@ class ClusterSlapd(TestSlapd):
         """Start again on the same ports after :meth:`kill` (data kept)."""
         self._terminate()
         self._launch()
+
+
+class TestCA:
+    """A test certificate authority issuing server certificates for 127.0.0.1."""
+
+    __test__ = False
+
+    def __init__(self, directory: object) -> None:
+        import datetime
+        from pathlib import Path
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ADBA test CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(self.name)
+            .issuer_name(self.name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cert_file = Path(str(directory)) / "ca.pem"
+        self.cert_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, cert_path: object, key_path: object, ip: str) -> None:
+        import datetime
+        import ipaddress
+        import os
+        from pathlib import Path
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]))
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address(ip)), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        Path(str(key_path)).write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        os.chmod(str(key_path), 0o600)
+        Path(str(cert_path)).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 class TestSlapdCluster:
@@ -920,8 +1005,9 @@ class TestSlapdCluster:
         self.dir = Path(tempfile.mkdtemp(prefix="adba-cluster-", dir="/tmp"))
         self.retry = retry
         self.keep = False
-        self.providers = [ClusterSlapd(empty=i > 0) for i in range(providers)]
-        self.consumers = [ClusterSlapd(empty=True) for _ in range(consumers)]
+        self.ca = TestCA(self.dir)
+        self.providers = [ClusterSlapd(empty=i > 0, ca=self.ca) for i in range(providers)]
+        self.consumers = [ClusterSlapd(empty=True, ca=self.ca) for _ in range(consumers)]
         first = self.providers[0]
         for node in self.servers[1:]:  # the tree's identities, replicated from the first
             node.admin, node.user, node.computer = first.admin, first.user, first.computer
@@ -929,7 +1015,7 @@ class TestSlapdCluster:
         self.replicator_password = secrets.token_urlsafe(12)
         self.replicator_password_file = self.dir / "replicator.password"
         self.replicator_password_file.write_text(self.replicator_password + "\n")
-        self.ca_file = str(self.dir / "peers-ca.pem")
+        self.ca_file = str(self.ca.cert_file)
 
     @property
     def servers(self) -> list[ClusterSlapd]:
@@ -940,11 +1026,9 @@ class TestSlapdCluster:
         return self.providers[0].suffix
 
     def start(self) -> TestSlapdCluster:
-        from pathlib import Path
 
         for node in self.servers:
             node.start()
-        Path(self.ca_file).write_text("".join(Path(n.ca_file).read_text() for n in self.servers))
         first = self.providers[0]
         first.adba_init()
         for node in self.servers:
@@ -1004,6 +1088,8 @@ class TestSlapdCluster:
             self.ca_file,
             "--retry",
             self.retry,
+            "--timeout",
+            str(want.timeout),
             *node.cli_args("root"),
         ]
 

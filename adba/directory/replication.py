@@ -390,7 +390,7 @@ def _schema(conn: ldap3.Connection, db_dn: str) -> str:
         )
         raise_for_result(conn.result, what="raise olcDbMaxSize")
         done.append(f"olcDbMaxSize={openldap.MIN_DB_MAXSIZE}")
-    return ", ".join(done) if done else "msSPP schema and database size ready for replicas"
+    return ", ".join(done) if done else "msSPP schema and database size already ready for replicas"
 
 
 def _module(conn: ldap3.Connection) -> str:
