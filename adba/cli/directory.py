@@ -176,8 +176,7 @@ example:
 
 
 def _register_replicate(verbs: Any) -> None:
-    from ..directory.replication import CONSUMER, DEFAULT_RETRY, PROVIDER
-
+    # literals, not replication's constants: building the parser must not import ldap3
     rep = verbs.add_parser(
         "replicate",
         help="make this slapd a replicating provider or a read-only consumer",
@@ -186,7 +185,7 @@ def _register_replicate(verbs: Any) -> None:
     )
     g = rep.add_argument_group("replication")
     g.add_argument(
-        "--role", choices=[PROVIDER, CONSUMER], default=PROVIDER, help="default provider"
+        "--role", choices=["provider", "consumer"], default="provider", help="default provider"
     )
     g.add_argument(
         "--server-id", type=int, metavar="N", help="provider: unique in the group, 1-4095"
@@ -215,7 +214,7 @@ def _register_replicate(verbs: Any) -> None:
         help="CA slapd checks its peers' certificates with",
     )
     g.add_argument(
-        "--retry", default=DEFAULT_RETRY, help=f'retry schedule (default "{DEFAULT_RETRY}")'
+        "--retry", help='retry schedule (default "5 10 60 +": 10 tries 5 s apart, then each minute)'
     )
     g.add_argument("--update-ref", metavar="URI", help="consumer: where writes are referred")
     rep.add_argument(
@@ -246,7 +245,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         replicator_password=read_password_file(args.replicator_password_file),
         peer_ca_file=args.peer_ca_file,
         server_id=args.server_id,
-        retry=args.retry,
+        retry=args.retry or replication.DEFAULT_RETRY,
         update_ref=args.update_ref,
         timeout=max(1, int(args.timeout)),
     )
