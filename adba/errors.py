@@ -40,6 +40,7 @@ __all__ = [
     "NotAnActivationObject",
     "ObjectNotFound",
     "ProtocolError",
+    "ReadOnlyReplica",
     "SchemaMissing",
     "ServerUnavailable",
     "SignatureInvalid",
@@ -247,6 +248,13 @@ class CheckFailed(DirectoryError):
     code = "check-failed"
 
 
+class ReadOnlyReplica(DirectoryError):
+    """The server is a read-only replica: write to its provider (the message names it)."""
+
+    exit_code = 21
+    code = "read-only-replica"
+
+
 class AlreadyExists(DirectoryError):
     """An object with that name already exists."""
 
@@ -329,6 +337,7 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     18: ("DiscoveryError", "DNS lookup or update failed"),
     19: ("KmsError", "KMS host error (not activated, protocol, unreachable)"),
     20: ("DirectoryError", "other directory error"),
+    21: ("ReadOnlyReplica", "a read-only replica refused the write: use the provider its referral names"),
     130: ("", "interrupted (SIGINT, Ctrl-C)"),
     141: ("", "standard output closed early (`adba ... | head`): quiet, like SIGPIPE"),
 }

@@ -38,6 +38,7 @@ from ..errors import (
     InvalidDN,
     InvalidInput,
     ObjectNotFound,
+    ReadOnlyReplica,
     SchemaMissing,
     ServerUnavailable,
     TlsError,
@@ -298,7 +299,7 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         kwargs.update(authentication=ldap3.SASL, sasl_mechanism=ldap3.EXTERNAL, sasl_credentials="")
     else:
         kwargs.update(authentication=ldap3.ANONYMOUS)
-    conn = ldap3.Connection(server, **kwargs)
+    conn = ldap3.Connection(server, auto_referrals=False, **kwargs)  # never re-send credentials
     try:
         conn.open(read_server_info=False)
         if use_starttls and not conn.start_tls(read_server_info=False):
@@ -355,6 +356,15 @@ def raise_for_result(result: dict[str, Any], *, what: str, dn: str | None = None
         raise AlreadyExists(text, dn=dn, code=code)
     if code == 34:
         raise InvalidDN(text, dn=dn, code=code)
+    if code == 10:  # a read-only replica refers writes: never followed, named instead
+        refs = ", ".join(str(r) for r in result.get("referrals") or []) or "its provider"
+        raise ReadOnlyReplica(
+            f"{what}: this server is a read-only replica; write to {refs} instead "
+            "(referrals are never followed: credentials are not re-sent elsewhere)",
+            dn=dn,
+            code=code,
+            referrals=list(result.get("referrals") or []),
+        )
     if code == 17:  # undefinedAttributeType: the msSPP schema is not loaded
         raise SchemaMissing(text + " (run `adba directory init`)", dn=dn, code=code)
     raise DirectoryError(text, dn=dn, code=code)

@@ -17,7 +17,7 @@ import ldap3
 from ldap3.utils.conv import escape_filter_chars
 
 from ..errors import AccessDenied, CheckFailed, DirectoryError, ObjectNotFound
-from . import schema
+from . import replication, schema
 from .connection import ConnectionOptions, raise_for_result, session
 
 __all__ = [
@@ -280,18 +280,23 @@ def init(
 
         say("acl")
         wanted = schema.acl_rules(root, admin_group, computers)
-        current_rules = _strip(list(attrs.get("olcAccess", [])))
+        # the replication identity's rules stay in front of ADBA's (else replicas lack licenses)
+        lead, current_rules = replication.split_rules(_strip(list(attrs.get("olcAccess", []))))
         if current_rules[: len(wanted)] == wanted:
             report.add("acl", True, "ADBA access rules already in place")
         else:
             others = [r for r in current_rules if not _is_adba_rule(r, root)]
-            values = [f"{{{i}}}{r}" for i, r in enumerate(wanted + others)]
+            values = [f"{{{i}}}{r}" for i, r in enumerate(lead + wanted + others)]
             conn.modify(db_dn, {"olcAccess": [(ldap3.MODIFY_REPLACE, values)]})
             raise_for_result(conn.result, what="install the ADBA access rules")
             report.add(
                 "acl", True, f"ADBA access rules installed for {admin_group} and {computers}"
             )
+        shadow = replication.shadow_of(conn, db_dn)
 
+    if shadow is not None:  # a read-only consumer: the data tree is the providers' to write
+        report.add("container", True, f"left to the provider ({', '.join(shadow)}): replicated")
+        return report
     say("container")
     with session(data) as conn:
         dn = root
@@ -428,7 +433,7 @@ def check(
                     detail + (f" ({counted.detail})" if counted else ""),
                     "" if paged else fix_init,
                 )
-                rules = _strip(list(attrs.get("olcAccess", [])))
+                rules = replication.split_rules(_strip(list(attrs.get("olcAccess", []))))[1]
                 if admin_group and computers:
                     wanted = schema.acl_rules(root, admin_group, computers)
                     acl_ok = rules[: len(wanted)] == wanted
@@ -441,6 +446,7 @@ def check(
                     acl_ok = any(_is_adba_rule(r, root) for r in rules)
                     detail = "ADBA access rules present" if acl_ok else "no ADBA access rules"
                 report.add("acl", acl_ok, detail, "" if acl_ok else fix_init)
+            replication.report(report, config, data, root=root)
         except DirectoryError as exc:
             report.add(
                 "config", False, f"cn=config not checked: {exc.message}", "run as root over ldapi"
