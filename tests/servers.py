@@ -3,6 +3,7 @@ probe -> stop), kept on failure so the run directory and server log can be read.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 from adba.lab import Slapd
@@ -1152,3 +1153,17 @@ class TestSlapdCluster:
             node.destroy()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_held_ports: list[socket.socket] = []
+
+
+def dead_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that refuses connections for the rest of the session: bound, never listening.
+    A port only picked (bind to 0, close) can come back as a client's own ephemeral port, and a
+    connect to it then meets itself (TCP simultaneous open) instead of being refused."""
+    sock = socket.socket()
+    sock.bind((host, 0))
+    _held_ports.append(sock)
+    port: int = sock.getsockname()[1]
+    return port

@@ -25,11 +25,10 @@ from adba.directory import store
 from adba.directory.connection import session
 from adba.directory.objects import forest_installation, publish_confirmed
 from adba.keys import KeyType
-from adba.lab import free_port
 from adba.license import ForestIdentity, load_root_public_key, sign_license
 from tests.conftest import NOW
 from tests.integration.test_agent import SERVER_CSVLK, Agent, publish
-from tests.servers import TestSlapd
+from tests.servers import TestSlapd, dead_port
 
 pytestmark = pytest.mark.integration
 
@@ -322,7 +321,7 @@ def test_last_error_code_is_always_a_stable_string(
     if case == "no-container":
         overrides["base"] = "dc=elsewhere,dc=test"  # LDAP 32 on the way
     elif case == "dead-dc":
-        overrides["dc_uris"] = [f"ldap://127.0.0.1:{free_port()}"]
+        overrides["dc_uris"] = [f"ldap://127.0.0.1:{dead_port()}"]
     agent = Agent(tmp_path, slapd, authority_dir, **overrides)
     if case in ("no-read-right", "wrong-password"):
         pw = tmp_path / "pw"

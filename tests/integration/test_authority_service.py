@@ -389,9 +389,9 @@ def test_bad_input_gets_a_clear_4xx_and_nothing_is_recorded(
 
 
 def test_authority_down_is_reported_after_retries(caplog: pytest.LogCaptureFixture) -> None:
-    from adba.lab import free_port
+    from tests.servers import dead_port
 
-    remote = RemoteAuthority(f"http://127.0.0.1:{free_port()}", retries=3, pause=0.05, timeout=1)
+    remote = RemoteAuthority(f"http://127.0.0.1:{dead_port()}", retries=3, pause=0.05, timeout=1)
     with caplog.at_level("WARNING", logger="adba"), pytest.raises(AuthorityUnavailable) as info:
         remote.proxy(["0"])
     assert "not answering" in info.value.message and "telephone" in info.value.message

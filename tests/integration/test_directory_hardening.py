@@ -14,11 +14,10 @@ import pytest
 from adba.authority import LocalAuthority
 from adba.cli import main
 from adba.directory import schema
-from adba.lab import free_port
 from tests.conftest import NOW, docker_backend
 from tests.integration.test_acl import ao_attrs, bind, code
 from tests.integration.test_agent import SERVER_CSVLK, Agent, publish
-from tests.servers import TestNamed, TestSlapd
+from tests.servers import TestNamed, TestSlapd, dead_port
 
 pytestmark = pytest.mark.integration
 
@@ -300,7 +299,7 @@ def test_a_srv_target_without_an_address_is_logged(
     named.update(
         "_ldap._tcp.dc._msdcs",
         "SRV",
-        [f"0 100 {free_port()} ghost.{named.zone}.", f"10 100 {slapd.port} dc2.{named.zone}."],
+        [f"0 100 {dead_port()} ghost.{named.zone}.", f"10 100 {slapd.port} dc2.{named.zone}."],
     )
     named.update("dc2", "A", ["127.0.0.1"])
     agent = Agent(
