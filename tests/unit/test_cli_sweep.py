@@ -121,6 +121,9 @@ def _good_values(tmp: Path) -> dict[str, str]:
         "installation_id": "0000000",
         "confirmation_id": "0000000",
         "files": str(iid),
+        "--replicator-password-file": str(tmp / "missing-replicator.pw"),
+        "key_id": "0123456789abcdef",
+        "--peer-ca-file": str(tmp / "missing-ca.pem"),
     }
 
 
