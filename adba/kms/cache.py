@@ -86,7 +86,7 @@ class KmsCache:
             (r for r in records if r.last_seen > now - self.thresholds.expiry),
             key=lambda r: r.last_seen,
         )
-        kept = fresh[len(fresh) - self.capacity :] if self.capacity else []
+        kept = fresh[max(0, len(fresh) - self.capacity) :] if self.capacity else []
         for rec in kept:
             self.entries.pop(rec.cmid, None)
             self.entries[rec.cmid] = rec

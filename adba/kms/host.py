@@ -366,7 +366,8 @@ class KmsHost:
         self._stop: asyncio.Event | None = None
         #: the signal that stopped :meth:`serve` (SIGINT: the CLI exits 130)
         self.signal: int | None = None
-        self._saved_version = -1 if left_out else self.cache.version
+        #: the cache version the table holds (-1: save at once -- stale rows or unsaved file)
+        self._saved_version = -1 if left_out or store.has_unsaved() else self.cache.version
         self._failures = 0
         self._saver: concurrent.futures.ThreadPoolExecutor | None = None
 

@@ -126,6 +126,8 @@ def test_the_snapshot_is_the_cache_and_load_keeps_only_what_the_cache_would_hold
     assert left_out == 8 and again.version > 0  # so the next save deletes them
     assert list(again.entries) == list(cache.entries)
     assert again.count(NOW + 20) == 10 and again.capacity == 10
+    fewer = KmsCache()
+    assert fewer.load(records[:4], 10, NOW + 20) == 0 and len(fewer.entries) == 4
 
 
 def test_slots_per_source_and_the_fullest_source_gives_way() -> None:
