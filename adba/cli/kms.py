@@ -16,14 +16,18 @@ STATE = "/var/lib/adba/kms"
 INSTALL = f"""\
 Installs a KMS host key (a CSVLK) on this host and activates it with the activation
 authority, which certifies a new host key pair for it (at most 6 hosts per KMS key, 9
-reactivations per host). The CSVLK is kept in STATE/csvlk.key, mode 0600.
+reactivations per host). The CSVLK is kept in STATE/csvlk.key, mode 0600. Run again with
+the key the host is activated with, it does nothing and says so; --reactivate activates it
+again (and spends one of the host's reactivations).
 
 example:
   adba kms install-key --state-dir {STATE} --key-file csvlk.txt --authority /var/lib/adba/authority
 """
 SERVE = f"""\
 Answers KMS activation requests (TCP, one request and one response per connection) on
-IPv4 and IPv6, port 1688 by default. Logs one key=value line per event on stdout. With
+IPv4 and IPv6, port 1688 by default. At most 512 connections at once, 64 from one address
+(or IPv6 /64); a request's first byte within 1 s, all of it within 2 s. One host per state
+dir. Logs one key=value line per event on stdout (rejections in aggregate). With
 --publish, registers the _vlmcs._tcp SRV record (and the host's A/AAAA records) by DNS
 dynamic update (RFC 2136, TSIG) at start and daily.
 
@@ -192,9 +196,8 @@ def register(nouns: Any) -> None:
     limits.add_argument(
         "--first-byte-deadline",
         type=_seconds,
-        default=1.0,
         metavar="S",
-        help="its first byte within S seconds (default 1)",
+        help="its first byte within S seconds (default 1, at most --deadline)",
     )
     limits.add_argument(
         "--max-connections",
@@ -449,6 +452,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_per_source is None:
         args.max_per_source = min(64, args.max_connections)
+    if args.first_byte_deadline is None:
+        args.first_byte_deadline = min(1.0, args.deadline)
     if args.max_per_source > args.max_connections:
         raise InvalidInput(
             f"--max-per-source {args.max_per_source} is more than --max-connections "

@@ -815,7 +815,8 @@ def status_view(
     d = Path(state_dir)
     now = int(time.time()) if now is None else now
     thresholds = thresholds or Thresholds()
-    info, served, cache, meta = _read_state(d, now, thresholds)
+    info, _records, cache, meta = _read_state(d, now, thresholds)
+    served = (d / LOCK).exists()  # created by the first `kms serve` (not by publish)
     published, saved_at, unsaved = meta["published"], meta["saved_at"], meta["unsaved"]
     clients = list(cache.entries.values())
     groups = []
