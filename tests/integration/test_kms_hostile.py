@@ -175,7 +175,7 @@ def test_slowloris_from_one_address_does_not_starve_another(
                 pass
             slow.append(time.monotonic() - started)
             time.sleep(0.02)
-        assert attack.connects > 600 and attack.closed_by_host > 300  # it really attacked
+        assert attack.connects > 600 and attack.closed_by_host > 50  # it really attacked
     assert ok / tries >= 0.95, f"{ok}/{tries} activations, slowest {max(slow):.2f} s"
     assert host.proc is not None and host.proc.poll() is None
     log = host.log_text()
