@@ -23,7 +23,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -62,6 +62,15 @@ class DirectorySection(_Section):
     admin_group: str | None = None
     computers: str | None = None
 
+    @field_validator("uri", "config_uri")
+    @classmethod
+    def _ldap_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .addresses import ldap_uri
+
+            ldap_uri(value)
+        return value
+
 
 class AuthoritySection(_Section):
     path: str | None = None
@@ -71,6 +80,12 @@ class AuthoritySection(_Section):
 class AdminConfig(_Section):
     directory: DirectorySection = DirectorySection()
     authority: AuthoritySection = AuthoritySection()
+    #: (section, key) -> where its value came from: a file path or an ADBA_* variable
+    _origins: dict[tuple[str, str], str] = PrivateAttr(default_factory=dict)
+
+    def origin(self, section: str, key: str) -> str | None:
+        """The file or variable that set ``[section] key`` (None: the default)."""
+        return self._origins.get((section, key))
 
 
 def _user_file() -> Path:
@@ -86,33 +101,61 @@ def _merge(into: dict[str, Any], layer: dict[str, Any]) -> None:
             into[key] = value
 
 
+def _describe(source: str, section: str, key: str) -> str:
+    if source.startswith("ADBA_"):
+        return source
+    return f"{source}: key {section}.{key}" if key else f"{source}: [{section}]"
+
+
 def load_admin_config(
     files: list[Path] | None = None, env: dict[str, str] | None = None
 ) -> AdminConfig:
+    """Every error names where the bad value came from: the file and key, or the variable."""
     env = dict(os.environ) if env is None else env
     merged: dict[str, Any] = {}
-    sources = []
+    origins: dict[tuple[str, str], str] = {}
     for path in files if files is not None else [SYSTEM_FILE, _user_file()]:
         if not path.is_file():
             continue
         try:
             layer = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         _merge(merged, layer)
-        sources.append(str(path))
+        for section, table in layer.items():
+            if isinstance(table, dict):
+                for key in table:
+                    origins[(section, str(key))] = str(path)
+            else:
+                origins[(section, "")] = str(path)
     for var, (section, key) in ENV.items():
         if var in env:
             value: Any = env[var]
             if key == "insecure":
+                if value.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
+                    raise ConfigError(f"{var}: {value!r} is not one of 1, true, yes, 0, false, no")
                 value = value.lower() in ("1", "true", "yes")
-            merged.setdefault(section, {})[key] = value
-            sources.append(var)
+            elif not value:
+                raise ConfigError(f"{var} is set but empty: unset it or give a value")
+            target = merged.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(
+                    f"{_describe(origins[(section, '')], section, '')} must be a table"
+                )
+            target[key] = value
+            origins[(section, key)] = var
     try:
-        return AdminConfig.model_validate(merged)
+        config = AdminConfig.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"configuration key {where!r}: {err['msg']} (from {', '.join(sources) or 'defaults'})"
-        ) from exc
+        loc = [str(p) for p in err["loc"]]
+        section, key = ([*loc, "", ""])[:2]
+        source = origins.get((section, key)) or origins.get((section, "")) or "the configuration"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if source.startswith("ADBA_"):
+            raise ConfigError(f"{source}: {msg}") from exc
+        raise ConfigError(f"{source}: key {'.'.join(loc)!r}: {msg}") from exc
+    config._origins.update(origins)
+    return config

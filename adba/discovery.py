@@ -194,6 +194,9 @@ def locate(names: Sequence[str], resolver: dns.resolver.Resolver) -> list[Servic
                     tuple(_addresses(resolver, host, glue)),
                 )
             )
+        for target in targets:
+            if not target.addresses:
+                log.warning("%s: target %s has no A/AAAA record: skipped", name, target.host)
         targets = order_targets(targets)
         log.info("%s: %s", name, ", ".join(t.describe() for t in targets))
         return targets

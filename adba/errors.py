@@ -27,6 +27,8 @@ __all__ = [
     "ConfigError",
     "DirectoryError",
     "DiscoveryError",
+    "FileAccessError",
+    "ForestGuidMissing",
     "InvalidDN",
     "InvalidInput",
     "InvalidKey",
@@ -38,14 +40,18 @@ __all__ = [
     "NotAnActivationObject",
     "ObjectNotFound",
     "ProtocolError",
+    "ReadOnlyReplica",
     "SchemaMissing",
     "ServerUnavailable",
     "SignatureInvalid",
+    "SignerRetired",
+    "StateNotSaved",
     "TlsError",
     "UnknownProduct",
     "UntrustedSigner",
     "WrongForest",
     "exit_code_for",
+    "from_exception",
 ]
 
 
@@ -81,11 +87,23 @@ class InvalidDN(InvalidInput):
     code = "invalid-dn"
 
 
+class FileAccessError(InvalidInput):
+    """A file or directory could not be used."""
+
+    code = "file-access"
+
+
 class ConfigError(InvalidInput):
     """Invalid configuration."""
 
     exit_code = 15
     code = "config-invalid"
+
+
+class StateNotSaved(ConfigError):
+    """The agent's state file cannot be written (check state_path and its directory)."""
+
+    code = "state-not-saved"
 
 
 # -- catalogue and keys ------------------------------------------------------------------------
@@ -147,6 +165,12 @@ class WrongForest(LicenseError):
     code = "license-wrong-forest"
 
 
+class SignerRetired(LicenseError):
+    """The license was signed by a signing key the authority has retired."""
+
+    code = "license-signer-retired"
+
+
 # -- authority ---------------------------------------------------------------------------------
 class AuthorityError(AdbaError):
     """The activation authority refused the request."""
@@ -159,6 +183,12 @@ class AuthorityNotInitialised(AuthorityError):
     """No activation authority here: run `adba authority init` first."""
 
     code = "authority-not-initialised"
+
+
+class ForestGuidMissing(InvalidInput):
+    """A forest activation needs the forest's GUID: a license is never for any forest."""
+
+    code = "forest-guid-missing"
 
 
 # -- directory ---------------------------------------------------------------------------------
@@ -216,6 +246,13 @@ class CheckFailed(DirectoryError):
 
     exit_code = 8
     code = "check-failed"
+
+
+class ReadOnlyReplica(DirectoryError):
+    """The server is a read-only replica: write to its provider (the message names it)."""
+
+    exit_code = 21
+    code = "read-only-replica"
 
 
 class AlreadyExists(DirectoryError):
@@ -281,26 +318,28 @@ class NotActivated(AdbaError):
 EXIT_CODES: dict[int, tuple[str, str]] = {
     0: ("", "success"),
     1: ("AdbaError", "unexpected failure"),
-    2: ("InvalidInput", "bad input or usage (includes a malformed DN)"),
+    2: ("InvalidInput", "bad input or usage (includes a malformed DN, a path that cannot be used)"),
     3: ("ObjectNotFound", "no such object"),
     4: ("AuthenticationFailed", "wrong bind DN or password"),
     5: ("AccessDenied", "the directory refused this identity"),
     6: ("ServerUnavailable", "server unreachable or timed out"),
     7: ("TlsError", "TLS failed: untrusted certificate or no TLS"),
-    8: ("SchemaMissing/CheckFailed", "directory not prepared for ADBA"),
+    8: ("SchemaMissing/CheckFailed", "directory not prepared for ADBA (`directory check`)"),
     9: ("LicenseError", "license does not verify"),
     10: ("AlreadyExists", "object already exists"),
-    11: ("InvalidKey", "product key invalid"),
+    11: ("InvalidKey", "product key invalid (typo, wrong type)"),
     12: ("CatalogError", "unknown edition or bad catalogue"),
     13: ("AuthorityError", "the activation authority refused"),
     14: ("NotAnActivationObject", "entry is not an activation object"),
     15: ("ConfigError", "invalid configuration file or variable"),
-    16: ("LabError", "the throwaway lab server failed to start"),
-    17: ("NotActivated", "a product is not activated (agent run --strict)"),
+    16: ("LabError", "the throwaway lab server failed to start (`demo`)"),
+    17: ("NotActivated", "a product is not activated (`agent run --strict`)"),
     18: ("DiscoveryError", "DNS lookup or update failed"),
     19: ("KmsError", "KMS host error (not activated, protocol, unreachable)"),
     20: ("DirectoryError", "other directory error"),
-    130: ("", "interrupted"),
+    21: ("ReadOnlyReplica", "a read-only replica refused the write: use the provider its referral names"),
+    130: ("", "interrupted (SIGINT, Ctrl-C)"),
+    141: ("", "standard output closed early (`adba ... | head`): quiet, like SIGPIPE"),
 }
 
 
@@ -310,3 +349,55 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return 130
     return 1
+
+
+def _one_line(text: str) -> str:
+    """Newlines folded, control characters escaped: an error is one printable line."""
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _path_errnos() -> frozenset[int]:
+    import errno
+
+    names = ("ENOENT", "EISDIR", "ENOTDIR", "EACCES", "EPERM", "ENAMETOOLONG", "ELOOP", "EROFS")
+    return frozenset(getattr(errno, n) for n in names)
+
+
+_PATH_ERRNOS = _path_errnos()
+
+
+def from_exception(exc: BaseException) -> AdbaError:
+    """Any exception as an :class:`AdbaError` of the right family, for the one error printer.
+
+    Errors the library did not wrap get a code from what they are: a file or directory that
+    cannot be used is bad input (2) naming the path; a refused or timed-out connection is
+    :class:`ServerUnavailable` (6); a ``ValueError`` / ``OverflowError`` from a library is a
+    bad value (2); anything else is an unexpected failure (1) named by its type.
+    """
+    if isinstance(exc, AdbaError):
+        exc.message = _one_line(exc.message)
+        return exc
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return ServerUnavailable(_one_line(f"connection failed: {exc.strerror or exc}"))
+    import socket
+
+    if isinstance(exc, socket.gaierror):
+        return ServerUnavailable(_one_line(f"name lookup failed: {exc.strerror or exc}"))
+    if isinstance(exc, OSError) and exc.filename is not None:
+        import errno
+
+        path = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            reason += " (run it as a user allowed to, e.g. root, or choose another path)"
+        return FileAccessError(_one_line(f"{path}: {reason}"), path=str(exc.filename))
+    if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS:  # a library lost the path
+        return FileAccessError(
+            _one_line(
+                f"{exc.strerror}: a file or directory given on the command line or in the configuration"
+            )
+        )
+    if isinstance(exc, (ValueError, OverflowError)):
+        return InvalidInput(_one_line(f"invalid value: {exc}"))
+    return AdbaError(_one_line(f"unexpected failure: {type(exc).__name__}: {exc}"))

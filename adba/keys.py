@@ -151,12 +151,24 @@ def _normalise(text: str) -> str:
     return compact
 
 
-def parse_key(text: str) -> ProductKey:
+def parse_key(text: str, *, expect: KeyType | None = None, purpose: str = "") -> ProductKey:
     """Parse and check a product key; case, spaces and dashes do not matter.
 
     Raises :class:`~adba.errors.InvalidKey` with a message that says what is wrong; the message
-    never contains the key.
+    never contains the key. With ``expect``, a well-formed key of another type is an
+    :class:`~adba.errors.InvalidKey` too (a GVLK or MAK where a CSVLK is needed: exit 11),
+    its message naming ``purpose``.
     """
+    key = _parse_key(text)
+    if expect is not None and key.type is not expect:
+        need = purpose or f"this needs a {expect.name}"
+        raise InvalidKey(
+            f"this is a {key.type.name} ({key.masked()}): {need}", key_type=key.type.name
+        )
+    return key
+
+
+def _parse_key(text: str) -> ProductKey:
     compact = _normalise(text)
     symbols = [_INDEX[c] for c in compact]
     payload = symbols[:_PAYLOAD_LENGTH]

@@ -403,6 +403,7 @@ userPassword: {ssha(self.computer.password)}
             self.rootdn,
             self.root.password,
             receive_timeout=1,
+            auto_referrals=False,
         )
         try:
             return bool(conn.bind())

@@ -7,12 +7,14 @@ forest. The ASN.1 module (all times are INTEGER seconds since the Unix epoch, UT
     ADBA-License-1 DEFINITIONS IMPLICIT TAGS ::= BEGIN
 
     TBSCertificate ::= SEQUENCE {
-        version       INTEGER (1),
+        version       INTEGER (1 | 2),            -- 2 exactly when retiredKeyIds is present
         keyId         OCTET STRING (SIZE (8)),    -- SHA-256(publicKey)[0..8]
         publicKey     OCTET STRING (SIZE (32)),   -- raw Ed25519 public key
         notBefore     INTEGER,
         notAfter      INTEGER,
-        issuerKeyId   OCTET STRING (SIZE (8)) }   -- keyId of the root key
+        issuerKeyId   OCTET STRING (SIZE (8)),    -- keyId of the root key
+        retiredKeyIds [0] SEQUENCE SIZE (0..32) OF OCTET STRING (SIZE (8)) OPTIONAL }
+                                                  -- signing keys the root has retired
 
     SignedCertificate ::= SEQUENCE {
         tbs           TBSCertificate,
@@ -36,6 +38,12 @@ forest. The ASN.1 module (all times are INTEGER seconds since the Unix epoch, UT
         signature     OCTET STRING (SIZE (64)) }  -- signing key signs DER(tbs)
 
     END
+
+A certificate's ``retiredKeyIds`` is the root's statement that licenses signed by those keys
+are void (``adba authority rotate --retire``). Every license carries its signer's certificate,
+so every license issued after a retirement carries the statement; :func:`verify_license`
+refuses a license whose signer is in it or in the ``retired`` set the caller passes (what an
+agent remembers from newer licenses, or the pinned ``retired.pem``: :func:`load_retired_keys`).
 
 Decoding is strict: the input must be the exact DER encoding of a value of this module (decode
 then re-encode gives the same bytes), with nothing after it, and every size above holds.
@@ -61,12 +69,15 @@ from adba.errors import (
     InvalidInput,
     MalformedLicense,
     SignatureInvalid,
+    SignerRetired,
     UntrustedSigner,
     WrongForest,
 )
 from adba.keys import ALPHABET
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
@@ -78,8 +89,10 @@ __all__ = [
     "decode_certificate",
     "decode_license",
     "dump_public_key_pem",
+    "dump_retirement_pem",
     "issue_certificate",
     "key_id",
+    "load_retired_keys",
     "load_root_public_key",
     "make_pid",
     "normalise_dn",
@@ -90,6 +103,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: the certificate version that carries ``retiredKeyIds``
+CERT_VERSION_RETIRING = 2
+MAX_RETIRED = 32
+RETIRED_PEM_LABEL = "ADBA RETIRED SIGNING KEYS"
 MAX_LICENSE_SIZE = 5 * 1024 * 1024
 _MAX_PID = 512
 _MAX_DN = 1024
@@ -105,6 +122,10 @@ def _implicit(number: int) -> tag.Tag:
     return tag.Tag(tag.tagClassContext, tag.tagFormatSimple, number)
 
 
+class _KeyIds(univ.SequenceOf):  # type: ignore[misc]
+    componentType = univ.OctetString()
+
+
 class _TBSCertificate(univ.Sequence):  # type: ignore[misc]
     componentType = namedtype.NamedTypes(
         namedtype.NamedType("version", univ.Integer()),
@@ -113,6 +134,12 @@ class _TBSCertificate(univ.Sequence):  # type: ignore[misc]
         namedtype.NamedType("notBefore", univ.Integer()),
         namedtype.NamedType("notAfter", univ.Integer()),
         namedtype.NamedType("issuerKeyId", univ.OctetString()),
+        namedtype.OptionalNamedType(
+            "retiredKeyIds",
+            _KeyIds().subtype(
+                implicitTag=tag.Tag(tag.tagClassContext, tag.tagFormatConstructed, 0)
+            ),
+        ),
     )
 
 
@@ -219,10 +246,11 @@ class ForestIdentity:
         return f"{self.dn} (GUID {self.guid})" if self.guid else self.dn
 
     def matches(self, other: ForestIdentity) -> bool:
-        """Same DN, and the same GUID where both know one."""
-        if self.dn != other.dn:
+        """Same DN and the same GUID. Never a wildcard: a license without a GUID, or a
+        directory that does not tell its GUID, matches no forest."""
+        if self.dn != other.dn or self.guid is None or other.guid is None:
             return False
-        return self.guid is None or other.guid is None or self.guid == other.guid
+        return self.guid == other.guid
 
 
 @dataclass(frozen=True)
@@ -236,6 +264,8 @@ class SigningCertificate:
     issuer_key_id: bytes
     signature: bytes = field(repr=False)
     der: bytes = field(repr=False)  #: DER of the SignedCertificate
+    #: key ids of signing keys the root had retired when it issued this certificate
+    retired: tuple[bytes, ...] = ()
 
     def valid_at(self, when: int) -> bool:
         return self.not_before <= when <= self.not_after
@@ -293,30 +323,53 @@ def _check_time(name: str, value: int) -> None:
 
 
 def _certificate_tbs(
-    public_key: bytes, not_before: int, not_after: int, issuer: bytes
+    public_key: bytes,
+    not_before: int,
+    not_after: int,
+    issuer: bytes,
+    retired: tuple[bytes, ...] | None,
 ) -> _TBSCertificate:
     tbs = _TBSCertificate()
-    tbs["version"] = FORMAT_VERSION
+    tbs["version"] = FORMAT_VERSION if retired is None else CERT_VERSION_RETIRING
     tbs["keyId"] = key_id(public_key)
     tbs["publicKey"] = public_key
     tbs["notBefore"] = not_before
     tbs["notAfter"] = not_after
     tbs["issuerKeyId"] = issuer
+    if retired is not None:
+        tbs["retiredKeyIds"].extend(list(retired))
     return tbs
 
 
 def issue_certificate(
-    root_private_key: Ed25519PrivateKey, signing_public_key: bytes, not_before: int, not_after: int
+    root_private_key: Ed25519PrivateKey,
+    signing_public_key: bytes,
+    not_before: int,
+    not_after: int,
+    *,
+    retired: Iterable[bytes] = (),
 ) -> SigningCertificate:
-    """Certify ``signing_public_key`` (raw, 32 bytes) under the root key."""
+    """Certify ``signing_public_key`` (raw, 32 bytes) under the root key, stating that the
+    signing keys ``retired`` (8-byte key ids) are void (then the certificate is version 2)."""
     if len(signing_public_key) != 32:
         raise InvalidInput("a signing public key is 32 raw Ed25519 bytes")
     _check_time("not_before", not_before)
     _check_time("not_after", not_after)
     if not_after < not_before:
         raise InvalidInput("the certificate would expire before it starts")
+    retired_ids = tuple(sorted(set(retired)))
+    if any(len(k) != 8 for k in retired_ids):
+        raise InvalidInput("a retired key id is 8 bytes")
+    if len(retired_ids) > MAX_RETIRED:
+        raise InvalidInput(f"a certificate names at most {MAX_RETIRED} retired keys")
+    if key_id(signing_public_key) in retired_ids:
+        raise InvalidInput("cannot certify a signing key that is retired")
     tbs = _certificate_tbs(
-        signing_public_key, not_before, not_after, key_id(_raw_public(root_private_key))
+        signing_public_key,
+        not_before,
+        not_after,
+        key_id(_raw_public(root_private_key)),
+        retired_ids or None,
     )
     signed = _SignedCertificate()
     signed["tbs"] = tbs
@@ -470,7 +523,17 @@ def _version(value: Any, what: str) -> None:
 
 def _certificate_from(value: Any) -> tuple[SigningCertificate, bytes]:
     tbs = value["tbs"]
-    _version(tbs["version"], "certificate")
+    version = int(tbs["version"])
+    listed = tbs["retiredKeyIds"]
+    if version not in (FORMAT_VERSION, CERT_VERSION_RETIRING):
+        raise MalformedLicense(f"unsupported certificate version {version}")
+    if listed.isValue != (version == CERT_VERSION_RETIRING):
+        raise MalformedLicense("a certificate has retiredKeyIds exactly when it is version 2")
+    retired: tuple[bytes, ...] = ()
+    if listed.isValue:
+        if len(listed) > MAX_RETIRED:
+            raise MalformedLicense(f"a certificate names at most {MAX_RETIRED} retired keys")
+        retired = tuple(_octets(k, "certificate retiredKeyIds", 8) for k in listed)
     public_key = _octets(tbs["publicKey"], "certificate publicKey", 32)
     certificate = SigningCertificate(
         key_id=_octets(tbs["keyId"], "certificate keyId", 8),
@@ -480,9 +543,12 @@ def _certificate_from(value: Any) -> tuple[SigningCertificate, bytes]:
         issuer_key_id=_octets(tbs["issuerKeyId"], "certificate issuerKeyId", 8),
         signature=_octets(value["signature"], "certificate signature", 64),
         der=_der_encoder.encode(value),
+        retired=retired,
     )
     if certificate.key_id != key_id(public_key):
         raise MalformedLicense("the certificate keyId is not the id of its public key")
+    if certificate.key_id in retired:
+        raise MalformedLicense("the certificate retires its own key")
     return certificate, _der_encoder.encode(tbs)
 
 
@@ -556,13 +622,22 @@ def _ed25519_verifies(public_key: bytes, signature: bytes, message: bytes) -> bo
 
 
 def verify_license(
-    der: bytes, *, root_public_key: bytes, forest: ForestIdentity | None, now: int
+    der: bytes,
+    *,
+    root_public_key: bytes,
+    forest: ForestIdentity | None,
+    now: int,
+    retired: Iterable[bytes] = (),
 ) -> IssuanceLicense:
     """Decode and verify a license against the pinned root key and, if given, the forest.
 
+    ``retired``: key ids of signing keys known to be retired (remembered from the
+    ``certificate.retired`` of newer licenses, or :func:`load_retired_keys`).
+
     Raises, in this order of checks: MalformedLicense, UntrustedSigner (certificate not from
-    the pinned root), CertificateExpired (certificate not valid now, or license issued outside
-    it), SignatureInvalid, WrongForest.
+    the pinned root), SignerRetired (its signing key is in ``retired``), CertificateExpired
+    (certificate not valid now, or license issued outside it), SignatureInvalid, WrongForest
+    (also for a license or a forest without a GUID: never a wildcard).
     """
     decoded = _decode(der)
     license_ = decoded.license
@@ -576,6 +651,12 @@ def verify_license(
     if not _ed25519_verifies(root_public_key, certificate.signature, decoded.certificate_tbs_der):
         raise UntrustedSigner(
             "the license's signing certificate is not signed under the pinned root key"
+        )
+    if certificate.key_id in set(retired):
+        raise SignerRetired(
+            f"the license was signed by key {certificate.key_id.hex()}, which the authority "
+            "has retired: activate the forest again to get a license from the current key",
+            key_id=certificate.key_id.hex(),
         )
     if not certificate.valid_at(now):
         raise CertificateExpired(
@@ -598,6 +679,50 @@ def verify_license(
         )
     log.debug("license for %s verified (PID %s)", license_.forest, license_.csvlk_pid)
     return license_
+
+
+# -- the pinned retirement statement -----------------------------------------------------------
+def dump_retirement_pem(certificate: SigningCertificate) -> str:
+    """The pin file ``retired.pem``: a root-signed certificate whose ``retiredKeyIds`` list
+    the retired signing keys (safe to ship over any channel: the root signature covers it)."""
+    import base64
+    import textwrap
+
+    body = "\n".join(textwrap.wrap(base64.b64encode(certificate.der).decode(), 64))
+    return f"-----BEGIN {RETIRED_PEM_LABEL}-----\n{body}\n-----END {RETIRED_PEM_LABEL}-----\n"
+
+
+def load_retired_keys(path: str | os.PathLike[str], *, root_public_key: bytes) -> frozenset[bytes]:
+    """Read ``retired.pem`` (see :func:`dump_retirement_pem`) and check it is signed by the
+    pinned root; returns the retired signing-key ids. A file that is missing is no
+    retirement (an empty set); one that is unreadable or not signed by the root is refused."""
+    import base64
+    import binascii
+
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read(_MAX_PEM_SIZE + 1)
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {name}: {exc.strerror or exc}", path=name) from exc
+    begin, end = f"-----BEGIN {RETIRED_PEM_LABEL}-----", f"-----END {RETIRED_PEM_LABEL}-----"
+    text = data.decode("ascii", "replace")
+    if len(data) > _MAX_PEM_SIZE or begin not in text or end not in text:
+        raise InvalidInput(f"{name} is not a retirement file ({begin})", path=name)
+    try:
+        der = base64.b64decode(text.split(begin, 1)[1].split(end, 1)[0], validate=False)
+        certificate, tbs_der = _certificate_from(
+            _decode_strict(der, _SignedCertificate(), "retirement file")
+        )
+    except (binascii.Error, ValueError, MalformedLicense) as exc:
+        raise InvalidInput(f"{name} is not a valid retirement file", path=name) from exc
+    if certificate.issuer_key_id != key_id(root_public_key) or not _ed25519_verifies(
+        root_public_key, certificate.signature, tbs_der
+    ):
+        raise UntrustedSigner(f"{name} is not signed by the pinned root key", path=name)
+    return frozenset(certificate.retired)
 
 
 # -- PEM files for the pinned root key ---------------------------------------------------------

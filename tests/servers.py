@@ -3,6 +3,7 @@ probe -> stop), kept on failure so the run directory and server log can be read.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 from adba.lab import Slapd
@@ -869,3 +870,300 @@ class DockerSlapd:
             self.box = None
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ClusterSlapd(TestSlapd):
+    """One server of a :class:`TestSlapdCluster`: the first holds the lab tree, the others
+    start with an empty database and receive it by replication."""
+
+    __test__ = False
+
+    #: slapd's "stats" log: one line per operation, and startup errors
+    debug_level = 256
+
+    def __init__(self, *, empty: bool, ca: TestCA) -> None:
+        self.empty = empty
+        self.ca = ca
+        super().__init__()
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.ca.cert_file)
+
+    def _make_tls(self) -> None:
+        """A server certificate issued by the cluster's CA (as a site's servers have)."""
+        tls = self.dir / "tls"
+        tls.mkdir(mode=0o700)
+        self.ca.issue(tls / "cert.pem", tls / "key.pem", self.host)
+
+    def slapadd(self, ldif: object) -> None:
+        from pathlib import Path
+
+        if self.empty and Path(str(ldif)).name == "dit.ldif":
+            return
+        super().slapadd(ldif)  # type: ignore[arg-type]
+
+    def kill(self) -> None:
+        """``kill -9``: no clean shutdown."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def launch(self) -> None:
+        """Start again on the same ports after :meth:`kill` (data kept). A few tries: once
+        (of many runs) a relaunch right after kill -9 exited 1 at once, its reason unlogged."""
+        import time
+
+        from adba.lab import LabError
+
+        for attempt in range(3):
+            self._terminate()
+            try:
+                self._launch()
+                return
+            except LabError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
+
+
+class TestCA:
+    """A test certificate authority issuing server certificates for 127.0.0.1."""
+
+    __test__ = False
+
+    def __init__(self, directory: object) -> None:
+        import datetime
+        from pathlib import Path
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ADBA test CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(self.name)
+            .issuer_name(self.name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cert_file = Path(str(directory)) / "ca.pem"
+        self.cert_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, cert_path: object, key_path: object, ip: str) -> None:
+        import datetime
+        import ipaddress
+        import os
+        from pathlib import Path
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]))
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address(ip)), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        Path(str(key_path)).write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        os.chmod(str(key_path), 0o600)
+        Path(str(cert_path)).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+class TestSlapdCluster:
+    """Providers in one multi-provider group and read-only consumers, all local slapd
+    processes over TLS, set up with the real ``adba directory replicate`` and ``init``.
+
+    Order, as the README says: the first provider (which holds the tree) is prepared with
+    ``init`` and ``replicate``; then every other server, empty, with ``replicate`` -- it
+    receives the tree, the container included -- and ``init`` for its cn=config part.
+    """
+
+    __test__ = False
+    replicator_rdn = "cn=adba-replicator"
+
+    def __init__(self, providers: int = 3, consumers: int = 1, retry: str = "1 +") -> None:
+        import secrets
+        import tempfile
+        from pathlib import Path
+
+        self.dir = Path(tempfile.mkdtemp(prefix="adba-cluster-", dir="/tmp"))
+        self.retry = retry
+        self.keep = False
+        self.ca = TestCA(self.dir)
+        self.providers = [ClusterSlapd(empty=i > 0, ca=self.ca) for i in range(providers)]
+        self.consumers = [ClusterSlapd(empty=True, ca=self.ca) for _ in range(consumers)]
+        first = self.providers[0]
+        for node in self.servers[1:]:  # the tree's identities, replicated from the first
+            node.admin, node.user, node.computer = first.admin, first.user, first.computer
+        self.replicator_dn = f"{self.replicator_rdn},{first.suffix}"
+        self.replicator_password = secrets.token_urlsafe(12)
+        self.replicator_password_file = self.dir / "replicator.password"
+        self.replicator_password_file.write_text(self.replicator_password + "\n")
+        self.ca_file = str(self.ca.cert_file)
+
+    @property
+    def servers(self) -> list[ClusterSlapd]:
+        return self.providers + self.consumers
+
+    @property
+    def suffix(self) -> str:
+        return self.providers[0].suffix
+
+    def start(self) -> TestSlapdCluster:
+
+        for node in self.servers:
+            node.start()
+        first = self.providers[0]
+        first.adba_init()
+        for node in self.servers:
+            self.replicate(node)
+        self.wait_converged(timeout=30)
+        for node in self.servers[1:]:
+            node.adba_init()
+        return self
+
+    def replication(self, node: ClusterSlapd, **kw: object):  # type: ignore[no-untyped-def]
+        from adba.directory.replication import CONSUMER, PROVIDER, Replication
+
+        if node in self.providers:
+            peers = tuple(p.ldaps_uri for p in self.providers if p is not node)
+            args: dict[str, object] = {"role": PROVIDER, "server_id": self.server_id(node)}
+        else:
+            peers = tuple(p.ldaps_uri for p in self.providers)
+            args = {"role": CONSUMER}
+        args.update(
+            peers=peers,
+            replicator_dn=self.replicator_dn,
+            replicator_password=self.replicator_password,
+            peer_ca_file=self.ca_file,
+            retry=self.retry,
+            timeout=2,
+        )
+        args.update(kw)
+        return Replication(**args)  # type: ignore[arg-type]
+
+    def replicate(self, node: ClusterSlapd, **kw: object):  # type: ignore[no-untyped-def]
+        from adba.directory import replication
+        from adba.directory.connection import ConnectionOptions
+
+        return replication.replicate(
+            ConnectionOptions(uri=node.ldapi_uri),
+            node.options(node.root),
+            root=node.suffix,
+            want=self.replication(node, **kw),
+        )
+
+    def server_id(self, node: ClusterSlapd) -> int:
+        return self.providers.index(node) + 1
+
+    def cli_args(self, node: ClusterSlapd) -> list[str]:
+        """`adba directory replicate` flags for ``node`` (with its root connection)."""
+        want = self.replication(node)
+        argv = ["--role", want.role, "--config-uri", node.ldapi_uri]
+        if want.server_id:
+            argv += ["--server-id", str(want.server_id)]
+        for peer in want.peers:
+            argv += ["--peer", peer]
+        return [
+            *argv,
+            "--replicator-password-file",
+            str(self.replicator_password_file),
+            "--peer-ca-file",
+            self.ca_file,
+            "--retry",
+            self.retry,
+            "--timeout",
+            str(want.timeout),
+            *node.cli_args("root"),
+        ]
+
+    def snapshot(self, node: ClusterSlapd) -> set[tuple[str, str, str]]:
+        """(DN, entryUUID, entryCSN) of every entry, read as the node's root DN."""
+        from adba.directory.connection import session
+
+        with session(node.options(node.root)) as conn:
+            conn.search(
+                node.suffix, "(objectClass=*)", "SUBTREE", attributes=["entryUUID", "entryCSN"]
+            )
+            return {
+                (
+                    str(e["dn"]).lower(),
+                    str(e["attributes"].get("entryUUID", "")),
+                    str(e["attributes"].get("entryCSN", "")),
+                )
+                for e in conn.response or []
+                if e.get("type") == "searchResEntry"
+            }
+
+    def wait_converged(
+        self, timeout: float = 10.0, nodes: list[ClusterSlapd] | None = None
+    ) -> set[tuple[str, str, str]]:
+        """Until every server holds the same entries (same entryUUID and entryCSN)."""
+        import time
+
+        from adba.errors import AdbaError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                snaps = [self.snapshot(n) for n in nodes or self.servers]
+                if snaps[0] and all(s == snaps[0] for s in snaps[1:]):
+                    return snaps[0]
+            except AdbaError:
+                snaps = []
+            if time.monotonic() > deadline:
+                diff = [len(s) for s in snaps]
+                raise AssertionError(f"servers did not converge in {timeout} s: entries {diff}")
+            time.sleep(0.05)
+
+    def destroy(self) -> None:
+        import shutil
+
+        for node in self.servers:
+            node.keep = self.keep
+            node.destroy()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_held_ports: list[socket.socket] = []
+
+
+def dead_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that refuses connections for the rest of the session: bound, never listening.
+    A port only picked (bind to 0, close) can come back as a client's own ephemeral port, and a
+    connect to it then meets itself (TCP simultaneous open) instead of being refused."""
+    sock = socket.socket()
+    sock.bind((host, 0))
+    _held_ports.append(sock)
+    port: int = sock.getsockname()[1]
+    return port

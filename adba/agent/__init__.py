@@ -8,9 +8,11 @@ the configuration changed, and cryptography only when an object was not verified
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
+from ..errors import AdbaError
 from .config import (
     DEFAULT_CONFIG,
     Settings,
@@ -21,6 +23,8 @@ from .config import (
 )
 from .run import Outcome, RunReport, run_pass
 from .state import DEFAULT_STATE, read_state, write_state
+
+log = logging.getLogger("adba.agent")
 
 TYPE_CHECKING = False  # typing costs ~2 ms at every boot; annotations need it only for mypy
 if TYPE_CHECKING:
@@ -56,8 +60,27 @@ def run_agent(
     report = run_pass(
         settings, state, now=int(time.time()) if now is None else now, due_only=due_only
     )
-    write_state(state_path, report.state)
+    try:
+        save_state(state_path, report.state)
+    except AdbaError:
+        for o in report.outcomes:  # what the pass learned stays in the log (journald)
+            log.error("%s: %s (not saved)", o.edition, o.message)
+        raise
     return report
+
+
+def save_state(state_path: str, state: dict[str, Any]) -> None:
+    """:func:`write_state`, with a failure as :class:`StateNotSaved` naming the path."""
+    from ..errors import StateNotSaved
+
+    try:
+        write_state(state_path, state)
+    except OSError as exc:
+        raise StateNotSaved(
+            f"cannot save the agent state to {state_path}: {exc.strerror or exc}; check "
+            "state_path (ADBA_STATE) and that its directory is writable",
+            path=state_path,
+        ) from exc
 
 
 def load_settings_and_state(
@@ -96,7 +119,7 @@ def installation_ids(config_path: str = DEFAULT_CONFIG) -> dict[str, Any]:
                     "installation_id": installation_for(settings, state, product).text(),
                 }
             )
-    write_state(state_path, state)  # the CMID must stay the one the IDs were made with
+    save_state(state_path, state)  # the CMID must stay the one the IDs were made with
     return {
         "machine": settings.machine_name or socket.gethostname(),
         "cmid": str(cmid_of(state)),
@@ -124,7 +147,7 @@ def apply_confirmations(
             )
         message = apply_confirmation(settings, state, matches[0], Confirmation.parse(text))
         done.append(f"{matches[0].edition}: {message}")
-    write_state(state_path, state)
+    save_state(state_path, state)
     return done
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import AdbaError, ConfigError
+from ..errors import AdbaError, CatalogError, ConfigError
 from .config import ProductSettings, Settings, state_path_for
 
 
@@ -61,34 +61,61 @@ class AgentFile(_Model):
     @classmethod
     def _kms_host(cls, value: str | None) -> str | None:
         if value is not None:
-            from ..discovery import parse_nameserver
+            from ..addresses import host_port
 
-            try:
-                parse_nameserver(value)
-            except ValueError as exc:
-                raise ValueError(f"{value!r} is not host[:port]") from exc
+            host_port(value, default_port=1688)
         return value
 
     @field_validator("dc_uris")
     @classmethod
     def _uris(cls, values: list[str]) -> list[str]:
+        from ..addresses import ldap_uri
+
         for uri in values:
-            if not uri.lower().startswith(("ldap://", "ldaps://")):
-                raise ValueError(f"{uri!r} is not an ldap:// or ldaps:// URI")
+            ldap_uri(uri, schemes=("ldap", "ldaps"))
         return values
 
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers(cls, values: list[str]) -> list[str]:
+        from ..addresses import dns_server
 
-def _fail(source: str, where: str, message: str) -> ConfigError:
-    return ConfigError(f"{source}: {where}: {message}")
+        for server in values:
+            dns_server(server)
+        return values
+
+    @field_validator("domain", "kms_domains", "tls_name")
+    @classmethod
+    def _names(cls, value: str | list[str] | None) -> str | list[str] | None:
+        from ..addresses import host_name
+
+        for name in [value] if isinstance(value, str) else value or []:
+            host_name(name)
+        return value
 
 
-def _product(product: Product, index: int, catalog: Any, source: str) -> ProductSettings:
+class _Source:
+    """Where the settings came from: the file, and which keys ADBA_* variables set."""
+
+    def __init__(self, path: str, from_env: dict[str, str]) -> None:
+        self.path = path
+        self.from_env = from_env
+
+    def fail(self, where: str, message: str) -> ConfigError:
+        """A configuration error naming its source: the file and key, or the variable."""
+        parts = where.split(".")
+        top = ".".join(parts[:2]) if parts[0] == "machine" else parts[0]
+        var = self.from_env.get(top)
+        return ConfigError(f"{var}: {message}" if var else f"{self.path}: {where}: {message}")
+
+
+def _product(product: Product, index: int, catalog: Any, source: _Source) -> ProductSettings:
     from ..keys import KeyType, parse_key
 
     try:
         edition = catalog.edition(product.edition)
-    except AdbaError as exc:
-        raise _fail(source, f"products[{index}].edition", exc.message) from exc
+    except CatalogError as exc:  # an unknown edition keeps its own exit code (12)
+        raise type(exc)(f"{source.path}: products[{index}].edition: {exc.message}") from exc
     key_type = partial = key_error = None
     try:
         key = parse_key(product.key or edition.gvlk)
@@ -106,9 +133,9 @@ def _product(product: Product, index: int, catalog: Any, source: str) -> Product
         try:
             mak = parse_key(product.mak_key)
         except AdbaError as exc:
-            raise _fail(source, f"products[{index}].mak_key", exc.message) from exc
+            raise source.fail(f"products[{index}].mak_key", exc.message) from exc
         if mak.type is not KeyType.MAK or mak.code != edition.code:
-            raise _fail(source, f"products[{index}].mak_key", f"not a MAK for {edition.name}")
+            raise source.fail(f"products[{index}].mak_key", f"not a MAK for {edition.name}")
         mak_partial = mak.partial
     covering_products = [c for c in catalog.csvlks if catalog.csvlk_covers(c, edition)]
     covering = tuple(str(c.sku) for c in covering_products)
@@ -128,35 +155,39 @@ def _product(product: Product, index: int, catalog: Any, source: str) -> Product
     )
 
 
-def validate(raw: dict[str, Any], *, source: str) -> Settings:
+def validate(
+    raw: dict[str, Any], *, source: str, from_env: dict[str, str] | None = None
+) -> Settings:
+    """``from_env``: key -> the ADBA_* variable that set it (errors then name the variable)."""
+    src = _Source(source, from_env or {})
     try:
         model = AgentFile.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top)"
-        raise _fail(source, where, err["msg"]) from exc
+        raise src.fail(where, str(err["msg"]).removeprefix("Value error, ")) from exc
     m = model.machine
     if m.keytab:
         if not m.principal:
-            raise _fail(source, "machine.principal", "a keytab needs the principal (HOST$@REALM)")
+            raise src.fail("machine.principal", "a keytab needs the principal (HOST$@REALM)")
         if m.password_file:
-            raise _fail(source, "machine", "give a keytab or a password_file, not both")
+            raise src.fail("machine", "give a keytab or a password_file, not both")
     elif bool(m.dn) != bool(m.password_file):
-        raise _fail(source, "machine", "give both dn and password_file (or neither)")
+        raise src.fail("machine", "give both dn and password_file (or neither)")
     from ..catalog import load_catalog
     from ..license import load_root_public_key
 
     try:
         root = load_root_public_key(model.root_key)
     except AdbaError as exc:
-        raise _fail(source, "root_key", exc.message) from exc
+        raise src.fail("root_key", exc.message) from exc
     try:
         catalog = load_catalog(model.catalog)
     except AdbaError as exc:
-        raise _fail(source, "catalog", exc.message) from exc
-    products = tuple(_product(p, i, catalog, source) for i, p in enumerate(model.products))
+        raise src.fail("catalog", exc.message) from exc
+    products = tuple(_product(p, i, catalog, src) for i, p in enumerate(model.products))
     if len({p.sku for p in products}) != len(products):
-        raise _fail(source, "products", "an edition is listed twice")
+        raise src.fail("products", "an edition is listed twice")
     iv = model.intervals
     return Settings(
         source=source,

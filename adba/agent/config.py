@@ -200,6 +200,8 @@ def _parse(path: str, text: bytes, env: dict[str, str]) -> dict[str, Any]:
         if key in _LISTS:
             value = [v.strip() for v in value.split(",") if v.strip()]
         elif key == "insecure":
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
+                raise ConfigError(f"{var}: {value!r} is not one of 1, true, yes, 0, false, no")
             value = value.lower() in ("1", "true", "yes")
         target = data.setdefault(table, {}) if table else data
         if not isinstance(target, dict):
@@ -278,7 +280,8 @@ def load_settings(
     raw = _parse(path, text, env)
     from ._schema import validate
 
-    settings = validate(raw, source=path)
+    from_env = {f"{t}.{k}" if t else k: var for var, (t, k) in ENV.items() if var in env}
+    settings = validate(raw, source=path, from_env=from_env)
     deps = [str(raw[k]) for k in ("root_key", "catalog") if isinstance(raw.get(k), str) and raw[k]]
     entry = {"digest": _digest(text, env, deps), "deps": deps, "settings": settings.to_json()}
     return settings, entry

@@ -133,6 +133,7 @@ def mak_step(
             )
             continue
         from ..authority.client import RemoteAuthority
+        from .run import stable_code
 
         try:
             installation = installation_for(settings, state, product)
@@ -149,7 +150,9 @@ def mak_step(
             continue
         except (AdbaError, InvalidInput) as exc:
             outcomes.append(
-                fail(rec, product, settings, exc.code, f"{message}; MAK: {exc.message}", now)
+                fail(
+                    rec, product, settings, stable_code(exc), f"{message}; MAK: {exc.message}", now
+                )
             )
             continue
         rec.update(last_attempt=now, next_attempt=now + settings.renewal)

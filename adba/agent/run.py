@@ -37,6 +37,7 @@ from ..errors import (
     LicenseError,
     ServerUnavailable,
     TlsError,
+    WrongForest,
 )
 from .config import ProductSettings, Settings
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
     from ..directory.store import ActivationObject
 
-__all__ = ["Outcome", "RunReport", "next_step", "run_pass"]
+__all__ = ["Outcome", "RunReport", "next_step", "run_pass", "stable_code"]
 
 log = logging.getLogger("adba.agent")
 
@@ -128,8 +129,6 @@ def _candidates(settings: Settings, directory: dict[str, Any]) -> Iterator[tuple
 
     resolver = make_resolver(settings.dns_servers, timeout=settings.connect_timeout)
     for target in locate(dc_srv_names(settings.domain), resolver):
-        if not target.addresses:
-            log.warning("DC %s has no address in DNS: skipped", target.host)
         for address in target.addresses:
             host = f"[{address}]" if ":" in address else address
             uri = f"ldap://{host}:{target.port}"
@@ -175,7 +174,24 @@ def _connect(
     raise _Failure("no-dc", f"no domain controller answered (tried {', '.join(tried)})")
 
 
+#: a verified object is verified again after this long, whatever its license says
+_CACHE_MAX_AGE = 7 * 86400
+#: bounds of one lookup: bytes of attribute values read, objects kept
+_MAX_SEARCH_BYTES = 64 * 1024 * 1024
+_MAX_OBJECTS = 20_000
+#: rejected objects logged one by one per product; the rest are counted in one line
+_LOGGED_REJECTIONS = 5
+
+
+def stable_code(exc: AdbaError) -> str:
+    """The error's class code: a stable string, never the LDAP result code that
+    :func:`raise_for_result` keeps in ``exc.code`` as context."""
+    code = getattr(type(exc), "code", None)
+    return code if isinstance(code, str) else AdbaError.code
+
+
 def _digest(ao: ActivationObject, forest: Any, root_key: str) -> str:
+    """What a verification covered: every attribute checked, both licenses, forest, root."""
     h = hashlib.sha256()
     for part in (
         (ao.dn or "").lower().encode(),
@@ -183,13 +199,55 @@ def _digest(ao: ActivationObject, forest: Any, root_key: str) -> str:
         ao.csvlk_sku,
         ao.partial_key.encode(),
         ao.pid.encode(),
-        ao.issuance_license or b"",
+        *(
+            b"\0absent" if blob is None else b"\1" + blob
+            for blob in (ao.issuance_license, ao.licenses.get("msSPP-PhoneLicense"))
+        ),
         f"{forest[0]}|{forest[1]}".encode(),
         root_key.encode(),
     ):
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     return h.hexdigest()
+
+
+def _fresh(entry: Any, now: int) -> bool:
+    """A cached verification still holds: inside the license's own window and younger than
+    :data:`_CACHE_MAX_AGE` (a phone license's window never closes: the age bounds it)."""
+    if not isinstance(entry, dict):
+        return False
+    checked = entry.get("checked")
+    return (
+        isinstance(checked, int)
+        and checked <= now < checked + _CACHE_MAX_AGE
+        and entry.get("not_before", now + 1) <= now <= entry.get("not_after", -1)
+    )
+
+
+def _eligible(ao: ActivationObject, product: ProductSettings) -> None:
+    """Raise :class:`LicenseError` when ``ao`` cannot be for ``product`` at all (no crypto)."""
+    group = uuid.UUID(product.group).bytes_le
+    if group not in ao.kms_ids:
+        raise LicenseError(f"does not hold the activation group {product.group_name}")
+    if len(ao.csvlk_sku) != 16 or str(ao.sku_uuid) not in product.csvlk_skus:
+        raise LicenseError(f"its CSVLK does not cover {product.edition}")
+
+
+def _cached(
+    ao: ActivationObject,
+    product: ProductSettings,
+    settings: Settings,
+    directory: dict[str, Any],
+    verified: dict[str, Any],
+    now: int,
+) -> str | None:
+    """The digest of ``ao`` when a fresh verification of exactly these values is cached."""
+    try:
+        _eligible(ao, product)
+    except LicenseError:
+        return None
+    digest = _digest(ao, (directory["root"], directory.get("forest_guid")), settings.root_key)
+    return digest if _fresh(verified.get(digest), now) else None
 
 
 def _check(
@@ -202,17 +260,14 @@ def _check(
     now: int,
 ) -> None:
     """Raise :class:`LicenseError` with the reason when ``ao`` may not activate ``product``."""
-    group = uuid.UUID(product.group).bytes_le
-    if group not in ao.kms_ids:
-        raise LicenseError(f"does not hold the activation group {product.group_name}")
-    if len(ao.csvlk_sku) != 16 or str(ao.sku_uuid) not in product.csvlk_skus:
-        raise LicenseError(f"its CSVLK does not cover {product.edition}")
+    _eligible(ao, product)
     forest = (directory["root"], directory.get("forest_guid"))
     digest = _digest(ao, forest, settings.root_key)
-    cached = verified.get(digest)
-    if cached and cached["not_before"] <= now <= cached["not_after"]:
+    if _fresh(verified.get(digest), now):
         used.add(digest)
         return
+    if not forest[1]:  # never a wildcard: no GUID from the DC, no forest binding to check
+        raise WrongForest("the directory gave no forest GUID, so no license can be bound to it")
     from ..directory.objects import verify_object
     from ..license import ForestIdentity
 
@@ -220,12 +275,51 @@ def _check(
     ok = verify_object(
         ao,
         root_public_key=bytes.fromhex(settings.root_key),
-        forest=ForestIdentity.of(forest[0], uuid.UUID(forest[1]) if forest[1] else None),
+        forest=ForestIdentity.of(forest[0], uuid.UUID(forest[1])),
         now=now,
         sku_for_code=codes.get,
     )
-    verified[digest] = {"not_before": ok.not_before, "not_after": ok.not_after}
+    verified.pop(digest, None)  # re-inserted last: the newest entries survive the bound
+    verified[digest] = {"not_before": ok.not_before, "not_after": ok.not_after, "checked": now}
     used.add(digest)
+
+
+def _fetch(
+    conn: ldap3.Connection, container: str, groups: list[uuid.UUID]
+) -> tuple[list[ActivationObject], str | None]:
+    """Every object holding one of ``groups``, paged, reading only the verified attributes;
+    an object with a value over the schema's 5 MiB is skipped, and the lookup stops at
+    :data:`_MAX_SEARCH_BYTES` / :data:`_MAX_OBJECTS`. Returns (objects, why it stopped early)."""
+    from ..directory import store
+
+    found: list[ActivationObject] = []
+    total = 0
+    stopped = None
+    flt = store.object_filter(groups)
+    for entries, limited in store.pages(conn, container, flt, store.AGENT_ATTRIBUTES):
+        for entry in entries:
+            raw = entry["raw_attributes"]
+            total += sum(len(v) for values in raw.values() for v in values)
+            too_big = store.value_too_big(raw)
+            if too_big:
+                log.warning("skipped %s: %s", entry["dn"], too_big)
+                continue
+            found.append(store.ActivationObject.from_entry(entry["dn"], raw))
+        entries.clear()
+        if limited:
+            stopped = (
+                f"the DC's size limit stopped the search after {len(found)} objects (run "
+                "`adba directory init`: it sets olcLimits for the computers)"
+            )
+        elif total > _MAX_SEARCH_BYTES or len(found) > _MAX_OBJECTS:
+            stopped = (
+                f"stopped reading after {len(found)} objects and {total} bytes (bounds: "
+                f"{_MAX_OBJECTS} objects, {_MAX_SEARCH_BYTES} bytes)"
+            )
+        if stopped:
+            log.warning("%s: %s", container, stopped)
+            break
+    return found, stopped
 
 
 def _lookup(
@@ -248,9 +342,9 @@ def _lookup(
             )
         directory.update(dc=uri, tls_name=name)
         groups = sorted({uuid.UUID(p.group) for p in products})
-        found = store.search_objects(conn, directory["container"], kms_ids=groups)
+        found, stopped = _fetch(conn, directory["container"], groups)
     except AdbaError as exc:
-        raise _Failure(exc.code, f"{uri}: {exc.message}") from exc
+        raise _Failure(stable_code(exc), f"{uri}: {exc.message}") from exc
     finally:
         with contextlib.suppress(Exception):
             conn.unbind()
@@ -259,27 +353,46 @@ def _lookup(
     used: set[str] = set()
     result: dict[str, ActivationObject | _Failure] = {}
     for product in products:
-        reasons = []
+        # a warm boot first takes an object verified before (no cryptography at all)
+        hit = None
         for ao in found:
-            try:
-                _check(ao, product, settings, directory, verified, used, now)
-            except LicenseError as exc:
-                if uuid.UUID(product.group).bytes_le in ao.kms_ids:
-                    log.warning("%s: rejected %s: %s", product.edition, ao.dn, exc.message)
-                    reasons.append(f"{ao.dn}: {exc.message}")
-                continue
-            result[product.sku] = ao
-            break
+            digest = _cached(ao, product, settings, directory, verified, now)
+            if digest:
+                used.add(digest)
+                hit = ao
+                break
+        reasons: list[str] = []
+        if hit is None:
+            for ao in found:
+                try:
+                    _check(ao, product, settings, directory, verified, used, now)
+                except LicenseError as exc:
+                    if uuid.UUID(product.group).bytes_le in ao.kms_ids:
+                        if len(reasons) < _LOGGED_REJECTIONS:
+                            log.warning("%s: rejected %s: %s", product.edition, ao.dn, exc.message)
+                        reasons.append(f"{ao.dn}: {exc.message}")
+                    continue
+                hit = ao
+                break
+        if len(reasons) > _LOGGED_REJECTIONS:
+            log.warning(
+                "%s: %d more objects rejected", product.edition, len(reasons) - _LOGGED_REJECTIONS
+            )
+        if hit is not None:
+            result[product.sku] = hit
+        elif stopped:
+            result[product.sku] = _Failure(
+                "size-limit", f"no valid activation object among those read: {stopped}"
+            )
+        elif reasons:
+            result[product.sku] = _Failure(
+                "objects-rejected",
+                f"{len(reasons)} activation object(s) rejected ({reasons[0]})",
+            )
         else:
-            if reasons:
-                result[product.sku] = _Failure(
-                    "objects-rejected",
-                    f"{len(reasons)} activation object(s) rejected ({reasons[0]})",
-                )
-            else:
-                result[product.sku] = _Failure(
-                    "no-object", f"no activation object for {product.group_name}"
-                )
+            result[product.sku] = _Failure(
+                "no-object", f"no activation object for {product.group_name}"
+            )
     # keep what this pass used, then the newest others, within a bound
     keep = {d: verified[d] for d in used}
     for d in list(verified)[-_MAX_VERIFIED:]:
@@ -314,6 +427,8 @@ def _fail(
     now: int,
 ) -> Outcome:
     code, message = next_step(product, code, message)
+    if not isinstance(code, str) or not code:  # a stable string, whatever the caller passed
+        code = AdbaError.code
     licensed = bool(rec.get("expires_at")) and now < rec["expires_at"]
     if licensed:
         until = time.strftime("%Y-%m-%d", time.gmtime(rec["expires_at"]))

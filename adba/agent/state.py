@@ -13,7 +13,8 @@ Layout (``version`` 1)::
      "config": {"digest": "...", "settings": {...}},        # validated configuration cache
      "directory": {"dc": "ldap://...", "tls_name": "...", "root": "dc=...",
                    "container": "cn=Activation Objects,...", "forest_guid": "..."},
-     "verified": {"<sha256 of object>": {"not_after": 0, "root": "<sha256 of root key>"}},
+     "verified": {"<sha256 of what was verified>": {"not_before": 0, "not_after": 0,
+                                                     "checked": 0}},
      "products": {"<edition SKU>": {ProductRecord fields}}}
 """
 
@@ -23,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -30,7 +32,14 @@ TYPE_CHECKING = False  # typing costs ~2 ms at every boot; annotations need it o
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["DEFAULT_STATE", "STATE_VERSION", "empty_state", "read_state", "write_state"]
+__all__ = [
+    "DEFAULT_STATE",
+    "STATE_VERSION",
+    "empty_state",
+    "read_state",
+    "remove_stale_temps",
+    "write_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +91,48 @@ def read_state(path: str | os.PathLike[str], *, recover: bool = True) -> dict[st
     return empty_state()
 
 
+#: a temp file older than this is a leftover of a writer that died (a write takes milliseconds)
+STALE_TEMP_SECONDS = 600
+
+
+def _temp_pattern(path: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{12}}")
+
+
+def remove_stale_temps(path: str | os.PathLike[str], *, now: float | None = None) -> int:
+    """Remove this state file's own temp files (``.<name>.<12 hex>``) left by a writer that
+    died inside :func:`write_state`; only those older than :data:`STALE_TEMP_SECONDS`, so a
+    concurrent writer's file is never touched. Returns how many were removed."""
+    path = Path(path)
+    pattern = _temp_pattern(path)
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return 0
+    for name in names:
+        if not pattern.fullmatch(name):
+            continue
+        stale = path.parent / name
+        try:
+            info = stale.lstat()
+            if not os.path.isfile(stale) or now - info.st_mtime < STALE_TEMP_SECONDS:
+                continue
+            stale.unlink()
+            removed += 1
+        except OSError:
+            continue
+    if removed:
+        log.warning("removed %d stale temp file(s) of %s", removed, path)
+    return removed
+
+
 def write_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """Replace the state file atomically (old or new, never a mix, whatever happens)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     data = json.dumps(state, sort_keys=True, indent=1).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -3,7 +3,12 @@
 :class:`RemoteAuthority` is an :class:`~adba.authority.Activator` like the local one, so every
 command that activates takes either. Transient failures (connection refused, timeouts, 5xx)
 are retried a few times with a growing pause; then the caller is told the authority is down
-and how to carry on (try later, or activate by telephone with an installation ID).
+and how to carry on (try later, or activate by telephone with an installation ID). A TLS
+failure (a plain-HTTP server behind an https:// URL, an untrusted certificate, another host
+name) is not transient: it is reported at once, saying which.
+
+Every retry of one call sends the same ``request_id`` and body: if the first answer was
+lost, the authority sends it again instead of counting a second activation.
 """
 
 from __future__ import annotations
@@ -66,6 +71,11 @@ class RemoteAuthority:
                 with httpx.Client(verify=verify, timeout=self.timeout) as client:
                     response = client.post(self.url + path, json=body)
             except httpx.TransportError as exc:
+                tls = _tls_problem(exc)
+                if tls and self.url.startswith("https://"):
+                    raise AuthorityUnavailable(
+                        f"the activation authority at {self.url}: {tls}", reason="tls"
+                    ) from exc
                 last = type(exc).__name__
                 log.warning(
                     "authority %s: %s (attempt %d of %d)", self.url, last, attempt, self.retries
@@ -85,6 +95,10 @@ class RemoteAuthority:
         )
 
     def _result(self, response: Any) -> dict[str, Any]:
+        if response.status_code == 409 and _json_error(response) == "replayed-request":
+            raise AuthorityError(
+                f"the authority at {self.url} refused a reused request id", status=409
+            )
         try:
             data: dict[str, Any] = response.json()
         except ValueError as exc:
@@ -149,3 +163,48 @@ class RemoteAuthority:
         data = self._post("/v1/mak/proxy", {"installation_ids": installation_ids})
         results: list[dict[str, Any]] = data["results"]
         return results
+
+
+def _json_error(response: Any) -> str | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return str(data.get("error")) if isinstance(data, dict) else None
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """What went wrong in TLS, if anything did (the SSL error is in the exception chain)."""
+    import ssl
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            detail = (seen.verify_message or "").lower()
+            if "hostname" in detail or "ip address mismatch" in detail:
+                return (
+                    "its TLS certificate is not for this host name: use the name it was issued for"
+                )
+            return (
+                "its TLS certificate is not trusted: give the CA that issued it "
+                "(--authority-ca-file) or check the URL"
+            )
+        if isinstance(seen, ssl.SSLError):
+            reason = f"{seen.reason or ''} {seen}".lower()
+            if any(
+                word in reason
+                for word in (
+                    "wrong_version",
+                    "wrong version",
+                    "record layer",
+                    "http request",
+                    "packet length",
+                    "unknown protocol",
+                )
+            ):
+                return "the server did not speak TLS (is it a plain http:// service?)"
+            return f"the TLS handshake failed ({seen.reason or seen})"
+        seen = seen.__cause__ or seen.__context__
+    return None

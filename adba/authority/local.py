@@ -8,6 +8,10 @@ Layout of an authority directory (mode 0700)::
     signing.cert    DER SignedCertificate (see adba.license) for signing.key
     tag.secret      32 random bytes, 0600 -- the HMAC secret in every CSVLK and MAK tag
     records.sqlite  minted keys (their SHA-256, never the key) and activations
+    signing-ID.cert the certificate of a rotated-out signing key (its key beside it as
+                    signing-ID.key until the key is retired, then deleted)
+    retired.pem     0644, once a key is retired -- the root-signed list of retired signing
+                    keys, for clients to pin beside root.pub (adba.license.load_retired_keys)
 
 :class:`Activator` is the seam between callers (the CLI, the agent) and an authority:
 :class:`LocalAuthority` answers in-process; an online client (HTTP) or a phone/offline flow
@@ -42,6 +46,7 @@ from adba.errors import (
     ActivationLimitReached,
     AuthorityError,
     AuthorityNotInitialised,
+    ForestGuidMissing,
     InvalidInput,
     MalformedLicense,
 )
@@ -50,7 +55,9 @@ from adba.license import (
     ForestIdentity,
     SigningCertificate,
     decode_certificate,
+    decode_license,
     dump_public_key_pem,
+    dump_retirement_pem,
     issue_certificate,
     key_id,
     make_pid,
@@ -67,10 +74,11 @@ SIGNING_KEY = "signing.key"
 SIGNING_CERT = "signing.cert"
 TAG_SECRET = "tag.secret"
 RECORDS = "records.sqlite"
+RETIRED_PEM = "retired.pem"
 _SECRET_FILES = (ROOT_KEY, SIGNING_KEY, TAG_SECRET)
 _ALL_FILES = (ROOT_KEY, ROOT_PUB, SIGNING_KEY, SIGNING_CERT, TAG_SECRET, RECORDS)
 _MAX_SERIAL = 0xFFFFFFFF
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 #: schema upgrades, applied in order by :meth:`LocalAuthority.open` (records are kept)
 _MIGRATIONS = {
     2: """
@@ -104,11 +112,24 @@ CREATE TABLE IF NOT EXISTS requests (
     at          INTEGER NOT NULL
 );
 """,
+    3: """
+ALTER TABLE requests ADD COLUMN digest TEXT;      -- SHA-256 of the endpoint and the body
+ALTER TABLE requests ADD COLUMN response TEXT;    -- the answer, for an idempotent retry
+ALTER TABLE activations ADD COLUMN license BLOB;  -- the license issued (re-sent on a repeat)
+ALTER TABLE kms_hosts ADD COLUMN host_key TEXT;   -- hex hash of the host's public key
+CREATE TABLE IF NOT EXISTS retired_keys (
+    key_id      TEXT PRIMARY KEY,  -- hex id of a retired signing key: never signs again
+    retired_at  INTEGER NOT NULL
+);
+""",
 }
 #: a KMS key activates at most this many distinct hosts, each at most 1 + 9 times (the seed)
 KMS_HOST_LIMIT = 6
 KMS_REACTIVATIONS = 9
 KMS_CERT_DAYS = 365
+#: default validity of a signing certificate: licenses stop verifying when it ends, so the
+#: vendor rotates before then (``authority rotate``) and forests activate again (free)
+SIGNING_CERT_DAYS = 730
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -192,6 +213,31 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
+def _destroy(path: Path) -> None:
+    """Overwrite a private key file, then delete it (missing: nothing to do)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.write(fd, bytes(size))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path.unlink()
+
+
+def _check_days(days: int) -> None:
+    if not isinstance(days, int) or not 1 <= days <= 36500:
+        raise InvalidInput(f"a certificate lasts 1 to 36500 days, not {days!r}")
+
+
+def _check_mak_count(count: int) -> None:
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1_000_000:
+        raise InvalidInput(f"a MAK activates 1 to 1000000 machines, not {count!r}")
+
+
 def _private_pem(key: Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -230,12 +276,27 @@ class LocalAuthority:
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
     def init(
-        cls, path: str | os.PathLike[str], *, now: int, cert_days: int = 3650
+        cls, path: str | os.PathLike[str], *, now: int, cert_days: int = SIGNING_CERT_DAYS
     ) -> LocalAuthority:
         """Create a new authority in ``path`` (created 0700 if missing, else must be empty)."""
         directory = Path(path)
-        if cert_days < 1:
-            raise InvalidInput("cert_days must be at least 1")
+        _check_days(cert_days)
+        try:
+            return cls._init(directory, now, cert_days)
+        except PermissionError as exc:
+            raise AuthorityError(
+                f"cannot create an authority in {directory}: permission denied "
+                f"({exc.filename or directory}); choose a directory you may write",
+                path=str(directory),
+            ) from exc
+        except OSError as exc:
+            raise AuthorityError(
+                f"cannot create an authority in {directory}: {exc.strerror or exc}",
+                path=str(directory),
+            ) from exc
+
+    @classmethod
+    def _init(cls, directory: Path, now: int, cert_days: int) -> LocalAuthority:
         if directory.exists():
             if not directory.is_dir():
                 raise AuthorityError(f"{directory} exists and is not a directory")
@@ -325,6 +386,11 @@ class LocalAuthority:
             tag_secret=tag_secret,
         )
         authority._migrate()
+        if certificate.key_id in authority.retired_keys():
+            raise AuthorityError(
+                f"{directory / SIGNING_KEY} is the retired signing key "
+                f"{certificate.key_id.hex()}: it never signs again (restore the current key)"
+            )
         return authority
 
     def _migrate(self) -> None:
@@ -339,7 +405,11 @@ class LocalAuthority:
                 if step > version:
                     for statement in _MIGRATIONS[step].split(";"):
                         if statement.strip():
-                            db.execute(statement)
+                            try:
+                                db.execute(statement)
+                            except sqlite3.OperationalError as exc:
+                                if "duplicate column" not in str(exc):
+                                    raise  # a column added before: the step was half done
                     log.info("upgraded %s to schema %d", self._path / RECORDS, step)
             db.execute(
                 "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
@@ -391,16 +461,30 @@ class LocalAuthority:
         return self._certificate
 
     # -- operations ----------------------------------------------------------------------------
-    def mint(self, key_type: KeyType, product: str, catalog: Catalog, *, now: int) -> ProductKey:
-        """Mint the next CSVLK (``product``: a CSVLK product) or MAK (``product``: an edition).
+    def mint(
+        self,
+        key_type: KeyType,
+        product: str,
+        catalog: Catalog,
+        *,
+        now: int,
+        mak_count: int | None = None,
+    ) -> ProductKey:
+        """Mint the next CSVLK (``product``: a CSVLK product) or MAK (``product``: an edition;
+        ``mak_count``: how many machines it activates, default 1).
 
-        Serials count from 1 per key type and product code.
+        Serials count from 1 per key type and product code. Everything is checked before
+        anything is recorded: a refused mint uses no serial.
         """
         if key_type is KeyType.GVLK:
             raise InvalidInput("GVLKs are public: see the catalogue")
         if key_type is KeyType.CSVLK:
+            if mak_count is not None:
+                raise InvalidInput("an activation count is for MAKs only (a CSVLK has none)")
             code = catalog.csvlk(product).code
         elif key_type is KeyType.MAK:
+            mak_count = 1 if mak_count is None else mak_count
+            _check_mak_count(mak_count)
             code = catalog.edition(product).code
         else:
             raise InvalidInput(f"cannot mint keys of type {key_type!r}")
@@ -421,6 +505,8 @@ class LocalAuthority:
                 " VALUES (?, ?, ?, ?, ?)",
                 (int(key_type), code, serial, now, key_sha256(key)),
             )
+            if mak_count is not None:
+                db.execute("INSERT INTO mak_keys VALUES (?, ?)", (key_sha256(key), mak_count))
         log.info("minted %s %s for product code %d (serial %d)", key_type.name, key, code, serial)
         return key
 
@@ -435,35 +521,57 @@ class LocalAuthority:
             raise AuthorityError(
                 f"the CSVLK {parsed} was not issued by this authority", partial_key=parsed.partial
             )
+        if forest.guid is None:
+            raise ForestGuidMissing(
+                f"the forest {forest.dn} has no GUID: a license is bound to one forest's GUID, "
+                "never to any forest with that name"
+            )
         product = catalog.csvlk_by_code(parsed.code)
         if not self._certificate.valid_at(now):
             raise AuthorityError(
                 "the authority's signing certificate is not valid now: renew it or check the clock"
             )
-        pid = make_pid(parsed.code, parsed.serial, now)
-        license_der = sign_license(
-            signing_private_key=self._signing_key,
-            certificate=self._certificate,
-            csvlk_sku=product.sku,
-            csvlk_pid=pid,
-            partial_key=parsed.partial,
-            kms_ids=product.kms_ids,
-            forest=forest,
-            issued_at=now,
-        )
+        digest, guid = key_sha256(parsed), str(forest.guid)
         with self._records() as db:
-            db.execute(
-                "INSERT INTO activations (key_sha256, forest_dn, forest_guid, pid, issued_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    key_sha256(parsed),
-                    forest.dn,
-                    str(forest.guid) if forest.guid else None,
-                    pid,
-                    now,
-                ),
-            )
-        log.info("activated %s %s for forest %s (PID %s)", product.name, parsed, forest, pid)
+            row = db.execute(
+                "SELECT id, pid, issued_at, license FROM activations WHERE key_sha256 = ?"
+                " AND forest_dn = ? AND forest_guid = ? ORDER BY id DESC LIMIT 1",
+                (digest, forest.dn, guid),
+            ).fetchone()
+            again = self._still_good(row[3], now) if row else None
+            if row and again is not None:
+                pid, issued_at, license_der = str(row[1]), int(row[2]), again
+            else:
+                pid, issued_at = make_pid(parsed.code, parsed.serial, now), now
+                license_der = sign_license(
+                    signing_private_key=self._signing_key,
+                    certificate=self._certificate,
+                    csvlk_sku=product.sku,
+                    csvlk_pid=pid,
+                    partial_key=parsed.partial,
+                    kms_ids=product.kms_ids,
+                    forest=forest,
+                    issued_at=now,
+                )
+                if row:  # the same forest again: a new license, not another activation
+                    db.execute(
+                        "UPDATE activations SET pid = ?, issued_at = ?, license = ? WHERE id = ?",
+                        (pid, now, license_der, row[0]),
+                    )
+                else:
+                    db.execute(
+                        "INSERT INTO activations (key_sha256, forest_dn, forest_guid, pid,"
+                        " issued_at, license) VALUES (?, ?, ?, ?, ?, ?)",
+                        (digest, forest.dn, guid, pid, now, license_der),
+                    )
+        log.info(
+            "%s %s %s for forest %s (PID %s)",
+            "activated" if not row else "re-sent the activation of",
+            product.name,
+            parsed,
+            forest,
+            pid,
+        )
         return CsvlkActivation(
             csvlk_sku=product.sku,
             csvlk_name=product.name,
@@ -471,8 +579,22 @@ class LocalAuthority:
             partial_key=parsed.partial,
             pid=pid,
             license_der=license_der,
-            issued_at=now,
+            issued_at=issued_at,
         )
+
+    def _still_good(self, license_der: bytes | None, now: int) -> bytes | None:
+        """A license issued before that can be sent again: it carries the current signing
+        certificate (so a repeat after a retirement carries the new statement), valid now."""
+        if not license_der:
+            return None
+        try:
+            lic = decode_license(bytes(license_der))
+        except MalformedLicense:
+            return None
+        cert = lic.certificate
+        if cert.der != self._certificate.der or not cert.valid_at(now):
+            return None
+        return bytes(license_der)
 
     def _tagged(self, key: ProductKey | str, want: KeyType, what: str) -> ProductKey:
         parsed = parse_key(key) if isinstance(key, str) else key
@@ -485,8 +607,16 @@ class LocalAuthority:
         return parsed
 
     def _grant_host(
-        self, parsed: ProductKey, subject: bytes, name: str | None, epid: str, now: int
+        self,
+        parsed: ProductKey,
+        subject: bytes,
+        name: str | None,
+        epid: str,
+        now: int,
+        host_key: bytes,
     ) -> None:
+        """Count a KMS host activation. The same host id with the same host key pair again is
+        not counted (a repeat); a new key pair for a known host id is a reactivation."""
         digest, host = key_sha256(parsed), subject.hex()
         label = name or f"host {host}"
         with self._records() as db:
@@ -500,6 +630,19 @@ class LocalAuthority:
                     "SELECT host_id, activations FROM kms_hosts WHERE key_sha256 = ?", (digest,)
                 )
             }
+            (same,) = db.execute(
+                "SELECT COUNT(*) FROM kms_hosts WHERE key_sha256 = ? AND host_id = ?"
+                " AND host_key = ?",
+                (digest, host, host_key.hex()),
+            ).fetchone()
+            if same:
+                db.execute(
+                    "UPDATE kms_hosts SET last_at = ?, epid = ?, host_name = COALESCE(?, host_name)"
+                    " WHERE key_sha256 = ? AND host_id = ?",
+                    (now, epid, name, digest, host),
+                )
+                log.info("%s asked again with the same host key: not counted", label)
+                return
             if host not in mine and len(mine) >= limit:
                 raise ActivationLimitReached(
                     f"the KMS key {parsed} is already activated on {len(mine)} hosts (its limit "
@@ -512,10 +655,24 @@ class LocalAuthority:
                     f"key {parsed}: ask the vendor for more activations"
                 )
             db.execute(
-                "INSERT INTO kms_hosts VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (key_sha256, host_id)"
+                "INSERT INTO kms_hosts (key_sha256, host_id, host_name, activations, first_at,"
+                " last_at, epid, host_key) VALUES (?, ?, ?, 1, ?, ?, ?, ?)"
+                " ON CONFLICT (key_sha256, host_id)"
                 " DO UPDATE SET activations = activations + 1, last_at = ?, epid = ?,"
-                " host_name = COALESCE(?, host_name)",
-                (digest, host, name, now, now, epid, now, epid, name),
+                " host_name = COALESCE(?, host_name), host_key = ?",
+                (
+                    digest,
+                    host,
+                    name,
+                    now,
+                    now,
+                    epid,
+                    host_key.hex(),
+                    now,
+                    epid,
+                    name,
+                    host_key.hex(),
+                ),
             )
 
     def activate_kms_host(
@@ -533,7 +690,7 @@ class LocalAuthority:
         A key activates at most :data:`KMS_HOST_LIMIT` distinct hosts (more if granted), and
         each host at most 1 + :data:`KMS_REACTIVATIONS` times.
         """
-        from adba.confirmation import host_subject
+        from adba.confirmation import host_binding, host_subject
         from adba.kms.protocol import HostCertificate, certificate_message
 
         parsed = self._tagged(key, KeyType.CSVLK, "KMS host key (CSVLK)")
@@ -541,7 +698,9 @@ class LocalAuthority:
             raise InvalidInput("a host needs a 32-byte Ed25519 public key and an id")
         product = catalog.csvlk_by_code(parsed.code)
         epid = make_kms_epid(parsed.code, parsed.serial, now)
-        self._grant_host(parsed, host_subject(host_id), host_id, epid, now)
+        self._grant_host(
+            parsed, host_subject(host_id), host_id, epid, now, host_binding(host_public_key)
+        )
         not_after = now + cert_days * 86400
         signature = self._root_key.sign(
             certificate_message(host_public_key, epid, product.sku, not_after)
@@ -568,23 +727,23 @@ class LocalAuthority:
             parsed = self._tagged(installation.key, KeyType.CSVLK, "CSVLK")
             product = catalog.csvlk_by_code(parsed.code)
             with self._records() as db:
-                db.execute(
-                    "INSERT INTO activations (key_sha256, forest_dn, forest_guid, pid, issued_at)"
-                    " VALUES (?, ?, NULL, ?, ?)",
-                    (
-                        key_sha256(parsed),
-                        f"phone:{installation.binding.hex()}",
-                        make_pid(parsed.code, parsed.serial, now),
-                        now,
-                    ),
-                )
+                where = (key_sha256(parsed), f"phone:{installation.binding.hex()}")
+                known = db.execute(
+                    "SELECT 1 FROM activations WHERE key_sha256 = ? AND forest_dn = ?", where
+                ).fetchone()
+                if not known:  # the same forest by phone again is not another activation
+                    db.execute(
+                        "INSERT INTO activations (key_sha256, forest_dn, forest_guid, pid,"
+                        " issued_at) VALUES (?, ?, NULL, ?, ?)",
+                        (*where, make_pid(parsed.code, parsed.serial, now), now),
+                    )
             message = signed_message(installation, now)
             log.info("confirmed %s %s for a forest by installation ID", product.name, parsed)
         elif installation.kind == KIND_KMS_HOST:
             parsed = self._tagged(installation.key, KeyType.CSVLK, "KMS host key (CSVLK)")
             product = catalog.csvlk_by_code(parsed.code)
             epid = make_kms_epid(parsed.code, parsed.serial, now)
-            self._grant_host(parsed, installation.subject, None, epid, now)
+            self._grant_host(parsed, installation.subject, None, epid, now, installation.binding)
             message = binding_certificate_message(
                 installation.binding, epid, product.sku, now + KMS_CERT_DAYS * 86400
             )
@@ -620,8 +779,7 @@ class LocalAuthority:
             )
 
     def set_mak_count(self, key: ProductKey, count: int) -> None:
-        if count < 1:
-            raise InvalidInput("a MAK needs at least 1 activation")
+        _check_mak_count(count)
         with self._records() as db:
             db.execute("INSERT OR REPLACE INTO mak_keys VALUES (?, ?)", (key_sha256(key), count))
 
@@ -640,31 +798,116 @@ class LocalAuthority:
         log.info("KMS key %s may now activate %d hosts", parsed, limit)
         return limit
 
-    def seen_request(self, request_id: str, now: int) -> bool:
-        """Record an online request id; True if it was seen before (a replay)."""
+    def recall_request(self, request_id: str) -> tuple[str | None, str | None] | None:
+        """What an online request id was used for: (digest of its endpoint and body, the
+        answer sent), or None for an id not seen. Ids of refused requests are never kept."""
         with self._records() as db:
-            try:
-                db.execute("INSERT INTO requests VALUES (?, ?)", (request_id, now))
-            except sqlite3.IntegrityError:
-                return True
-        return False
+            row = db.execute(
+                "SELECT digest, response FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
 
-    def rotate(self, *, now: int, cert_days: int = 3650) -> SigningCertificate:
-        """A new signing key under the same root. Objects signed before keep verifying (their
-        licenses carry the old certificate, still valid); new ones use the new key."""
+    def remember_request(self, request_id: str, digest: str, response: str, now: int) -> None:
+        """Keep an answered request, so that a retry with the same id and body gets the same
+        answer (and another body under that id is refused)."""
+        with self._records() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO requests (request_id, at, digest, response)"
+                " VALUES (?, ?, ?, ?)",
+                (request_id, now, digest, response),
+            )
+
+    def retired_keys(self) -> frozenset[bytes]:
+        """Ids of the signing keys this authority has retired."""
+        with self._records() as db:
+            rows = db.execute("SELECT key_id FROM retired_keys").fetchall()
+        return frozenset(bytes.fromhex(str(r[0])) for r in rows)
+
+    def rotate(
+        self, *, now: int, cert_days: int = SIGNING_CERT_DAYS, retire: bool = False
+    ) -> SigningCertificate:
+        """A new signing key under the same root. Without ``retire``, objects signed before
+        keep verifying (their licenses carry the old certificate, valid until it ends) and the
+        old key is kept as ``signing-ID.key``. With ``retire``, the old private key is deleted
+        and the new certificate states it retired: see :meth:`retire`."""
+        _check_days(cert_days)
         old = self._certificate
-        archive = self._path / f"signing-{old.key_id.hex()}"
+        retired = self.retired_keys() | ({old.key_id} if retire else set())
         signing_key = Ed25519PrivateKey.generate()
         certificate = issue_certificate(
-            self._root_key, _raw_public(signing_key), now, now + cert_days * 86400
+            self._root_key,
+            _raw_public(signing_key),
+            now,
+            now + cert_days * 86400,
+            retired=retired,
         )
-        os.replace(self._path / SIGNING_KEY, archive.with_suffix(".key"))
+        archive = self._path / f"signing-{old.key_id.hex()}"
+        # the new pair first (a crash leaves the old pair in place), then the swap
+        _write(self._path / (SIGNING_KEY + ".new"), _private_pem(signing_key), 0o600)
+        _write(self._path / (SIGNING_CERT + ".new"), certificate.der, 0o644)
         os.replace(self._path / SIGNING_CERT, archive.with_suffix(".cert"))
-        _write(self._path / SIGNING_KEY, _private_pem(signing_key), 0o600)
-        _write(self._path / SIGNING_CERT, certificate.der, 0o644)
+        if retire:
+            _destroy(self._path / SIGNING_KEY)
+        else:
+            os.replace(self._path / SIGNING_KEY, archive.with_suffix(".key"))
+        os.replace(self._path / (SIGNING_KEY + ".new"), self._path / SIGNING_KEY)
+        os.replace(self._path / (SIGNING_CERT + ".new"), self._path / SIGNING_CERT)
         self._signing_key, self._certificate = signing_key, certificate
-        log.info("rotated the signing key: %s -> %s", old.key_id.hex(), certificate.key_id.hex())
+        if retire:
+            self._record_retired(old.key_id, now)
+        log.info(
+            "rotated the signing key: %s -> %s%s",
+            old.key_id.hex(),
+            certificate.key_id.hex(),
+            " (the old key is retired)" if retire else "",
+        )
         return certificate
+
+    def retire(self, key: str, *, now: int) -> SigningCertificate:
+        """Retire a rotated-out signing key (``key``: its hex id): delete its private key,
+        re-certify the current signing key with a certificate naming every retired key
+        (every license issued from now on carries that statement), and write ``retired.pem``
+        for clients to pin. The current key cannot be retired: rotate with ``retire``."""
+        try:
+            kid = bytes.fromhex(key)
+        except ValueError:
+            kid = b""
+        if len(kid) != 8:
+            raise InvalidInput(f"not a signing-key id (16 hex digits): {key!r}")
+        if kid == self._certificate.key_id:
+            raise InvalidInput(
+                f"{key} is the current signing key: use `adba authority rotate --retire`"
+            )
+        archive = self._path / f"signing-{kid.hex()}"
+        retired = self.retired_keys()
+        if kid not in retired and not archive.with_suffix(".cert").is_file():
+            raise InvalidInput(f"this authority never rotated out a signing key {key}")
+        current = self._certificate
+        if not current.valid_at(now):
+            raise AuthorityError("the current signing certificate is not valid now: rotate")
+        certificate = issue_certificate(
+            self._root_key,
+            current.public_key,
+            now,
+            current.not_after,
+            retired=retired | {kid},
+        )
+        _destroy(archive.with_suffix(".key"))
+        _write(self._path / (SIGNING_CERT + ".new"), certificate.der, 0o644)
+        os.replace(self._path / (SIGNING_CERT + ".new"), self._path / SIGNING_CERT)
+        self._certificate = certificate
+        self._record_retired(kid, now)
+        log.info("retired the signing key %s", kid.hex())
+        return certificate
+
+    def _record_retired(self, kid: bytes, now: int) -> None:
+        with self._records() as db:
+            db.execute("INSERT OR IGNORE INTO retired_keys VALUES (?, ?)", (kid.hex(), now))
+        pem = self._path / RETIRED_PEM
+        tmp = self._path / (RETIRED_PEM + ".new")
+        tmp.unlink(missing_ok=True)
+        _write(tmp, dump_retirement_pem(self._certificate).encode(), 0o644)
+        os.replace(tmp, pem)
 
     def report(self, catalog: Catalog) -> dict[str, Any]:
         """Keys, activations per key, KMS hosts, remaining counts (no key text)."""
@@ -727,6 +970,8 @@ class LocalAuthority:
         return {
             "root_key_id": key_id(self._root_public).hex(),
             "signing_key_id": self._certificate.key_id.hex(),
+            "signing_not_after": self._certificate.not_after,
+            "retired_key_ids": sorted(k.hex() for k in self.retired_keys()),
             "keys": out,
         }
 

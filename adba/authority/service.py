@@ -1,8 +1,9 @@
 """The activation authority over HTTP: a versioned JSON API on FastAPI (ASGI), served by
 uvicorn (TLS supported) -- ``adba authority serve``.
 
-Routes (all POST bodies ``application/json``, each with a unique ``request_id``; a request id
-seen before is a replay and gets 409):
+Routes (all POST bodies ``application/json``, each with a ``request_id``: a retry with the
+same id and the same body gets the first answer again; the same id with another body gets
+409; a refused request does not use its id up):
 
 - ``POST /v1/csvlk/activations``   CSVLK for a forest -> issuance license (activation object)
 - ``POST /v1/kms-hosts/activations`` KMS host key on a host -> host certificate
@@ -10,24 +11,32 @@ seen before is a replay and gets 409):
 - ``POST /v1/mak/proxy``            many installation IDs in one request -> a result for each
 - ``GET  /v1/health``
 
-Errors are ``{"error": <stable code>, "message": <what to do>}`` with a 4xx status: 400 bad
-input, 403 a key this authority did not issue, 409 replay or no activations left, 413 body too
-large, 415 not JSON. Nothing is recorded for a refused request. Bodies are capped at 256 KiB
-before they are parsed.
+Every error, whatever produced it, is ``{"error": <stable code>, "message": <what to do>}``:
+400 bad input (``malformed-json``, ``invalid-request``, ``forest-guid-missing`` ...), 403 a key
+this authority did not issue, 404 ``not-found``, 405 ``method-not-allowed``, 409
+``replayed-request`` or ``activation-limit``, 413 ``too-large``, 415
+``unsupported-media-type``, 500 ``internal-error`` (logged as one line). Nothing is recorded
+for a refused request. Bodies are read (at most 256 KiB, declared or chunked) before they are
+parsed.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from ..catalog import Catalog
 from ..confirmation import Installation
@@ -35,6 +44,7 @@ from ..errors import (
     ActivationLimitReached,
     AdbaError,
     AuthorityError,
+    ForestGuidMissing,
     InvalidInput,
     InvalidKey,
     UnknownProduct,
@@ -118,147 +128,253 @@ def _status(exc: AdbaError) -> int:
     return 500
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+def _error(status: int, code: str, message: str, headers: Any = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
-class _BodyLimit:
-    """Pure ASGI middleware: refuse non-JSON POSTs (415) and bodies over the cap (413)
-    before anything reads them."""
+_HTTP_CODES = {
+    400: "bad-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "too-large",
+    415: "unsupported-media-type",
+}
+_POST_PATHS = frozenset(
+    f"{API}/{p}"
+    for p in ("csvlk/activations", "kms-hosts/activations", "confirmations", "mak/proxy")
+)
+
+
+class _Guard:
+    """Pure ASGI middleware around the app: on the POST routes, refuse non-JSON (415) and
+    bodies over the cap (413, declared or chunked) and read the whole body before the app
+    sees it; whatever fails inside becomes a 500 in our format and one log line."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
+        self.too_large = f"request bodies are limited to {limit} bytes"
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            if scope["method"] == "POST" and scope["path"] in _POST_PATHS:
+                body = await self._body(scope, receive, tracked)
+                if body is None:
+                    return
+                sent = False
+
+                async def replay() -> Any:
+                    nonlocal sent
+                    if sent:
+                        return await receive()  # the app waits for a disconnect
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+                await self.app(scope, replay, tracked)
+            else:
+                await self.app(scope, receive, tracked)
+        except Exception as exc:  # the client must still get our format, the log one line
+            log.error(
+                "%s %s failed: %s: %s", scope["method"], scope["path"], type(exc).__name__, exc
+            )
+            if not started:
+                await _error(500, "internal-error", "the authority failed: try again later")(
+                    scope, receive, send
+                )
+
+    async def _body(self, scope: Any, receive: Any, send: Any) -> bytes | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             await _error(415, "unsupported-media-type", "send the request as application/json")(
                 scope, receive, send
             )
-            return
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _error(413, "too-large", f"request bodies are limited to {self.limit} bytes")(
-                scope, receive, send
-            )
-            return
-        seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
+            return None
+        declared = headers.get("content-length", "").strip()
+        if declared and (not declared.isdigit() or int(declared) > self.limit):
+            status, code = (413, "too-large") if declared.isdigit() else (400, "bad-request")
+            message = self.too_large if status == 413 else "bad Content-Length"
+            await _error(status, code, message)(scope, receive, send)
+            return None
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _error(413, "too-large", f"request bodies are limited to {self.limit} bytes")(
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                await _error(413, "too-large", self.too_large, {"connection": "close"})(
+                    scope, receive, send
+                )
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if not body.strip():
+            await _error(400, "invalid-request", "send a JSON object as the body")(
                 scope, receive, send
             )
+            return None
+        try:
+            json.loads(body)
+        except ValueError:  # bad JSON, bad UTF-8: one answer for all of them
+            await _error(400, "malformed-json", "the request body is not valid JSON")(
+                scope, receive, send
+            )
+            return None
+        return body
 
 
-class _TooLarge(Exception):
-    pass
+def _digest(path: str, body: BaseModel) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{path}\n{canonical}".encode()).hexdigest()
 
 
 def create_app(
     authority: LocalAuthority, catalog: Catalog, *, clock: Any = time.time, max_body: int = MAX_BODY
 ) -> Any:
     app = FastAPI(title="ADBA activation authority", version="1", docs_url=None, redoc_url=None)
+    one_at_a_time = threading.Lock()  # a request id is checked, answered and kept as one step
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0] if exc.errors() else {}
+        errors = exc.errors()
+        err = errors[0] if errors else {}
         if err.get("type") == "json_invalid":
             return _error(400, "malformed-json", "the request body is not valid JSON")
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         return _error(400, "invalid-request", f"{where or 'body'}: {err.get('msg', 'invalid')}")
 
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, f"http-{exc.status_code}")
+        if exc.status_code == 404:
+            message = f"no such endpoint {request.url.path[:200]!r}: see /v1/health"
+        elif exc.status_code == 405:
+            message = f"{request.method[:16]} is not allowed on {request.url.path[:200]!r}"
+        else:
+            message = str(exc.detail)[:300]
+        return _error(exc.status_code, code, message, getattr(exc, "headers", None))
+
     @app.exception_handler(AdbaError)
     async def _refused(_request: Request, exc: AdbaError) -> JSONResponse:
         return _error(_status(exc), exc.code, exc.message)
 
-    def _fresh(request_id: str) -> int:
-        now = int(clock())
-        if authority.seen_request(request_id, now):
-            raise _Replay
-        return now
-
     @app.exception_handler(_Replay)
     async def _replayed(_request: Request, _exc: Exception) -> JSONResponse:
-        return _error(409, "replayed-request", "this request id was used before: send a new one")
+        return _error(
+            409,
+            "replayed-request",
+            "this request id was used before for another request: send a new one",
+        )
+
+    def _once(path: str, body: _In, answer: Callable[[int], BaseModel]) -> Any:
+        """Answer a request once per request id: a retry with the same body gets the same
+        answer; another body under a used id is refused; a refused request keeps no id."""
+        digest = _digest(path, body)
+        with one_at_a_time:
+            prior = authority.recall_request(body.request_id)
+            if prior is not None:
+                if prior[0] != digest or prior[1] is None:
+                    raise _Replay
+                log.info("request %s again: the first answer is sent again", body.request_id)
+                return JSONResponse(json.loads(prior[1]))
+            now = int(clock())
+            result = answer(now)
+            authority.remember_request(body.request_id, digest, result.model_dump_json(), now)
+            return result
 
     @app.get(f"{API}/health")
     def health() -> dict[str, str]:
         return {"status": "ok", "root_key": authority.root_public_key.hex()}
 
-    @app.post(f"{API}/csvlk/activations")
-    def csvlk(body: CsvlkActivationIn) -> CsvlkActivationOut:
+    @app.post(f"{API}/csvlk/activations", response_model=CsvlkActivationOut)
+    def csvlk(body: CsvlkActivationIn) -> Any:
         from ..keys import parse_key
 
         parse_key(body.key)  # bad input is refused before anything is recorded
-        now = _fresh(body.request_id)
-        act = authority.activate_csvlk(
-            body.key, ForestIdentity.of(body.forest_dn, body.forest_guid), catalog, now=now
-        )
-        return CsvlkActivationOut(
-            csvlk_sku=act.csvlk_sku,
-            csvlk_name=act.csvlk_name,
-            kms_ids=list(act.kms_ids),
-            partial_key=act.partial_key,
-            pid=act.pid,
-            license=base64.b64encode(act.license_der).decode(),
-            issued_at=act.issued_at,
-        )
+        if body.forest_guid is None:
+            raise ForestGuidMissing(
+                "forest_guid is required: a license is bound to one forest, never to any "
+                "forest with that name"
+            )
+        forest = ForestIdentity.of(body.forest_dn, body.forest_guid)
 
-    @app.post(f"{API}/kms-hosts/activations")
-    def kms_host(body: KmsHostActivationIn) -> KmsHostActivationOut:
+        def answer(now: int) -> BaseModel:
+            act = authority.activate_csvlk(body.key, forest, catalog, now=now)
+            return CsvlkActivationOut(
+                csvlk_sku=act.csvlk_sku,
+                csvlk_name=act.csvlk_name,
+                kms_ids=list(act.kms_ids),
+                partial_key=act.partial_key,
+                pid=act.pid,
+                license=base64.b64encode(act.license_der).decode(),
+                issued_at=act.issued_at,
+            )
+
+        return _once("csvlk", body, answer)
+
+    @app.post(f"{API}/kms-hosts/activations", response_model=KmsHostActivationOut)
+    def kms_host(body: KmsHostActivationIn) -> Any:
         from ..keys import parse_key
 
         parse_key(body.key)
-        now = _fresh(body.request_id)
-        act = authority.activate_kms_host(
-            body.key, bytes.fromhex(body.host_public_key), body.host_id, catalog, now=now
-        )
-        return KmsHostActivationOut(
-            certificate=act.certificate.to_bytes().hex(),
-            csvlk_name=act.csvlk_name,
-            kms_ids=list(act.kms_ids),
-        )
 
-    @app.post(f"{API}/confirmations")
-    def confirm(body: ConfirmationIn) -> ConfirmationOut:
+        def answer(now: int) -> BaseModel:
+            act = authority.activate_kms_host(
+                body.key, bytes.fromhex(body.host_public_key), body.host_id, catalog, now=now
+            )
+            return KmsHostActivationOut(
+                certificate=act.certificate.to_bytes().hex(),
+                csvlk_name=act.csvlk_name,
+                kms_ids=list(act.kms_ids),
+            )
+
+        return _once("kms-host", body, answer)
+
+    @app.post(f"{API}/confirmations", response_model=ConfirmationOut)
+    def confirm(body: ConfirmationIn) -> Any:
         installation = Installation.parse(body.installation_id)
-        now = _fresh(body.request_id)
-        cid = authority.confirm(installation, catalog, now=now)
-        return ConfirmationOut(
-            installation_id=installation.text(), confirmation_id=cid.text(), issued_at=cid.issued_at
-        )
 
-    @app.post(f"{API}/mak/proxy")
-    def proxy(body: ProxyIn) -> ProxyOut:
-        now = _fresh(body.request_id)
-        results = []
-        for text in body.installation_ids:
-            try:
-                installation = Installation.parse(text)
-                cid = authority.confirm(installation, catalog, now=now)
-                results.append(ProxyResult(installation_id=text, confirmation_id=cid.text()))
-            except AdbaError as exc:
-                results.append(
-                    ProxyResult(installation_id=text, error=exc.code, message=exc.message)
-                )
-        return ProxyOut(results=results)
+        def answer(now: int) -> BaseModel:
+            cid = authority.confirm(installation, catalog, now=now)
+            return ConfirmationOut(
+                installation_id=installation.text(),
+                confirmation_id=cid.text(),
+                issued_at=cid.issued_at,
+            )
 
-    return _BodyLimit(app, max_body)
+        return _once("confirm", body, answer)
+
+    @app.post(f"{API}/mak/proxy", response_model=ProxyOut)
+    def proxy(body: ProxyIn) -> Any:
+        def answer(now: int) -> BaseModel:
+            results = []
+            for text in body.installation_ids:
+                try:
+                    installation = Installation.parse(text)
+                    cid = authority.confirm(installation, catalog, now=now)
+                    results.append(ProxyResult(installation_id=text, confirmation_id=cid.text()))
+                except AdbaError as exc:
+                    results.append(
+                        ProxyResult(installation_id=text, error=exc.code, message=exc.message)
+                    )
+            return ProxyOut(results=results)
+
+        return _once("proxy", body, answer)
+
+    return _Guard(app, max_body)
 
 
 class _Replay(Exception):

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 SHOW = """\\
 Shows the security descriptor of the activation-objects container (Active Directory / Samba
-AD) as SDDL, one entry per line with the account's name. On OpenLDAP: the olcAccess rules of
+AD): its owner by name and SID, then the DACL as SDDL, one entry per line with the account's
+name. On OpenLDAP: the olcAccess rules of
 the database (read from cn=config over ldapi, as root).
 
 example:
@@ -21,8 +22,10 @@ example:
 """
 GRANT = """\\
 Lets a group create and delete activation objects (and read them), without any write to
-their attributes: an object-specific CC/DC entry for msSPP-ActivationObject and an inheritable
-read entry on the container. With --read, only the read (fixes Samba's lost Authenticated
+their attributes: an object-specific CC/DC entry for msSPP-ActivationObject, an inheritable
+read entry on the container, and an inheritable OWNER RIGHTS (S-1-3-4) entry with read-control
+only, so a member that owns what it published cannot rewrite its security descriptor (Samba,
+which ignores OWNER RIGHTS, gets objects owned by Administrators from `ao publish` instead). With --read, only the read (fixes Samba's lost Authenticated
 Users grant: `adba acl grant "Authenticated Users" --read`).
 
 example:
@@ -102,7 +105,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(view)
         return 0
-    print(f"{view['container']}  (owner {view['owner']})")
+    owner = view["owner_name"] or "unknown"
+    if view["owner"] and view["owner"] != owner:
+        owner += f" {view['owner']}"
+    print(f"{view['container']}  (owner {owner})")
     for e in view["entries"]:
         print(f"  {e['sddl']:<60} {e['name']}{'  (inherited)' if e['inherited'] else ''}")
     return 0

@@ -190,23 +190,84 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+#: what the units' sandbox hides from the service: ProtectHome=yes and PrivateTmp=yes
+HIDDEN = {
+    "/home": "ProtectHome=yes",
+    "/root": "ProtectHome=yes",
+    "/run/user": "ProtectHome=yes",
+    "/tmp": "PrivateTmp=yes",
+    "/var/tmp": "PrivateTmp=yes",
+}
+
+
+def hidden_by_units(path: str) -> tuple[str, str] | None:
+    """(directory, setting) when ``path`` lies where the units' sandbox hides it."""
+    for top, setting in HIDDEN.items():
+        if path == top or path.startswith(top + "/"):
+            return top, setting
+    return None
+
+
+def _programs(adba: str) -> list[str]:
+    """The adba command, where it really is, and the interpreter its ``#!`` line names."""
+    import os
+
+    paths = [adba, os.path.realpath(adba)]
+    try:
+        with open(adba, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        first = b""
+    if first.startswith(b"#!"):
+        interpreter = first[2:].split()
+        if interpreter:
+            paths.append(os.fsdecode(interpreter[0]))
+    return list(dict.fromkeys(paths))
+
+
 def cmd_install_units(args: argparse.Namespace) -> int:
     import os
     import shutil
     from pathlib import Path
 
-    from ..errors import InvalidInput
+    from ..errors import FileAccessError, InvalidInput
 
-    adba = args.adba or shutil.which("adba") or os.path.abspath(sys.argv[0])
+    adba = os.path.abspath(args.adba or shutil.which("adba") or sys.argv[0])
     source = Path(__file__).resolve().parents[1] / "data" / "systemd"
     target = Path(args.dir)
     if not target.is_dir():
         raise InvalidInput(f"{target} is not a directory")
-    for unit in sorted(source.iterdir()):
-        text = unit.read_text().replace("@ADBA@", adba)
-        (target / unit.name).write_text(text)
-        print(f"wrote {target / unit.name}")
+    if not os.access(target, os.W_OK):
+        raise FileAccessError(
+            f"{target}: permission denied: run it as root "
+            "(sudo adba agent install-units) or give --dir",
+            path=str(target),
+        )
+    for program in _programs(adba):
+        hidden = hidden_by_units(program)
+        if hidden:
+            print(
+                f"adba: warning: {program} is under {hidden[0]}, which the units hide "
+                f"({hidden[1]}): the service cannot start it; install adba outside "
+                f"{hidden[0]} (e.g. /opt/adba or /usr/local) or give --adba",
+                file=sys.stderr,
+            )
+    units = sorted(source.iterdir())
+    texts = {unit.name: unit.read_text().replace("@ADBA@", adba) for unit in units}
+    for name, text in texts.items():
+        try:
+            (target / name).write_text(text)
+        except PermissionError as exc:
+            raise FileAccessError(
+                f"{target / name}: permission denied: run it as root or give --dir",
+                path=str(target / name),
+            ) from exc
+        print(f"wrote {target / name}")
+    page = Path(__file__).resolve().parents[1] / "data" / "adba.1"
     print("now: systemctl daemon-reload && systemctl enable adba-agent.service adba-agent.timer")
+    print(
+        f"man page (Documentation=man:adba(1)): install -Dm644 {page} /usr/local/share/man/man1/adba.1"
+    )
     return 0
 
 

@@ -152,18 +152,65 @@ def _rows(views: list[Any]) -> list[list[str]]:
 
 
 HEADERS = ["DN", "CSVLK SKU", "PARTIAL", "PID", "KMS IDS", "LICENSE"]
+#: columns that give way (in this order) when the table is wider than the terminal
+_SHRINK = (4, 1, 3, 0)
+_MIN_WIDTH = 10
+
+
+def fit(rows: list[list[str]], headers: list[str], width: int) -> list[list[str]]:
+    """Cut cells (KMS IDs, then SKU, PID, DN) with an ellipsis so that each line of the
+    table fits ``width`` columns (two spaces between columns)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    for col in _SHRINK:
+        if excess <= 0:
+            break
+        give = min(excess, max(0, widths[col] - _MIN_WIDTH))
+        widths[col] -= give
+        excess -= give
+
+    def cut(text: str, limit: int) -> str:
+        return text if len(text) <= limit else text[: max(1, limit - 1)] + "\u2026"
+
+    return [[cut(c, w) for c, w in zip(r, widths, strict=True)] for r in rows]
+
+
+def _terminal_width() -> int | None:
+    """The terminal's width (or COLUMNS); None when the output is not a terminal (a pipe or a
+    file gets whole lines)."""
+    import os
+    import shutil
+    import sys
+
+    if not os.environ.get("COLUMNS") and not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size((100, 24)).columns
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from ..directory.objects import forest_installation, publish_confirmed, publish_csvlk
-    from ..keys import parse_key
+    from ..directory.objects import (
+        check_name,
+        forest_installation,
+        publish_confirmed,
+        publish_csvlk,
+    )
+    from ..keys import KeyType, parse_key
 
+    # every input is checked before anything is asked or recorded anywhere
     key = _read_key(args)
-    parse_key(key)  # a typo is reported before anything else happens
+    # a typo or a GVLK/MAK (exit 11) is reported before anything else happens
+    parse_key(key, expect=KeyType.CSVLK, purpose="activation objects need a CSVLK")
+    if args.name is not None:
+        check_name(args.name)
     cat = catalog(args)
     chosen = [bool(args.online), bool(args.get_iid), bool(args.apply_cid)]
     if sum(chosen) > 1:
         raise InvalidInput("choose one of --online, --get-iid, --apply-cid")
+    if args.authority and (args.online or args.get_iid or args.apply_cid):
+        raise InvalidInput(
+            "--authority activates locally: do not combine it with --online, "
+            "--get-iid or --apply-cid"
+        )
     opts = connection_options(args)
     root = root_dn(args, opts)
     if args.get_iid:
@@ -189,11 +236,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
             name=args.name,
         )
     else:
+        activator = _activator(args)
         dn, view = publish_csvlk(
             opts,
             root=root,
             key=key,
-            activator=_activator(args),
+            activator=activator,
             catalog=cat,
             name=args.name,
             progress=None if args.json else (lambda m: say(m)),
@@ -238,7 +286,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         emit_json([v.to_dict() for v in views])
     elif views:
-        print(table(_rows(views), HEADERS))
+        width = _terminal_width()
+        rows = _rows(views) if width is None else fit(_rows(views), HEADERS, width)
+        print(table(rows, HEADERS))
     else:
         print("no activation objects")
     return 0

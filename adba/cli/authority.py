@@ -1,4 +1,4 @@
-"""``adba authority init|mint`` -- the vendor's local activation authority."""
+"""``adba authority ...`` -- the vendor's activation authority: keys, records, the service."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def register(nouns: Any) -> None:
         "init", help="create an authority", description=INIT, formatter_class=Formatter
     )
     init.add_argument("--path", metavar="DIR", help="where the authority lives (ADBA_AUTHORITY)")
+    _cert_days_arg(init)
     add_json(init)
     init.set_defaults(func=cmd_init)
 
@@ -44,7 +45,9 @@ def register(nouns: Any) -> None:
     mint.add_argument("--type", required=True, choices=["csvlk", "mak"], help="key type")
     mint.add_argument("--product", required=True, help="CSVLK product (csvlk) or edition (mak)")
     mint.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
-    mint.add_argument("--count", type=int, default=1, help="activations a MAK allows (default 1)")
+    mint.add_argument(
+        "--count", type=int, metavar="N", help="machines a MAK activates (MAKs only; default 1)"
+    )
     add_json(mint)
     mint.set_defaults(func=cmd_mint)
 
@@ -57,6 +60,27 @@ def register(nouns: Any) -> None:
     serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain (TLS)")
     serve.add_argument("--tls-key", metavar="PEM", help="private key of the certificate")
     serve.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a client has to send a whole request (default 10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="open connections at most (default: from the file-descriptor limit)",
+    )
+    serve.add_argument(
+        "--max-per-address",
+        type=int,
+        default=0,
+        metavar="N",
+        help="open connections per client address (default: an eighth of the maximum)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     confirm = verbs.add_parser(
@@ -82,7 +106,18 @@ def register(nouns: Any) -> None:
         "rotate", help="new signing key under the same root", description=ROTATE
     )
     _path_arg(rotate)
+    _cert_days_arg(rotate)
+    rotate.add_argument(
+        "--retire",
+        action="store_true",
+        help="retire the old key: delete it; agents refuse what it signed",
+    )
     rotate.set_defaults(func=cmd_rotate)
+
+    retire = verbs.add_parser("retire", help="retire a rotated-out signing key", description=RETIRE)
+    _path_arg(retire)
+    retire.add_argument("key_id", metavar="KEYID", help="the key id (16 hex digits)")
+    retire.set_defaults(func=cmd_retire)
 
     report = verbs.add_parser(
         "report", help="keys, activations, hosts, counts left", description=REPORT
@@ -91,6 +126,16 @@ def register(nouns: Any) -> None:
     report.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
     add_json(report)
     report.set_defaults(func=cmd_report)
+
+
+def _cert_days_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cert-days",
+        type=int,
+        default=730,
+        metavar="DAYS",
+        help="validity of the signing certificate (default 730); rotate before it ends",
+    )
 
 
 def _path_arg(p: argparse.ArgumentParser) -> None:
@@ -107,7 +152,7 @@ def _path(args: argparse.Namespace) -> str:
 def cmd_init(args: argparse.Namespace) -> int:
     from ..authority import LocalAuthority
 
-    auth = LocalAuthority.init(_path(args), now=int(time.time()))
+    auth = LocalAuthority.init(_path(args), now=int(time.time()), cert_days=args.cert_days)
     root_pub = f"{auth.path}/root.pub"
     if args.json:
         emit_json({"path": str(auth.path), "root_public_key": root_pub})
@@ -122,9 +167,10 @@ def cmd_mint(args: argparse.Namespace) -> int:
 
     cat = catalog(args)
     auth = LocalAuthority.open(_path(args))
-    key = auth.mint(KeyType[args.type.upper()], args.product, cat, now=int(time.time()))
-    if key.type is KeyType.MAK:
-        auth.set_mak_count(key, args.count)
+    # every option is checked by mint before anything is recorded or a serial used
+    key = auth.mint(
+        KeyType[args.type.upper()], args.product, cat, now=int(time.time()), mak_count=args.count
+    )
     if args.json:
         emit_json(
             {
@@ -141,8 +187,10 @@ def cmd_mint(args: argparse.Namespace) -> int:
 
 SERVE = """\
 Serves the authority's JSON API (versioned: /v1/...) with uvicorn; TLS with --tls-cert and
---tls-key. Bodies over 256 KiB, non-JSON bodies, malformed JSON, unknown keys and replayed
-request ids are refused with a 4xx and a message; nothing is recorded for them.
+--tls-key. Bodies over 256 KiB, non-JSON bodies, malformed JSON, unknown keys and a reused
+request id with another body are refused with a 4xx and {"error", "message"}; nothing is
+recorded for them. A client must send its whole request within --request-timeout; open
+connections are capped, in all and per client address. Ctrl-C exits 130, SIGTERM 0.
 
 example:
   adba authority serve --path /var/lib/adba/authority --listen 0.0.0.0 --port 8443 \\
@@ -163,10 +211,21 @@ example:
 """
 ROTATE = """\
 Issues a new signing key under the pinned root. Objects published before keep verifying
-(their licenses carry the old, still valid certificate); new ones use the new key.
+(their licenses carry the old certificate, until it ends); new ones use the new key.
+With --retire the old private key is deleted and the new certificate states it retired:
+agents that pin DIR/retired.pem, or have seen a newer license, refuse what it signed.
 
 example:
-  adba authority rotate --path /var/lib/adba/authority
+  adba authority rotate --path /var/lib/adba/authority --retire
+"""
+RETIRE = """\
+Retires a signing key rotated out before (`authority report` lists the ids): deletes its
+private key, re-certifies the current key with the list of retired keys (carried by every
+license from now on) and writes DIR/retired.pem for clients to pin beside root.pub.
+Forests whose objects were signed by it activate again (no activation is counted).
+
+example:
+  adba authority retire --path /var/lib/adba/authority 0123456789abcdef
 """
 REPORT = """\
 Lists the keys (never their text), activations per key, KMS hosts and reactivations left,
@@ -178,25 +237,31 @@ example:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from ..authority import LocalAuthority
+    from ..authority.server import Limits, serve
     from ..authority.service import create_app
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InvalidInput("give both --tls-cert and --tls-key (or neither)")
+    if not 0 <= args.port <= 65535:
+        raise InvalidInput(f"--port must be 0 to 65535, not {args.port}")
+    if not 0.1 <= args.request_timeout <= 3600:
+        raise InvalidInput("--request-timeout must be 0.1 to 3600 seconds")
+    if args.max_connections < 0 or args.max_per_address < 0:
+        raise InvalidInput("--max-connections and --max-per-address cannot be negative")
     app = create_app(LocalAuthority.open(_path(args)), catalog(args))
-    uvicorn.run(
+    return serve(
         app,
         host=args.listen,
         port=args.port,
         ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key,
-        log_level="info",
-        access_log=True,
-        server_header=False,
+        limits=Limits(
+            request_timeout=args.request_timeout,
+            max_connections=args.max_connections,
+            max_per_source=args.max_per_address,
+        ),
     )
-    return 0
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
@@ -232,9 +297,41 @@ def cmd_grant(args: argparse.Namespace) -> int:
 def cmd_rotate(args: argparse.Namespace) -> int:
     from ..authority import LocalAuthority
 
-    cert = LocalAuthority.open(_path(args)).rotate(now=int(time.time()))
-    print(f"new signing key {cert.key_id.hex()} under the same root; earlier objects still verify")
+    auth = LocalAuthority.open(_path(args))
+    old = auth.certificate.key_id.hex()
+    cert = auth.rotate(now=int(time.time()), cert_days=args.cert_days, retire=args.retire)
+    if args.retire:
+        print(
+            f"new signing key {cert.key_id.hex()}; the old key {old} is retired and deleted: "
+            f"ship {auth.path}/retired.pem beside root.pub"
+        )
+    else:
+        print(
+            f"new signing key {cert.key_id.hex()} under the same root; earlier objects still "
+            f"verify (retire the old key with `adba authority retire {old}`)"
+        )
     return 0
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    from ..authority import LocalAuthority
+
+    auth = LocalAuthority.open(_path(args))
+    auth.retire(args.key_id.strip().lower(), now=int(time.time()))
+    print(
+        f"signing key {args.key_id} is retired and deleted: ship {auth.path}/retired.pem "
+        "beside root.pub"
+    )
+    return 0
+
+
+def _clean(value: object) -> str:
+    """A field from the records as printable text: control characters (terminal escape
+    sequences) and other non-printables are shown escaped, never sent to the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -244,19 +341,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(report)
         return 0
-    print(f"root key {report['root_key_id']}, signing key {report['signing_key_id']}")
+    c = _clean
+    print(f"root key {c(report['root_key_id'])}, signing key {c(report['signing_key_id'])}")
+    if report["retired_key_ids"]:
+        print(f"retired signing keys: {', '.join(c(k) for k in report['retired_key_ids'])}")
     for k in report["keys"]:
-        head = f"{k['type']} {k['product']} #{k['serial']}"
+        head = f"{c(k['type'])} {c(k['product'])} #{c(k['serial'])}"
         if k["type"] == "CSVLK":
             print(
-                f"{head}: {k['forest_activations']} forest activation(s), "
-                f"{len(k['kms_hosts'])} of {k['kms_host_limit']} KMS hosts"
+                f"{head}: {c(k['forest_activations'])} forest activation(s), "
+                f"{len(k['kms_hosts'])} of {c(k['kms_host_limit'])} KMS hosts"
             )
             for h in k["kms_hosts"]:
                 print(
-                    f"    host {h['host']}: {h['activations']} activation(s), "
-                    f"{h['reactivations_left']} reactivation(s) left"
+                    f"    host {c(h['host'])}: {c(h['activations'])} activation(s), "
+                    f"{c(h['reactivations_left'])} reactivation(s) left"
                 )
         else:
-            print(f"{head}: {k['mak_used']} of {k['mak_allowed']} activations used")
+            print(f"{head}: {c(k['mak_used'])} of {c(k['mak_allowed'])} activations used")
     return 0

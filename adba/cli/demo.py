@@ -47,12 +47,20 @@ def register(nouns: Any) -> None:
 
 
 class _Step:
+    """Runs one demo step in-process and checks its real outcome: the exit code, the text its
+    output must show (``require``), and that the background servers are still running."""
+
     def __init__(self) -> None:
         self.n = 0
+        self.background: list[_Background] = []
 
-    def __call__(self, title: str, argv: list[str], *, expect: int = 0) -> str:
+    def __call__(
+        self, title: str, argv: list[str], *, expect: int = 0, require: str | None = None
+    ) -> str:
         from . import main
 
+        for server in self.background:
+            server.check()
         self.n += 1
         print(f"\n[{self.n}] {title}\n$ adba {shlex.join(argv)}", flush=True)
         import contextlib
@@ -64,8 +72,14 @@ class _Step:
         text = out.getvalue()
         sys.stdout.write(text)
         sys.stdout.flush()
+        if code == 130:  # Ctrl-C inside the step: the demo is interrupted, not failed
+            raise KeyboardInterrupt
         if code != expect:
             raise AdbaError(f"demo step {self.n} ({title}) exited with {code}, expected {expect}")
+        if require is not None and require not in text:
+            raise AdbaError(
+                f"demo step {self.n} ({title}) did not show {require!r}: see its output above"
+            )
         return text
 
 
@@ -76,8 +90,11 @@ class _Background:
         import socket
         import subprocess
 
+        self.step = step
         step.n += 1
         print(f"\n[{step.n}] {title}\n$ adba {shlex.join(argv)} &", flush=True)
+        self.name = " ".join(argv[:2])
+        self.log_path = log
         self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "adba", *argv],
@@ -89,12 +106,23 @@ class _Background:
         while time.monotonic() < deadline and self.proc.poll() is None:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    step.background.append(self)
                     return
             time.sleep(0.05)
         self.stop()
         raise AdbaError(f"demo: `adba {argv[0]} {argv[1]}` did not start (see {log})")
 
+    def check(self) -> None:
+        """A server the next step relies on must still be running."""
+        code = self.proc.poll()
+        if code is not None:
+            raise AdbaError(
+                f"demo: `adba {self.name}` exited with {code} (see {self.log_path}); stopping"
+            )
+
     def stop(self) -> None:
+        if self in self.step.background:
+            self.step.background.remove(self)
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
@@ -145,6 +173,7 @@ def _kms_part(step: _Step, work: Path, authority: str, url: str, root_key: str) 
             step(
                 f"server SRV{i} boots (a server activates once the host counts 5)",
                 ["agent", "run", "--once", "--config", str(cfg)],
+                require="activated by KMS host" if i == 5 else None,
             )
         time.sleep(1.2)  # the host saves its records once a second
         step("the operator looks at the host", ["kms", "status", "--state-dir", state])
@@ -181,8 +210,13 @@ def _mak_part(step: _Step, work: Path, authority: str, url: str, root_key: str) 
     step(
         "the laptop boots: its agent activates the MAK with the authority",
         ["agent", "run", "--once", "--config", str(cfg)],
+        require="activated by MAK",
     )
-    step("... and is licensed for good", ["agent", "status", "--config", str(cfg)])
+    step(
+        "... and is licensed for good (a MAK activation does not expire)",
+        ["agent", "status", "--config", str(cfg)],
+        require="licensed (MAK)",
+    )
     step("the vendor's audit", ["authority", "report", "--path", authority])
 
 
@@ -312,6 +346,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             step(
                 "anyone on the client can ask whether it is licensed",
                 ["agent", "status", *agent_cfg],
+                require="licensed (ADBA)",
             )
             step(
                 "a computer may not delete it (refused by the directory: exit 5)",
@@ -323,15 +358,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             step(
                 "the next boot finds no object: still licensed until the 180 days run out",
                 ["agent", "run", "--once", *agent_cfg],
+                require="still licensed until",
             )
             _kms_part(step, work, authority, url, root_key)
             _mak_part(step, work, authority, url, root_key)
             if args.keep:
                 print(f"\nkept {lab.dir} and {work}")
-    except AdbaError as exc:
-        print(f"demo failed: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    finally:
+    finally:  # an error goes on to main()'s one error printer, after the clean-up
         for stop in reversed(cleanup):
             stop()
         signal.signal(signal.SIGTERM, previous)

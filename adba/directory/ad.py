@@ -2,9 +2,17 @@
 
 On AD the msSPP schema (Windows Server 2012 and later) and the activation-objects container
 (created by forest preparation) already exist; ADBA never extends the schema there. Who may do
-what is the container's security descriptor, read and changed here through the
-``nTSecurityDescriptor`` attribute with the SD-flags control (DACL only). The binary
-descriptor is parsed and rebuilt with winacl; it is shown to people as SDDL.
+what is the container's security descriptor, read here through the ``nTSecurityDescriptor``
+attribute with the SD-flags control (owner, group and DACL) and changed with it (DACL only).
+The binary descriptor is parsed and rebuilt with winacl; it is shown to people as SDDL.
+
+The owner of an object may always read and rewrite its DACL (implicit READ_CONTROL and
+WRITE_DAC), so a delegated publisher that owns what it published could grant itself writes.
+Two layers stop that: ``grant`` puts an inheritable OWNER RIGHTS (S-1-3-4) entry with only
+READ_CONTROL on the container, which takes the implicit rights away on Windows Server 2008 and
+later; Samba 4.17 ignores OWNER RIGHTS but takes the owner a new object names, so on Samba
+:func:`creation_descriptor` makes BUILTIN\\Administrators (the owner of the msSPP classes'
+default descriptor, ``O:BAG:BA``) the owner of every object ADBA publishes.
 
 Samba 4.17 ships an unparseable ``defaultSecurityDescriptor`` for the msSPP classes (a space
 after ``D:``), so new activation objects get no Authenticated Users read ACE and computers
@@ -28,8 +36,10 @@ from .openldap import Report
 __all__ = [
     "AD_CAPABILITY",
     "FOREST_PREP",
+    "OWNER_RIGHTS",
     "AclEntry",
     "check",
+    "creation_descriptor",
     "grant",
     "is_active_directory",
     "revoke",
@@ -41,13 +51,17 @@ log = logging.getLogger(__name__)
 #: LDAP_CAP_ACTIVE_DIRECTORY_OID in the root DSE's supportedCapabilities
 AD_CAPABILITY = "1.2.840.113556.1.4.800"
 AUTHENTICATED_USERS = "S-1-5-11"
+#: the well-known SID whose ACEs replace an owner's implicit READ_CONTROL|WRITE_DAC
+OWNER_RIGHTS = "S-1-3-4"
+ADMINISTRATORS = "S-1-5-32-544"
 FOREST_PREP = (
     "prepare the forest: on Windows `adprep /forestprep` (or promote a Windows Server 2012+ "
     "DC); on Samba `samba-tool domain functionalprep --forest-prep --function-level=2012_R2`"
 )
 #: Windows Server 2012's schema (Sch56) is the first with the msSPP classes
 MIN_SCHEMA_VERSION = 56
-_DACL = 0x04
+#: SD-flags control bits (LDAP_SERVER_SD_FLAGS_OID 1.2.840.113556.1.4.801)
+_OWNER, _GROUP, _DACL = 0x01, 0x02, 0x04
 
 #: AD access-right bits and their SDDL tokens, in SDDL's usual order
 _RIGHTS = [
@@ -66,6 +80,8 @@ _RIGHTS = [
     (0x00080000, "WO"),
 ]
 READ = 0x00020094  # RPLCLORC
+READ_CONTROL = 0x00020000  # RC
+_WRITE_DAC = 0x00040000  # WD
 CREATE_DELETE = 0x00000003  # CCDC
 _FLAGS = [(0x01, "OI"), (0x02, "CI"), (0x04, "NP"), (0x08, "IO"), (0x10, "ID")]
 _WELL_KNOWN = {
@@ -74,6 +90,8 @@ _WELL_KNOWN = {
     "S-1-1-0": "Everyone",
     "S-1-5-9": "Enterprise Domain Controllers",
     "S-1-3-0": "Creator Owner",
+    OWNER_RIGHTS: "Owner Rights",
+    ADMINISTRATORS: "Administrators",
 }
 
 
@@ -87,10 +105,38 @@ def is_active_directory(conn: ldap3.Connection) -> bool:
     return False
 
 
-def _controls() -> list[Any]:
+def _controls(flags: int = _OWNER | _GROUP | _DACL) -> list[Any]:
     from ldap3.protocol.microsoft import security_descriptor_control
 
-    return list(security_descriptor_control(sdflags=_DACL))
+    return list(security_descriptor_control(sdflags=flags))
+
+
+def is_samba(conn: ldap3.Connection) -> bool:
+    """Samba AD announces itself in the root DSE's vendorName; Windows has none."""
+    conn.search("", "(objectClass=*)", ldap3.BASE, attributes=["vendorName"])
+    for entry in conn.response or []:
+        if entry.get("type") == "searchResEntry":
+            vendor = entry["raw_attributes"].get("vendorName") or [b""]
+            return bool(vendor[0].decode(errors="replace").lower().startswith("samba"))
+    return False
+
+
+def creation_descriptor(conn: ldap3.Connection) -> tuple[bytes, list[Any]] | None:
+    """What a new activation object must carry so its publisher does not own it: on Samba AD
+    (which ignores OWNER RIGHTS) a descriptor naming BUILTIN\\Administrators owner and group,
+    sent with the SD-flags control for owner and group only, so the DACL is still the class
+    default plus the container's inheritable entries; elsewhere nothing (Windows honours the
+    OWNER RIGHTS entry ``grant`` puts on the container; OpenLDAP has no descriptors)."""
+    if not is_samba(conn):
+        return None
+    from winacl.dtyp.security_descriptor import SE_SACL, SECURITY_DESCRIPTOR
+    from winacl.dtyp.sid import SID
+
+    sd = SECURITY_DESCRIPTOR()
+    sd.Control = SE_SACL.SE_SELF_RELATIVE
+    sd.Owner = SID.from_string(ADMINISTRATORS)
+    sd.Group = SID.from_string(ADMINISTRATORS)
+    return sd.to_bytes(), _controls(_OWNER | _GROUP)
 
 
 def _read_sd(conn: ldap3.Connection, dn: str) -> Any:
@@ -114,7 +160,7 @@ def _write_sd(conn: ldap3.Connection, dn: str, sd: Any) -> None:
     conn.modify(
         dn,
         {"nTSecurityDescriptor": [(ldap3.MODIFY_REPLACE, [sd.to_bytes()])]},
-        controls=_controls(),
+        controls=_controls(_DACL),
     )
     raise_for_result(conn.result, what=f"change the security descriptor of {dn}", dn=dn)
 
@@ -138,13 +184,19 @@ class AclEntry:
         self.mask = int(ace.Mask)
         self.flags = int(ace.AceFlags or 0)
         self.object_type = str(getattr(ace, "ObjectType", None) or "") or None
+        self.inherited_object_type = str(getattr(ace, "InheritedObjectType", None) or "") or None
         self.inherited = bool(self.flags & 0x10)
 
     @property
     def sddl(self) -> str:
-        kind = ("O" if self.object_type else "") + ("A" if self.allow else "D")
+        kind = ("O" if self.object_type or self.inherited_object_type else "") + (
+            "A" if self.allow else "D"
+        )
         flags = "".join(t for bit, t in _FLAGS if self.flags & bit)
-        return f"({kind};{flags};{_rights(self.mask)};{self.object_type or ''};;{self.sid})"
+        return (
+            f"({kind};{flags};{_rights(self.mask)};{self.object_type or ''};"
+            f"{self.inherited_object_type or ''};{self.sid})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +206,7 @@ class AclEntry:
             "allow": self.allow,
             "rights": _rights(self.mask),
             "object_type": self.object_type,
+            "inherited_object_type": self.inherited_object_type,
             "inherited": self.inherited,
         }
 
@@ -184,11 +237,13 @@ def show(opts: ConnectionOptions, *, root: str) -> dict[str, Any]:
     with session(opts) as conn:
         sd = _read_sd(conn, container)
         aces = list(sd.Dacl.aces) if sd.Dacl else []
-        names = _names(conn, root, {str(a.Sid) for a in aces})
+        owner = str(sd.Owner) if sd.Owner else None
+        names = _names(conn, root, {str(a.Sid) for a in aces} | ({owner} if owner else set()))
         entries = [AclEntry(a, names) for a in aces]
     return {
         "container": container,
-        "owner": str(sd.Owner) if sd.Owner else None,
+        "owner": owner,
+        "owner_name": (names.get(owner) or _WELL_KNOWN.get(owner) or owner) if owner else None,
         "entries": [e.to_dict() for e in entries],
     }
 
@@ -231,7 +286,8 @@ def _class_guid(conn: ldap3.Connection, root: str) -> uuid.UUID:
 
 def grant(opts: ConnectionOptions, *, root: str, who: str, read_only: bool = False) -> list[str]:
     """Let ``who`` create and delete activation objects under the container (and read them),
-    without any write to their attributes; with ``read_only``, only read (inherited by the
+    without any write to their attributes -- the objects' owner included: an inheritable
+    OWNER RIGHTS entry with READ_CONTROL only; with ``read_only``, only read (inherited by the
     objects). Returns the SDDL of the ACEs added."""
     from winacl.dtyp.ace import ACE
 
@@ -241,7 +297,9 @@ def grant(opts: ConnectionOptions, *, root: str, who: str, read_only: bool = Fal
         sd = _read_sd(conn, container)
         wanted = [f"(A;CI;0x{READ:x};;;{sid})"]
         if not read_only:
-            wanted.append(f"(OA;;0x{CREATE_DELETE:x};{_class_guid(conn, root)};;{sid})")
+            guid = _class_guid(conn, root)
+            wanted.append(f"(OA;;0x{CREATE_DELETE:x};{guid};;{sid})")
+            wanted.append(f"(OA;CIIO;0x{READ_CONTROL:x};;{guid};{OWNER_RIGHTS})")
         present = {AclEntry(a, {}).sddl for a in sd.Dacl.aces}
         added = []
         for text in wanted:
@@ -274,8 +332,35 @@ def revoke(opts: ConnectionOptions, *, root: str, who: str) -> list[str]:
     return removed
 
 
+def _check_owner_rights(report: Report, aces: list[AclEntry]) -> None:
+    """Delegated publishers (object-specific create/delete entries of the container's own)
+    need the OWNER RIGHTS entry, else they may rewrite what they published (Windows)."""
+    delegated = sorted(
+        {e.name for e in aces if e.allow and not e.inherited and e.object_type and e.mask & 1}
+    )
+    limited = any(
+        e.sid == OWNER_RIGHTS and e.allow and not e.mask & _WRITE_DAC and e.flags & 0x02
+        for e in aces
+    )
+    if not delegated or limited:
+        detail = (
+            "the owner of an activation object gains no write (OWNER RIGHTS: read-control)"
+            if delegated
+            else "no delegated publishers"
+        )
+        report.add("owner-rights", True, detail)
+        return
+    report.add(
+        "owner-rights",
+        False,
+        "no OWNER RIGHTS entry: a delegated publisher that owns an object may rewrite its DACL",
+        f"re-run `adba acl grant` for {', '.join(repr(n) for n in delegated)}",
+    )
+
+
 def check(opts: ConnectionOptions, *, root: str) -> Report:
-    """Schema version, container, the Authenticated Users read grant (and Samba's bug), TLS."""
+    """Schema version, container, the Authenticated Users read grant (and Samba's bug), the
+    OWNER RIGHTS entry delegated publishers need, TLS."""
     from ..errors import CheckFailed
 
     report = Report(root, schema.container_dn(root))
@@ -315,7 +400,8 @@ def check(opts: ConnectionOptions, *, root: str) -> Report:
             sd = None
         if sd is not None:
             report.add("container", True, f"{report.container} present")
-            aces = [AclEntry(a, {}) for a in sd.Dacl.aces]
+            names = _names(conn, root, {str(a.Sid) for a in sd.Dacl.aces})
+            aces = [AclEntry(a, names) for a in sd.Dacl.aces]
             inheritable_read = any(
                 e.sid == AUTHENTICATED_USERS
                 and e.allow
@@ -344,6 +430,7 @@ def check(opts: ConnectionOptions, *, root: str) -> Report:
                 report.add(
                     "read-grant", True, "Authenticated Users read the container and its objects"
                 )
+            _check_owner_rights(report, aces)
     secure = opts.scheme == "ldaps" or (opts.scheme == "ldap" and not opts.insecure)
     report.add(
         "tls",

@@ -5,11 +5,18 @@ certificates are validated (``--ca-file`` or the system store); a password never
 wire in clear: on ``ldap://`` StartTLS is used unless the caller says ``insecure``; ``ldapi://``
 binds with SASL EXTERNAL (the peer credentials of this process). ldap3's receive buffer is
 raised to 1 MiB, else reading a 5 MiB license is quadratic (seconds instead of ~0.1 s).
+
+Time: ``connect_timeout`` bounds every step of opening -- the TCP connect, the TLS handshake
+(LDAPS or StartTLS), the StartTLS answer and the bind -- so a server that accepts and never
+answers costs about that, not ldap3's receive timeout; afterwards each read may wait
+``receive_timeout`` (a large search on a busy DC). TLS failures say which check failed: the
+certificate's name, its CA, its dates, or no TLS at all.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -31,6 +38,7 @@ from ..errors import (
     InvalidDN,
     InvalidInput,
     ObjectNotFound,
+    ReadOnlyReplica,
     SchemaMissing,
     ServerUnavailable,
     TlsError,
@@ -120,12 +128,19 @@ class _Tls(ldap3.Tls):  # type: ignore[misc]
 
         context = ssl.create_default_context(cafile=self.ca_certs_file)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        connection.socket = context.wrap_socket(
-            connection.socket,
-            server_side=False,
-            do_handshake_on_connect=do_handshake,
-            server_hostname=self.adba_name or connection.server.host,
-        )
+        # ldap3 re-raises a copy that has lost verify_code: keep the original for _tls_error
+        connection.adba_handshake = True
+        try:
+            connection.socket = context.wrap_socket(
+                connection.socket,
+                server_side=False,
+                do_handshake_on_connect=do_handshake,
+                server_hostname=self.adba_name or connection.server.host,
+            )
+        except OSError as exc:  # SSLError, or the server hanging up on a ClientHello
+            if not isinstance(exc, TimeoutError):
+                connection.adba_tls_error = exc
+            raise
 
 
 def _tls(opts: ConnectionOptions) -> Any:
@@ -134,14 +149,74 @@ def _tls(opts: ConnectionOptions) -> Any:
     return _Tls(opts.ca_file, opts.tls_name)
 
 
-def _wrap(exc: Exception, opts: ConnectionOptions) -> AdbaError:
+#: OpenSSL's X509_V_ERR_* codes, by what they mean to the person reading the message
+_NAME_MISMATCH = {62, 64}  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+_EXPIRED, _NOT_YET_VALID = 10, 9
+#: UNABLE_TO_GET_ISSUER_CERT(_LOCALLY), DEPTH_ZERO_SELF_SIGNED, SELF_SIGNED_IN_CHAIN,
+#: UNABLE_TO_VERIFY_LEAF_SIGNATURE, INVALID_CA, CERT_UNTRUSTED, CERT_REJECTED
+_UNTRUSTED = {2, 18, 19, 20, 21, 24, 27, 28}
+
+
+def _tls_error(exc: BaseException | None, opts: ConnectionOptions) -> TlsError:
+    """Say which TLS check failed: name, CA, dates -- or that the server speaks no TLS."""
+    ssl = sys.modules.get("ssl")
+    uri, name = opts.uri, opts.tls_name or _host(opts.uri)
+    code = getattr(exc, "verify_code", None) if ssl and exc is not None else None
+    if code in _NAME_MISMATCH:
+        hint = "" if opts.tls_name else " (give the name it carries with --tls-name)"
+        text = f"name mismatch: the certificate of {uri} is not valid for {name!r}{hint}"
+    elif code == _EXPIRED:
+        text = f"the certificate of {uri} has expired (renew it on the server)"
+    elif code == _NOT_YET_VALID:
+        text = f"the certificate of {uri} is not valid yet (check this machine's clock)"
+    elif code in _UNTRUSTED:
+        where = f"by the CA in {opts.ca_file}" if opts.ca_file else "by a CA in the system store"
+        hint = "" if opts.ca_file else " (give the server's CA with --ca-file)"
+        text = f"untrusted certificate: {uri} presented one not signed {where}{hint}"
+    elif code is not None:
+        text = f"the certificate of {uri} was rejected: {getattr(exc, 'verify_message', code)}"
+    elif exc is not None:
+        if opts.scheme == "ldaps":
+            text = (
+                f"{uri} does not speak TLS on that port (is it the plain LDAP port? LDAPS is "
+                "usually 636; for StartTLS use ldap://)"
+            )
+        else:
+            text = f"the TLS handshake with {uri} failed ({getattr(exc, 'reason', None) or exc})"
+    else:
+        text = f"{uri} does not offer StartTLS (configure TLS on the server, or use ldaps://)"
+    return TlsError(f"TLS with {uri} failed: {text}", uri=uri)
+
+
+def _host(uri: str) -> str:
+    rest = uri.split("://", 1)[-1].split("/", 1)[0]
+    if rest.startswith("["):
+        return rest[1 : rest.find("]")]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+
+
+def _wrap(
+    exc: Exception, opts: ConnectionOptions, conn: Any = None, timeout: float | None = None
+) -> AdbaError:
     """Turn an ldap3 exception into our family; branch on classes, never on text."""
     ssl = sys.modules.get("ssl")  # imported only when TLS was set up
-    if isinstance(exc, lexc.LDAPStartTLSError) or (ssl and isinstance(exc, ssl.SSLError)):
-        hint = "" if opts.ca_file else " (give the server's CA with --ca-file)"
-        return TlsError(
-            f"TLS with {opts.uri} failed: certificate not trusted or TLS not offered{hint}",
-            uri=opts.uri,
+    if isinstance(exc, TimeoutError):  # ldap3 raises classes mixing its own with the cause
+        waited = f"{timeout if timeout is not None else opts.connect_timeout:g} s"
+        if isinstance(exc, lexc.LDAPSocketOpenError) and not getattr(conn, "adba_handshake", False):
+            text = f"{opts.uri} did not accept a connection within {waited}"
+        elif getattr(conn, "adba_handshake", False) and not getattr(conn, "tls_started", False):
+            text = f"{opts.uri} accepted the connection but did not finish TLS within {waited}"
+        else:
+            text = f"{opts.uri} accepted the connection but did not answer within {waited}"
+        return ServerUnavailable(text, uri=opts.uri)
+    tls_failure = getattr(conn, "adba_tls_error", None)
+    if (
+        tls_failure is not None
+        or isinstance(exc, lexc.LDAPStartTLSError)
+        or (ssl and isinstance(exc, ssl.SSLError))
+    ):
+        return _tls_error(
+            tls_failure or (exc if ssl and isinstance(exc, ssl.SSLError) else None), opts
         )
     if isinstance(
         exc, lexc.LDAPSocketOpenError | lexc.LDAPSocketReceiveError | lexc.LDAPSocketSendError
@@ -209,8 +284,9 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
     server = ldap3.Server(
         opts.uri, get_info=ldap3.NONE, tls=tls, connect_timeout=opts.connect_timeout
     )
-    # ldap3 packs receive_timeout into SO_RCVTIMEO as an integer
-    kwargs: dict[str, Any] = {"receive_timeout": int(opts.receive_timeout) or 1}
+    # opening, TLS and the bind wait at most connect_timeout per step (ldap3 packs
+    # receive_timeout into SO_RCVTIMEO as an integer); operations later wait receive_timeout
+    kwargs: dict[str, Any] = {"receive_timeout": max(1, math.ceil(opts.connect_timeout))}
     if kerberos:
         kwargs.update(
             authentication=ldap3.SASL,
@@ -223,11 +299,11 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         kwargs.update(authentication=ldap3.SASL, sasl_mechanism=ldap3.EXTERNAL, sasl_credentials="")
     else:
         kwargs.update(authentication=ldap3.ANONYMOUS)
-    conn = ldap3.Connection(server, **kwargs)
+    conn = ldap3.Connection(server, auto_referrals=False, **kwargs)  # never re-send credentials
     try:
         conn.open(read_server_info=False)
         if use_starttls and not conn.start_tls(read_server_info=False):
-            raise TlsError(f"{opts.uri} refused StartTLS", uri=opts.uri)
+            raise _tls_error(None, opts)
         ok = conn.bind(read_server_info=False)
     except Exception as exc:
         if type(exc).__module__.startswith("gssapi"):  # a Kerberos failure while binding
@@ -242,7 +318,7 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         _close(conn)
         if isinstance(exc, TlsError):
             raise
-        raise _wrap(exc, opts) from exc
+        raise _wrap(exc, opts, conn) from exc
     if not ok:
         code = conn.result.get("result")
         conn.unbind()
@@ -256,6 +332,8 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         if code == 34:
             raise InvalidDN(f"malformed bind DN: {opts.bind_dn}")
         raise_for_result(conn.result, what=f"bind to {opts.uri}")
+    with suppress(OSError, AttributeError):
+        conn.socket.settimeout(opts.receive_timeout)
     log.debug("bound to %s", opts.describe())
     return conn
 
@@ -278,6 +356,15 @@ def raise_for_result(result: dict[str, Any], *, what: str, dn: str | None = None
         raise AlreadyExists(text, dn=dn, code=code)
     if code == 34:
         raise InvalidDN(text, dn=dn, code=code)
+    if code == 10:  # a read-only replica refers writes: never followed, named instead
+        refs = ", ".join(str(r) for r in result.get("referrals") or []) or "its provider"
+        raise ReadOnlyReplica(
+            f"{what}: this server is a read-only replica; write to {refs} instead "
+            "(referrals are never followed: credentials are not re-sent elsewhere)",
+            dn=dn,
+            code=code,
+            referrals=list(result.get("referrals") or []),
+        )
     if code == 17:  # undefinedAttributeType: the msSPP schema is not loaded
         raise SchemaMissing(text + " (run `adba directory init`)", dn=dn, code=code)
     raise DirectoryError(text, dn=dn, code=code)
@@ -290,7 +377,7 @@ def session(opts: ConnectionOptions) -> Iterator[ldap3.Connection]:
     try:
         yield conn
     except lexc.LDAPException as exc:
-        raise _wrap(exc, opts) from exc
+        raise _wrap(exc, opts, conn, timeout=opts.receive_timeout) from exc
     finally:
         with suppress(lexc.LDAPException):
             conn.unbind()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInput, LicenseError, MalformedLicense
+from ..errors import AlreadyExists, InvalidInput, LicenseError, MalformedLicense, WrongForest
 from . import schema, store
 from .connection import ConnectionOptions, session
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ObjectView",
     "Verified",
+    "check_name",
     "delete_object",
     "forest_identity",
     "forest_installation",
@@ -76,8 +77,19 @@ def verify_object(
     phone = ao.licenses.get("msSPP-PhoneLicense")
     if not any(_ours(blob) for blob in (der, phone) if blob is not None):
         raise MalformedLicense("object carries no license of ours (a Windows object?)")
+    if forest is None or forest.guid is None:
+        # never a wildcard: without this forest's GUID no license can be bound to it
+        raise WrongForest(
+            "cannot check the forest binding: the directory gave no forest GUID for "
+            f"{forest.dn if forest else 'this forest'}"
+        )
     if der is not None:
         lic = verify_license(der, root_public_key=root_public_key, forest=forest, now=now)
+        if lic.forest.guid is None:  # a license that names no GUID is for no forest
+            raise WrongForest(
+                f"the license names no forest GUID (issued for {lic.forest.dn}, any forest "
+                "with that root DN): refused"
+            )
         if lic.partial_key != ao.partial_key:
             raise LicenseError(
                 f"partial key {ao.partial_key} disagrees with the license ({lic.partial_key})"
@@ -92,8 +104,6 @@ def verify_object(
     if phone is not None:
         from ..confirmation import verify_phone_license
 
-        if forest is None:
-            raise LicenseError("a phone license can only be checked against a forest")
         installation, confirmation = verify_phone_license(
             phone, root_public_key=root_public_key, forest_dn=forest.dn, forest_guid=forest.guid
         )
@@ -211,6 +221,43 @@ def _view(
     )
 
 
+def check_name(name: str) -> str:
+    """An object name (cn) the directory will take: 1-64 characters, no control characters."""
+    if not 1 <= len(name) <= 64:
+        raise InvalidInput(f"object name (--name) must be 1-64 characters, not {len(name)}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidInput("object name (--name) must not hold control characters")
+    if name != name.strip():
+        raise InvalidInput("object name (--name) must not start or end with a space")
+    return name
+
+
+def _free_dn(conn: Any, container: str, name: str) -> str:
+    """Before anything is recorded anywhere: the container exists (and is visible) and no
+    object of that name is in it. Returns the DN the object will have."""
+    from ldap3.utils.dn import escape_rdn
+
+    from ..errors import ObjectNotFound
+
+    store.validate_dn(container)
+    conn.search(container, "(objectClass=*)", "BASE", attributes=["1.1"])
+    if conn.result.get("result") == 32 or not [
+        e for e in conn.response or [] if e.get("type") == "searchResEntry"
+    ]:
+        raise ObjectNotFound(
+            f"no container {container} (or it is not visible to this identity): "
+            "run `adba directory init`, or bind as an ADBA admin",
+            dn=container,
+        )
+    dn = f"cn={escape_rdn(check_name(name))},{container}"
+    conn.search(dn, "(objectClass=*)", "BASE", attributes=["1.1"])
+    if conn.result.get("result") == 0 and [
+        e for e in conn.response or [] if e.get("type") == "searchResEntry"
+    ]:
+        raise AlreadyExists(f"an object {dn} already exists: choose another --name", dn=dn)
+    return dn
+
+
 def publish_csvlk(
     opts: ConnectionOptions,
     *,
@@ -235,13 +282,17 @@ def publish_csvlk(
             f"{parsed.type.name} keys are not published: activation objects need a CSVLK"
         )
     now = int(time.time()) if now is None else now
+    product = catalog.csvlk_by_code(parsed.code)
+    cn = check_name(name if name is not None else f"{product.name} {parsed.partial}")
     with session(opts) as conn:
+        # validate everything first, then act: the authority records an activation
+        _free_dn(conn, schema.container_dn(root), cn)
         say("reading the forest identity")
         forest = forest_identity(conn, root)
         say(f"activating {parsed.masked()} for {forest.dn}")
         act = activator.activate_csvlk(parsed.text, forest, catalog, now=now)
         ao = store.ActivationObject.build(
-            cn=name or f"{act.csvlk_name} {act.partial_key}",
+            cn=cn,
             kms_ids=tuple(act.kms_ids),
             csvlk_sku=act.csvlk_sku,
             partial_key=act.partial_key,
@@ -297,7 +348,9 @@ def publish_confirmed(
         )
     confirmation = Confirmation.parse(confirmation_id)
     product = catalog.csvlk_by_code(parsed.code)
+    cn = check_name(name if name is not None else f"{product.name} {parsed.partial}")
     with session(opts) as conn:
+        _free_dn(conn, schema.container_dn(root), cn)
         forest = forest_identity(conn, root)
         installation = Installation.of(
             KIND_CSVLK_FOREST, parsed, forest_binding(forest.dn, forest.guid)
@@ -312,7 +365,7 @@ def publish_confirmed(
                 "another forest, or not from the pinned authority)"
             )
         ao = store.ActivationObject.build(
-            cn=name or f"{product.name} {parsed.partial}",
+            cn=cn,
             kms_ids=tuple(product.kms_ids),
             csvlk_sku=product.sku,
             partial_key=parsed.partial,

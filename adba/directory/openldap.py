@@ -17,7 +17,7 @@ import ldap3
 from ldap3.utils.conv import escape_filter_chars
 
 from ..errors import AccessDenied, CheckFailed, DirectoryError, ObjectNotFound
-from . import schema
+from . import replication, schema
 from .connection import ConnectionOptions, raise_for_result, session
 
 __all__ = [
@@ -48,9 +48,17 @@ class CheckItem:
     ok: bool
     detail: str
     fix: str = ""
+    #: not checked (``detail`` says why); counts as ok
+    skipped: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "detail": self.detail,
+            "fix": self.fix,
+            "skipped": self.skipped,
+        }
 
 
 @dataclass
@@ -65,8 +73,8 @@ class Report:
     def ok(self) -> bool:
         return all(i.ok for i in self.items)
 
-    def add(self, name: str, ok: bool, detail: str, fix: str = "") -> None:
-        self.items.append(CheckItem(name, ok, detail, fix))
+    def add(self, name: str, ok: bool, detail: str, fix: str = "", skipped: bool = False) -> None:
+        self.items.append(CheckItem(name, ok, detail, fix, skipped))
         log.info("%s: %s", name, detail)
 
     def to_dict(self) -> dict[str, object]:
@@ -92,21 +100,21 @@ def _first(
 
 
 def discover_root(opts: ConnectionOptions) -> str:
-    """The forest root: the one naming context the root DSE announces."""
+    """The forest root from the root DSE, by the agent's own rule (:func:`store.read_forest_root`:
+    AD's rootDomainNamingContext, else the one naming context an OpenLDAP server announces)."""
+    from .store import read_forest_root
+
     with session(opts) as conn:
-        entry = _first(conn, "", "(objectClass=*)", ldap3.BASE, ["namingContexts"])
-    contexts = [c for c in (entry or {}).get("attributes", {}).get("namingContexts", []) if c]
-    if len(contexts) != 1:
-        raise DirectoryError(
-            f"cannot tell the forest root from the root DSE ({contexts or 'none'}): give --base"
-        )
-    return str(contexts[0])
+        return read_forest_root(conn)
 
 
 def _database(conn: ldap3.Connection, root: str) -> dict:  # type: ignore[type-arg]
     flt = f"(olcSuffix={escape_filter_chars(root)})"
     conn.search(
-        "cn=config", flt, ldap3.LEVEL, attributes=["olcAccess", "olcDbIndex", "olcDbMaxSize"]
+        "cn=config",
+        flt,
+        ldap3.LEVEL,
+        attributes=["olcAccess", "olcDbIndex", "olcDbMaxSize", "olcLimits", "olcSizeLimit"],
     )
     if conn.result["result"] in (32, 50) or (conn.result["result"] == 0 and not conn.response):
         if conn.result["result"] == 0:
@@ -151,6 +159,32 @@ def _int(values: object) -> int:
         return 0
 
 
+def _norm_limit(rule: str) -> str:
+    return " ".join(rule.lower().split())
+
+
+def _has_limits(current: list[str], wanted: list[str]) -> bool:
+    have = {_norm_limit(r) for r in current}
+    return all(_norm_limit(r) in have for r in wanted)
+
+
+def _is_adba_limit(rule: str, admin_group: str, computers: str) -> bool:
+    low = rule.lower()
+    return f'"{admin_group.lower()}"' in low or f'"{computers.lower()}"' in low
+
+
+def _count_objects(conn: ldap3.Connection, container: str) -> tuple[int, bool]:
+    """(activation objects this identity can page through, whether a size limit stopped it)."""
+    from .store import object_filter, pages
+
+    count = 0
+    for entries, limited in pages(conn, container, object_filter(), ["1.1"], page_size=500):
+        count += len(entries)
+        if limited:
+            return count, True
+    return count, False
+
+
 def access_rules(conn: ldap3.Connection, root: str) -> list[str]:
     """The database's olcAccess rules, in order, with their {n} index."""
     return [str(r) for r in _database(conn, root)["attributes"].get("olcAccess", [])]
@@ -168,6 +202,15 @@ def init(
     """Load the schema, index, limits and ACLs into cn=config, then create the container chain."""
     say = progress or (lambda _msg: None)
     report = Report(root, schema.container_dn(root))
+    say("names")
+    with session(data) as conn:  # nothing is changed for a group or subtree that is not there
+        for what, dn in (("--admin-group", admin_group), ("--computers", computers)):
+            if _first(conn, dn, "(objectClass=*)", ldap3.BASE, ["1.1"]) is None:
+                raise ObjectNotFound(
+                    f"{what} {dn}: no such entry (or not visible to "
+                    f"{data.bind_dn or 'this identity'}); nothing was changed",
+                    dn=dn,
+                )
     with session(config) as conn:
         db = _database(conn, root)
         db_dn = db["dn"]
@@ -215,6 +258,20 @@ def init(
             )
             raise_for_result(conn.result, what="raise olcSockbufMaxIncomingAuth")
             changed.append(f"olcSockbufMaxIncomingAuth={MIN_SOCKBUF}")
+        wanted_limits = schema.limit_rules(admin_group, computers)
+        current_limits = _strip(list(attrs.get("olcLimits", [])))
+        if _has_limits(current_limits, wanted_limits):
+            pass
+        else:
+            others = [
+                r
+                for r in current_limits
+                if r not in wanted_limits and not _is_adba_limit(r, admin_group, computers)
+            ]
+            values = [f"{{{i}}}{r}" for i, r in enumerate(wanted_limits + others)]
+            conn.modify(db_dn, {"olcLimits": [(ldap3.MODIFY_REPLACE, values)]})
+            raise_for_result(conn.result, what="set olcLimits for the admin group and computers")
+            changed.append("olcLimits (paged searches of the container need no size limit)")
         report.add(
             "limits",
             True,
@@ -223,18 +280,23 @@ def init(
 
         say("acl")
         wanted = schema.acl_rules(root, admin_group, computers)
-        current_rules = _strip(list(attrs.get("olcAccess", [])))
+        # the replication identity's rules stay in front of ADBA's (else replicas lack licenses)
+        lead, current_rules = replication.split_rules(_strip(list(attrs.get("olcAccess", []))))
         if current_rules[: len(wanted)] == wanted:
             report.add("acl", True, "ADBA access rules already in place")
         else:
             others = [r for r in current_rules if not _is_adba_rule(r, root)]
-            values = [f"{{{i}}}{r}" for i, r in enumerate(wanted + others)]
+            values = [f"{{{i}}}{r}" for i, r in enumerate(lead + wanted + others)]
             conn.modify(db_dn, {"olcAccess": [(ldap3.MODIFY_REPLACE, values)]})
             raise_for_result(conn.result, what="install the ADBA access rules")
             report.add(
                 "acl", True, f"ADBA access rules installed for {admin_group} and {computers}"
             )
+        shadow = replication.shadow_of(conn, db_dn)
 
+    if shadow is not None:  # a read-only consumer: the data tree is the providers' to write
+        report.add("container", True, f"left to the provider ({', '.join(shadow)}): replicated")
+        return report
     say("container")
     with session(data) as conn:
         dn = root
@@ -313,6 +375,17 @@ def check(
             else f"{report.container} missing or not readable",
             "" if present else fix_init + " (or bind as an identity that may read it)",
         )
+        if present:
+            count, limited = _count_objects(conn, report.container)
+            report.add(
+                "objects",
+                not limited,
+                f"{count} activation objects"
+                if not limited
+                else f"the size limit stopped a paged search at {count} objects: the agent "
+                "would not see every object",
+                "" if not limited else fix_init + " (it sets olcLimits)",
+            )
 
     if config is not None:
         try:
@@ -338,7 +411,29 @@ def check(
                     f"olcSockbufMaxIncomingAuth={sockbuf or 'default'}, olcDbMaxSize={maxsize or 'default'}",
                     "" if limits else fix_init + " (5 MiB licenses need raised limits)",
                 )
-                rules = _strip(list(attrs.get("olcAccess", [])))
+                limit_values = _strip(list(attrs.get("olcLimits", [])))
+                size_limit = _int(attrs.get("olcSizeLimit")) or 500
+                counted = next((i for i in report.items if i.name == "objects"), None)
+                if admin_group and computers:
+                    paged = all(
+                        r in limit_values for r in schema.limit_rules(admin_group, computers)
+                    )
+                else:
+                    paged = any("size.prtotal=unlimited" in r for r in limit_values)
+                if paged:
+                    detail = "olcLimits let the computers and admins page through every object"
+                else:
+                    detail = (
+                        "no olcLimits for the computers and admins: a search stops at "
+                        f"{size_limit} objects"
+                    )
+                report.add(
+                    "size-limits",
+                    paged,
+                    detail + (f" ({counted.detail})" if counted else ""),
+                    "" if paged else fix_init,
+                )
+                rules = replication.split_rules(_strip(list(attrs.get("olcAccess", []))))[1]
                 if admin_group and computers:
                     wanted = schema.acl_rules(root, admin_group, computers)
                     acl_ok = rules[: len(wanted)] == wanted
@@ -351,9 +446,19 @@ def check(
                     acl_ok = any(_is_adba_rule(r, root) for r in rules)
                     detail = "ADBA access rules present" if acl_ok else "no ADBA access rules"
                 report.add("acl", acl_ok, detail, "" if acl_ok else fix_init)
+            replication.report(report, config, data, root=root)
         except DirectoryError as exc:
             report.add(
                 "config", False, f"cn=config not checked: {exc.message}", "run as root over ldapi"
+            )
+    else:
+        for name in ("index", "limits", "size-limits", "acl"):
+            report.add(
+                name,
+                True,
+                "skipped: it is in slapd's cn=config, which needs --config-uri (ldapi, as the "
+                "user that manages slapd, usually root)",
+                skipped=True,
             )
     if not report.ok:
         raise CheckFailed(

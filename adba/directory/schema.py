@@ -25,6 +25,7 @@ __all__ = [
     "acl_rules",
     "config_dn",
     "container_dn",
+    "limit_rules",
     "render_acl_ldif",
     "render_cn_config_ldif",
     "render_slapd_conf",
@@ -194,6 +195,16 @@ def acl_rules(root: str, admin_group: str, computers: str) -> list[str]:
     ]
 
 
+def limit_rules(admin_group: str, computers: str) -> list[str]:
+    """The olcLimits values ADBA installs: the computers and the admin group may page through
+    every activation object (slapd's default size limit, 500, would otherwise end a search of
+    a container holding more, paged or not). Per page the usual limits still apply."""
+    return [
+        f'dn.children="{computers}" size.prtotal=unlimited',
+        f'group/groupOfNames/member="{admin_group}" size.prtotal=unlimited',
+    ]
+
+
 def _fold(line: str) -> str:
     """LDIF line folding at 76 columns (RFC 2849)."""
     out, rest = [line[:76]], line[76:]
@@ -241,6 +252,8 @@ def render_acl_ldif(
         _fold(f"olcAccess: {{{i}}}{rule}")
         for i, rule in enumerate(acl_rules(root, admin_group, computers))
     ]
+    lines += ["-", "add: olcLimits"]
+    lines += [_fold(f"olcLimits: {rule}") for rule in limit_rules(admin_group, computers)]
     return "\n".join(lines) + "\n-\n"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import ldap3
@@ -28,16 +28,21 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "AGENT_ATTRIBUTES",
     "OBJECT_CLASS",
+    "PAGE_SIZE",
     "ActivationObject",
     "delete",
     "list_objects",
+    "object_filter",
+    "pages",
     "publish",
     "read_forest_guid",
     "read_forest_root",
     "search_objects",
     "show",
     "validate_dn",
+    "value_too_big",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,8 +50,21 @@ log = logging.getLogger(__name__)
 OBJECT_CLASS = "msSPP-ActivationObject"
 _MAX_STRING = 512
 _MAX_KMS_IDS = 64
-#: what the agent and ``ao list`` read: every attribute the class allows
+#: what ``ao list`` / ``ao show`` read: every attribute the class allows
 READ_ATTRIBUTES = ["objectClass", *schema.ACTIVATION_OBJECT.must, *schema.ACTIVATION_OBJECT.may]
+#: what the agent reads: only what it verifies (never the online and config licenses)
+AGENT_ATTRIBUTES = [
+    "msSPP-KMSIds",
+    "msSPP-CSVLKSkuId",
+    "msSPP-CSVLKPartialProductKey",
+    "msSPP-CSVLKPid",
+    "msSPP-IssuanceLicense",
+    "msSPP-PhoneLicense",
+]
+#: objects per page of a paged search (RFC 2696): a container with fewer costs one search
+PAGE_SIZE = 100
+_PAGED_OID = "1.2.840.113556.1.4.319"
+_SIZE_LIMIT = 4  # sizeLimitExceeded
 
 
 # eq/repr/frozen off: each generated method costs ~0.1 ms of import at every boot
@@ -208,10 +226,62 @@ def publish(conn: ldap3.Connection, container: str, ao: ActivationObject) -> str
     ao.validate()
     validate_dn(container)
     dn = f"cn={escape_rdn(ao.cn)},{container}"
-    conn.add(dn, attributes=ao.attributes())
+    attrs, controls = ao.attributes(), None
+    from .ad import creation_descriptor  # the publisher must not own it (Samba AD)
+
+    creation = creation_descriptor(conn)
+    if creation is not None:
+        attrs["nTSecurityDescriptor"], controls = creation
+    conn.add(dn, attributes=attrs, controls=controls)
     raise_for_result(conn.result, what=f"publish {dn}", dn=dn)
     log.info("published %s", dn)
     return dn
+
+
+def object_filter(kms_ids: list[uuid.UUID] | None = None) -> str:
+    """Activation objects, or those holding any of ``kms_ids`` (escaped, never concatenated)."""
+    wanted = list(kms_ids or [])
+    flt = f"(objectClass={OBJECT_CLASS})"
+    if wanted:
+        terms = "".join(f"(msSPP-KMSIds={escape_bytes(k.bytes_le)})" for k in wanted)
+        flt = f"(&{flt}{terms if len(wanted) == 1 else f'(|{terms})'})"
+    return flt
+
+
+def pages(
+    conn: ldap3.Connection,
+    container: str,
+    flt: str,
+    attributes: list[str],
+    *,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    """A one-level paged search (RFC 2696): yields (entries of one page, size limit hit).
+
+    A container with at most ``page_size`` matching objects costs one search request. When the
+    server's size limit for this identity stops the search (``sizeLimitExceeded``, slapd's
+    default 500 without ``olcLimits``), the entries it sent are yielded with ``True`` and the
+    search ends; every other error raises. The caller may stop iterating at any page.
+    """
+    cookie: bytes | None = None
+    while True:
+        conn.search(
+            container,
+            flt,
+            ldap3.LEVEL,
+            attributes=attributes,
+            paged_size=page_size,
+            paged_cookie=cookie,
+        )
+        if conn.result.get("result") == _SIZE_LIMIT:
+            yield _entries(conn), True
+            return
+        raise_for_result(conn.result, what=f"search {container}", dn=container)
+        yield _entries(conn), False
+        control = (conn.result.get("controls") or {}).get(_PAGED_OID) or {}
+        cookie = (control.get("value") or {}).get("cookie") or None
+        if not cookie:
+            return
 
 
 def search_objects(
@@ -222,16 +292,53 @@ def search_objects(
     kms_ids: list[uuid.UUID] | None = None,
     attributes: list[str] | None = None,
 ) -> list[ActivationObject]:
-    """One one-level search of the container: all objects, or those holding ``kms_id`` (or any
-    of ``kms_ids``: the agent asks for all its activation groups in one search)."""
+    """A paged one-level search of the container: all objects, or those holding ``kms_id`` (or
+    any of ``kms_ids``). A size limit that stops it is an error naming the fix: a partial list
+    would look complete."""
     wanted = [kms_id] if kms_id is not None else list(kms_ids or [])
-    flt = f"(objectClass={OBJECT_CLASS})"
-    if wanted:
-        terms = "".join(f"(msSPP-KMSIds={escape_bytes(k.bytes_le)})" for k in wanted)
-        flt = f"(&{flt}{terms if len(wanted) == 1 else f'(|{terms})'})"
-    conn.search(container, flt, ldap3.LEVEL, attributes=attributes or READ_ATTRIBUTES)
-    raise_for_result(conn.result, what=f"search {container}", dn=container)
-    return [ActivationObject.from_entry(e["dn"], e["raw_attributes"]) for e in _entries(conn)]
+    found: list[ActivationObject] = []
+    try:
+        yielded = list(_list_pages(conn, container, wanted, attributes))
+    except ObjectNotFound as exc:
+        raise ObjectNotFound(
+            f"no container {container} (or it is not visible to this identity: list as an "
+            "ADBA admin or a computer account)",
+            dn=container,
+        ) from exc
+    for entries, limited in yielded:
+        found += [ActivationObject.from_entry(e["dn"], e["raw_attributes"]) for e in entries]
+        if limited:
+            raise DirectoryError(
+                f"search {container}: the server's size limit stopped the search after "
+                f"{len(found)} objects: run `adba directory init` (it sets olcLimits for the "
+                "admin group and the computers)",
+                dn=container,
+            )
+    return found
+
+
+def _list_pages(
+    conn: ldap3.Connection,
+    container: str,
+    wanted: list[uuid.UUID],
+    attributes: list[str] | None,
+) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    for entries, limited in pages(
+        conn, container, object_filter(wanted), attributes or READ_ATTRIBUTES
+    ):
+        yield list(entries), limited
+
+
+def value_too_big(
+    raw: Mapping[str, list[bytes]], limit: int = schema.MAX_LICENSE_BYTES
+) -> str | None:
+    """The first attribute of an entry with a value over ``limit`` bytes (the schema's 5 MiB
+    bound, which OpenLDAP does not enforce), as a reason; None when every value fits."""
+    for name, values in raw.items():
+        for value in values:
+            if len(value) > limit:
+                return f"{name} holds {len(value)} bytes, over the {limit}-byte limit"
+    return None
 
 
 def list_objects(
@@ -283,9 +390,12 @@ def read_forest_root(conn: ldap3.Connection) -> str:
         if len(contexts) == 1:
             return str(contexts[0])
         raise DirectoryError(
-            f"cannot tell the forest root from the root DSE ({contexts}): set base"
+            f"cannot tell the forest root from the root DSE ({contexts}): give the base DN "
+            "(-b/--base, or base in the configuration)"
         )
-    raise DirectoryError("the root DSE is not readable: set base")
+    raise DirectoryError(
+        "the root DSE is not readable: give the base DN (-b/--base, or base in the configuration)"
+    )
 
 
 def read_forest_guid(conn: ldap3.Connection, root: str) -> uuid.UUID | None:

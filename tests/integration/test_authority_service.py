@@ -341,7 +341,7 @@ def test_the_agent_falls_to_the_mak_only_when_adba_and_kms_both_fail(
         ("content-type", 415, "unsupported-media-type"),
         ("malformed", 400, "malformed-json"),
         ("unknown-key", 403, "authority-refused"),
-        ("replayed", 409, "replayed-request"),
+        ("reused-id", 409, "replayed-request"),
         ("extra-field", 400, "invalid-request"),
     ],
 )
@@ -356,6 +356,7 @@ def test_bad_input_gets_a_clear_4xx_and_nothing_is_recorded(
         "request_id": secrets.token_hex(8),
         "key": mint(authority),
         "forest_dn": "dc=x,dc=test",
+        "forest_guid": "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
     }
     with httpx.Client(timeout=10) as client:
         if case == "oversized":
@@ -373,10 +374,10 @@ def test_bad_input_gets_a_clear_4xx_and_nothing_is_recorded(
         elif case == "unknown-key":
             body["key"] = make_key(KeyType.CSVLK, 2, 77, 12345).text  # a tag we never issued
             r = client.post(url, json=body)
-        elif case == "replayed":
+        elif case == "reused-id":  # the same id with another body (the same body: a retry)
             assert client.post(url, json=body).status_code == 200
             before = LocalAuthority.open(authority.path).report(load_catalog())
-            r = client.post(url, json=body)
+            r = client.post(url, json={**body, "forest_dn": "dc=y,dc=test"})
         else:
             r = client.post(url, json={**body, "admin": True})
     assert r.status_code == status, r.text
@@ -388,9 +389,9 @@ def test_bad_input_gets_a_clear_4xx_and_nothing_is_recorded(
 
 
 def test_authority_down_is_reported_after_retries(caplog: pytest.LogCaptureFixture) -> None:
-    from adba.lab import free_port
+    from tests.servers import dead_port
 
-    remote = RemoteAuthority(f"http://127.0.0.1:{free_port()}", retries=3, pause=0.05, timeout=1)
+    remote = RemoteAuthority(f"http://127.0.0.1:{dead_port()}", retries=3, pause=0.05, timeout=1)
     with caplog.at_level("WARNING", logger="adba"), pytest.raises(AuthorityUnavailable) as info:
         remote.proxy(["0"])
     assert "not answering" in info.value.message and "telephone" in info.value.message
@@ -467,7 +468,7 @@ def test_the_service_speaks_tls(slapd: TestSlapd, tmp_path: Path) -> None:
         trusted = RemoteAuthority(server.url, ca_file=slapd.ca_file)
         assert trusted.confirm(installation).issued_at > 0
         untrusted = RemoteAuthority(server.url, retries=1)  # the system CAs do not know it
-        with pytest.raises(AuthorityUnavailable):
+        with pytest.raises(AuthorityUnavailable, match="certificate is not trusted"):
             untrusted.proxy(["0"])
     finally:
         server.stop()

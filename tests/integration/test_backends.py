@@ -153,7 +153,13 @@ def test_directory_check_passes_on_a_prepared_ad(
 ) -> None:
     assert main(["directory", "check", "--json", *samba.cli_args("admin")]) == 0
     items = {i["name"]: i["ok"] for i in json.loads(capsys.readouterr().out)["items"]}
-    assert items == {"schema": True, "container": True, "read-grant": True, "tls": True}
+    assert items == {
+        "schema": True,
+        "container": True,
+        "read-grant": True,
+        "owner-rights": True,
+        "tls": True,
+    }
     assert (
         main(
             [

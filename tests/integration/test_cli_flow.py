@@ -223,10 +223,10 @@ def test_bad_input_is_one_line_with_a_distinct_code_and_changes_nothing(
         typo = key[:3] + ("B" if key[3] != "B" else "C") + key[4:]
         argv = [*publish, "--key-file", key_file(tmp_path, typo), *admin]
     elif case == "unreachable":
-        from adba.lab import free_port
+        from tests.servers import dead_port
 
         argv = [*publish, "--key-file", key_file(tmp_path, key), *admin, "--timeout", "1"]
-        argv[argv.index(slapd.uri)] = f"ldap://127.0.0.1:{free_port()}"
+        argv[argv.index(slapd.uri)] = f"ldap://127.0.0.1:{dead_port()}"
     elif case == "wrong-password":
         wrong = tmp_path / "wrong.pw"
         wrong.write_text("not-the-password\n")

@@ -19,7 +19,7 @@ from adba.cli import main
 from adba.kms.protocol import REQUEST_SIZE, Request
 from adba.lab import free_port
 from tests.conftest import NOW
-from tests.servers import TestKmsHost, TestNamed
+from tests.servers import TestKmsHost, TestNamed, dead_port
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +152,7 @@ def test_discovery_skips_a_dead_host_caches_the_answer_and_static_wins(
     two_hosts: list[TestKmsHost], named: TestNamed, authority_dir: Path, tmp_path: Path
 ) -> None:
     a, b = two_hosts
-    dead = free_port()
+    dead = dead_port()
     zone = named.zone
     named.update(
         "_vlmcs._tcp",
@@ -525,7 +525,7 @@ def test_probe_answers_without_counting(
 ) -> None:
     assert main(["kms", "probe", kms.address]) == 0
     assert "answers" in capsys.readouterr().out
-    assert main(["kms", "probe", f"127.0.0.1:{free_port()}", "--timeout", "1"]) == 19
+    assert main(["kms", "probe", f"127.0.0.1:{dead_port()}", "--timeout", "1"]) == 19
     capsys.readouterr()
     time.sleep(1.2)
     assert kms.status()["count"] == 0

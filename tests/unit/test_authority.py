@@ -55,7 +55,7 @@ def test_init_lays_out_the_directory(authority: LocalAuthority) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     certificate = authority.certificate
     assert certificate.not_before == NOW
-    assert certificate.not_after == NOW + 3650 * 86400
+    assert certificate.not_after == NOW + 730 * 86400
 
 
 def test_open(authority: LocalAuthority) -> None:
@@ -201,7 +201,8 @@ def test_records_persist_across_reopen(authority: LocalAuthority, catalog: Catal
     ]
     assert reopened.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", catalog, now=NOW).serial == 2
     # a reopened authority activates keys minted before
-    reopened.activate_csvlk(key.text, FOREST, catalog, now=NOW + 6)
+    other = ForestIdentity.of("dc=other,dc=test", uuid.uuid4())
+    reopened.activate_csvlk(key.text, other, catalog, now=NOW + 6)
     assert len(reopened.activations()) == 2
 
 

@@ -38,6 +38,8 @@ VERBS = [
     ["authority", "init"],
     ["authority", "mint"],
     ["demo"],
+    ["completion", "bash"],
+    ["completion", "zsh"],
 ]
 
 
@@ -163,6 +165,9 @@ def test_install_units_writes_the_three_units(
     assert (
         main(["agent", "install-units", "--dir", str(target), "--adba", "/usr/local/bin/adba"]) == 0
     )
+    out = capsys.readouterr()
+    assert "warning" not in out.err
+    assert "/usr/local/share/man/man1/adba.1" in out.out  # how to install the man page
     names = sorted(p.name for p in target.iterdir())
     assert names == ["adba-agent-check.service", "adba-agent.service", "adba-agent.timer"]
     boot = (target / "adba-agent.service").read_text()
@@ -181,3 +186,66 @@ def test_packaging_units_are_the_shipped_ones() -> None:
     assert (root / "packaging" / "systemd").resolve() == (
         root / "adba" / "data" / "systemd"
     ).resolve()
+
+
+def test_install_units_warns_when_the_sandbox_hides_adba(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pathlib
+
+    target = pathlib.Path(str(tmp_path))
+    for path, setting in (
+        ("/home/alice/.venv/bin/adba", "ProtectHome=yes"),
+        ("/root/adba/.venv/bin/adba", "ProtectHome=yes"),
+        ("/run/user/1000/adba", "ProtectHome=yes"),
+        ("/tmp/venv/bin/adba", "PrivateTmp=yes"),
+        ("/var/tmp/adba", "PrivateTmp=yes"),
+    ):
+        assert main(["agent", "install-units", "--dir", str(target), "--adba", path]) == 0
+        err = capsys.readouterr().err
+        assert err.startswith(f"adba: warning: {path} is under ") and setting in err
+    assert main(["agent", "install-units", "--dir", str(target), "--adba", "/homer/adba"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_install_units_warns_about_the_interpreter_too(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An adba in /usr/local/bin whose #! names a venv under /home still cannot start."""
+    import pathlib
+
+    target = pathlib.Path(str(tmp_path))
+    script = target / "adba"
+    script.write_text("#!/home/bob/.venv/bin/python\nimport adba.cli\n")
+    (target / "units").mkdir()
+    argv = ["agent", "install-units", "--dir", str(target / "units"), "--adba", str(script)]
+    assert main(argv) == 0
+    assert "/home/bob/.venv/bin/python is under /home" in capsys.readouterr().err
+
+
+def test_install_units_as_a_normal_user_is_a_clean_error(
+    tmp_path: object, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root may write anywhere here, so the refusal is faked at the one place it happens."""
+    import os
+    import pathlib
+
+    target = pathlib.Path(str(tmp_path))
+    monkeypatch.setattr(os, "access", lambda *_a, **_k: False)
+    assert main(["agent", "install-units", "--dir", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"adba: error: {target}: permission denied: run it as root "
+        "(sudo adba agent install-units) or give --dir\n"
+    )
+    assert list(target.iterdir()) == []  # nothing written
+
+
+def test_install_units_into_etc_as_a_normal_user(capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("runs as root here: /etc/systemd/system is writable")
+    assert main(["agent", "install-units"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "permission denied: run it as root" in err

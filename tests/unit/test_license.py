@@ -103,10 +103,28 @@ def test_round_trip(setup: Setup) -> None:
 
 
 def test_optional_fields_absent(setup: Setup) -> None:
-    der = setup.sign(forest=ForestIdentity.of("dc=example,dc=test"))
+    der = setup.sign()
     lic = verify_license(der, root_public_key=setup.root_public, forest=setup.forest, now=NOW)
-    assert lic.forest.guid is None
     assert lic.installation_id is None and lic.confirmation_id is None
+
+
+def test_a_license_without_a_forest_guid_matches_no_forest(setup: Setup) -> None:
+    """Never a wildcard: a GUID-less license is refused in the forest whose DN it names,
+    whatever GUID that forest has, and a directory without a GUID matches no license."""
+    der = setup.sign(forest=ForestIdentity.of("dc=example,dc=test"))
+    assert decode_license(der).forest.guid is None  # old licenses still parse
+    for forest in (setup.forest, ForestIdentity.of("dc=example,dc=test", uuid.uuid4())):
+        with pytest.raises(WrongForest) as info:
+            verify_license(der, root_public_key=setup.root_public, forest=forest, now=NOW)
+        assert info.value.code == "license-wrong-forest"
+    with pytest.raises(WrongForest):
+        verify_license(
+            der,
+            root_public_key=setup.root_public,
+            forest=ForestIdentity.of("dc=example,dc=test"),
+            now=NOW,
+        )
+    assert not ForestIdentity.of("dc=a").matches(ForestIdentity.of("dc=a"))
 
 
 def test_forest_none_skips_the_binding(setup: Setup) -> None:
@@ -175,9 +193,10 @@ def test_wrong_forest_guid(setup: Setup) -> None:
     other = ForestIdentity.of("dc=example,dc=test", uuid.uuid4())
     with pytest.raises(WrongForest, match="GUID"):
         verify_license(der, root_public_key=setup.root_public, forest=other, now=NOW)
-    # a directory without a GUID matches on the DN alone
+    # a directory that does not tell its GUID matches nothing (never on the DN alone)
     same_dn = ForestIdentity.of("DC=EXAMPLE,DC=TEST")
-    verify_license(der, root_public_key=setup.root_public, forest=same_dn, now=NOW)
+    with pytest.raises(WrongForest):
+        verify_license(der, root_public_key=setup.root_public, forest=same_dn, now=NOW)
 
 
 def test_expired_certificate(setup: Setup) -> None:

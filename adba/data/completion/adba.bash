@@ -1,0 +1,127 @@
+# bash completion for adba; generated from its parser by
+# `python -m adba.cli.completion --write adba/data/completion`: do not edit.
+_adba() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
+    local noun="" verb="" i w opts="" valued="" subs=""
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        w="${COMP_WORDS[i]}"
+        [[ $w == -* ]] && continue
+        if [[ -z $noun ]]; then noun=$w; elif [[ -z $verb ]]; then verb=$w; break; fi
+    done
+    case "$noun" in
+        "") COMPREPLY=($(compgen -W "directory ao acl authority agent kms mak demo completion --help --verbose --version -h -v" -- "$cur")); return ;;
+    esac
+    case "$noun/$verb" in
+        "directory/") subs="init check" ;;
+        "directory/init")
+            opts="--admin-group --base --bind-dn --ca-file --computers --config-uri --help --insecure --json --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--config-uri --admin-group --computers -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "directory/check")
+            opts="--admin-group --base --bind-dn --ca-file --computers --config-uri --help --insecure --json --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--config-uri --admin-group --computers -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "ao/") subs="publish list show delete" ;;
+        "ao/publish")
+            opts="--apply-cid --authority --authority-ca-file --base --bind-dn --ca-file --catalog --get-iid --help --insecure --json --key --key-file --name --online --password-file --root-key --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--key-file --key --name --online --authority --apply-cid --authority-ca-file --root-key --catalog -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "ao/list")
+            opts="--base --bind-dn --ca-file --catalog --edition --help --insecure --json --password-file --root-key --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--edition --root-key --catalog -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "ao/show")
+            opts="--base --bind-dn --ca-file --catalog --help --insecure --json --password-file --root-key --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--root-key --catalog -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "ao/delete")
+            opts="--base --bind-dn --ca-file --help --insecure --password-file --timeout --tls-name --uri --verbose --yes -D -H -b -v -y"; valued="-H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "acl/") subs="show grant revoke" ;;
+        "acl/show")
+            opts="--base --bind-dn --ca-file --config-uri --help --insecure --json --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--config-uri -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "acl/grant")
+            opts="--base --bind-dn --ca-file --help --insecure --password-file --read --timeout --tls-name --uri --verbose -D -H -b -v"; valued="-H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "acl/revoke")
+            opts="--base --bind-dn --ca-file --help --insecure --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="-H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "authority/") subs="init mint serve confirm grant-hosts rotate report" ;;
+        "authority/init")
+            opts="--help --json --path --verbose -v"; valued="--path"
+            ;;
+        "authority/mint")
+            opts="--catalog --count --help --json --path --product --type --verbose -v"; valued="--path --type --product --catalog --count"
+            case "$prev" in
+                --type) COMPREPLY=($(compgen -W "csvlk mak" -- "$cur")); return ;;
+            esac
+            ;;
+        "authority/serve")
+            opts="--catalog --help --listen --path --port --tls-cert --tls-key --verbose -v"; valued="--path --listen --port --tls-cert --tls-key --catalog"
+            ;;
+        "authority/confirm")
+            opts="--catalog --help --json --path --verbose -v"; valued="--path --catalog"
+            ;;
+        "authority/grant-hosts")
+            opts="--help --hosts --key --key-file --path --verbose -v"; valued="--path --key-file --key --hosts"
+            ;;
+        "authority/rotate")
+            opts="--help --path --verbose -v"; valued="--path"
+            ;;
+        "authority/report")
+            opts="--catalog --help --json --path --verbose -v"; valued="--path --catalog"
+            ;;
+        "agent/") subs="run status get-iid apply-cid install-units" ;;
+        "agent/run")
+            opts="--config --help --if-due --json --once --strict --verbose -v"; valued="--config"
+            ;;
+        "agent/status")
+            opts="--config --help --json --state --verbose -v"; valued="--state --config"
+            ;;
+        "agent/get-iid")
+            opts="--config --help --json --verbose -v"; valued="--config"
+            ;;
+        "agent/apply-cid")
+            opts="--config --edition --file --help --verbose -v"; valued="--edition --file --config"
+            ;;
+        "agent/install-units")
+            opts="--adba --dir --help --verbose -v"; valued="--dir --adba"
+            ;;
+        "kms/") subs="install-key serve probe status clients publish unpublish" ;;
+        "kms/install-key")
+            opts="--apply-cid --authority --authority-ca-file --catalog --get-iid --help --host-id --json --key --key-file --online --root-key --state-dir --verbose -v"; valued="--state-dir --key-file --key --online --authority --apply-cid --authority-ca-file --root-key --host-id --catalog"
+            ;;
+        "kms/serve")
+            opts="--address --deadline --dns-server --help --host-name --listen --max-connections --metrics-port --port --publish --quiet --state-dir --tsig-key-file --verbose -q -v"; valued="--state-dir --listen --port --metrics-port --deadline --max-connections --publish --dns-server --tsig-key-file --host-name --address"
+            ;;
+        "kms/probe")
+            opts="--help --timeout --verbose -v"; valued="--timeout"
+            ;;
+        "kms/status")
+            opts="--help --json --state-dir --verbose -v"; valued="--state-dir"
+            ;;
+        "kms/clients")
+            opts="--help --json --state-dir --verbose -v"; valued="--state-dir"
+            ;;
+        "kms/publish")
+            opts="--address --dns-server --help --host-name --port --publish --state-dir --tsig-key-file --verbose -v"; valued="--state-dir --port --publish --dns-server --tsig-key-file --host-name --address"
+            ;;
+        "kms/unpublish")
+            opts="--address --dns-server --help --host-name --port --publish --state-dir --tsig-key-file --verbose -v"; valued="--state-dir --port --publish --dns-server --tsig-key-file --host-name --address"
+            ;;
+        "mak/") subs="proxy" ;;
+        "mak/proxy")
+            opts="--authority-ca-file --help --json --online --out --verbose -v"; valued="--online --authority-ca-file --out"
+            ;;
+        "demo/*")
+            opts="--help --keep --verbose -v"; valued=""
+            ;;
+        "completion/") subs="bash zsh" ;;
+        "completion/bash")
+            opts="--help --verbose -v"; valued=""
+            ;;
+        "completion/zsh")
+            opts="--help --verbose -v"; valued=""
+            ;;
+    esac
+    if [[ -n $subs ]]; then COMPREPLY=($(compgen -W "$subs" -- "$cur")); return; fi
+    if [[ " $valued " == *" $prev "* ]]; then COMPREPLY=(); return; fi  # files (-o default)
+    COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+}
+complete -o default -F _adba adba
