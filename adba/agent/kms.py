@@ -43,50 +43,67 @@ def _split(hostport: str) -> tuple[str, int]:
 
 
 class _Hosts:
-    """Candidate hosts in the order to try, discovered lazily (DNS only when needed)."""
+    """Candidate hosts in the order to try: the static host (then only it), else the host
+    that answered last time, and only when that one does not do, DNS SRV -- a dead DNS
+    server costs nothing while the cached host answers."""
 
     def __init__(self, settings: Settings, state: dict[str, Any]) -> None:
         self.settings, self.state = settings, state
         self.dead: set[tuple[str, int]] = set()
-        self._list: list[tuple[str, int, str]] | None = None
+        self._first: list[tuple[str, int, str]] | None = None
+        self._srv: list[tuple[str, int, str]] | None = None
         self.searched: list[str] = []
 
-    def _discover(self) -> list[tuple[str, int, str]]:
+    def _known(self) -> list[tuple[str, int, str]]:
         s = self.settings
         if s.kms_host:
             host, port = _split(s.kms_host)
             return [(host, port, "static")]
-        found: list[tuple[str, int, str]] = []
         cached = self.state.get("kms") or {}
         if cached.get("address"):
-            found.append((cached["address"], int(cached["port"]), cached.get("name") or "cached"))
-        domains = [d for d in (s.domain, *s.kms_domains) if d]
-        if domains:
-            from ..discovery import locate, make_resolver
+            return [(cached["address"], int(cached["port"]), cached.get("name") or "cached")]
+        return []
 
-            resolver = make_resolver(s.dns_servers, timeout=s.connect_timeout)
-            for domain in domains:
-                name = f"_vlmcs._tcp.{domain.strip('.')}"
-                self.searched.append(name)
-                try:
-                    targets = locate([name], resolver)
-                except AdbaError as exc:
-                    log.warning("KMS discovery in %s failed: %s", domain, exc.message)
-                    continue
-                for t in targets:
-                    for address in t.addresses:
-                        if (address, t.port) not in {(a, p) for a, p, _ in found}:
-                            found.append((address, t.port, t.host))
+    def _discover(self) -> list[tuple[str, int, str]]:
+        s = self.settings
+        found: list[tuple[str, int, str]] = []
+        domains = [d for d in (s.domain, *s.kms_domains) if d]
+        if s.kms_host or not domains:
+            return found
+        from ..discovery import locate, make_resolver
+
+        known = {(a, p) for a, p, _ in self._first or ()}
+        resolver = make_resolver(s.dns_servers, timeout=s.connect_timeout)
+        for domain in domains:
+            name = f"_vlmcs._tcp.{domain.strip('.')}"
+            self.searched.append(name)
+            try:
+                targets = locate([name], resolver)
+            except AdbaError as exc:
+                log.warning("KMS discovery in %s failed: %s", domain, exc.message)
+                continue
+            for t in targets:
+                for address in t.addresses:
+                    if (address, t.port) not in known:
+                        known.add((address, t.port))
+                        found.append((address, t.port, t.host))
         return found
 
     def __iter__(self) -> Iterator[tuple[str, int, str]]:
-        if self._list is None:
-            self._list = self._discover()
-        return (h for h in self._list if (h[0], h[1]) not in self.dead)
+        if self._first is None:
+            self._first = self._known()
+        for h in self._first:
+            if (h[0], h[1]) not in self.dead:
+                yield h
+        if self._srv is None:
+            self._srv = self._discover()
+        for h in self._srv:
+            if (h[0], h[1]) not in self.dead:
+                yield h
 
     @property
     def any(self) -> bool:
-        return bool(self._list)
+        return bool(self._first) or bool(self._srv)
 
 
 def kms_step(

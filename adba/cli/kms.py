@@ -16,14 +16,18 @@ STATE = "/var/lib/adba/kms"
 INSTALL = f"""\
 Installs a KMS host key (a CSVLK) on this host and activates it with the activation
 authority, which certifies a new host key pair for it (at most 6 hosts per KMS key, 9
-reactivations per host). The CSVLK is kept in STATE/csvlk.key, mode 0600.
+reactivations per host). The CSVLK is kept in STATE/csvlk.key, mode 0600. Run again with
+the key the host is activated with, it does nothing and says so; --reactivate activates it
+again (and spends one of the host's reactivations).
 
 example:
   adba kms install-key --state-dir {STATE} --key-file csvlk.txt --authority /var/lib/adba/authority
 """
 SERVE = f"""\
 Answers KMS activation requests (TCP, one request and one response per connection) on
-IPv4 and IPv6, port 1688 by default. Logs one key=value line per event on stdout. With
+IPv4 and IPv6, port 1688 by default. At most 512 connections at once, 64 from one address
+(or IPv6 /64); a request's first byte within 1 s, all of it within 2 s. One host per state
+dir. Logs one key=value line per event on stdout (rejections in aggregate). With
 --publish, registers the _vlmcs._tcp SRV record (and the host's A/AAAA records) by DNS
 dynamic update (RFC 2136, TSIG) at start and daily.
 
@@ -65,6 +69,72 @@ example:
 """
 
 
+# -- option types: a bad number or address is a one-line usage error (exit 2) -----------------
+def _port(text: str) -> int:
+    """A TCP port, 1..65535 (locally defined; the CLI's shared one may replace it)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 1..65535") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 1..65535")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: expected 1..1000000") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: expected 1..1000000")
+    return value
+
+
+def _seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected a number") from None
+    if not math.isfinite(value) or not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected 0 < S <= 3600")
+    return value
+
+
+def _ip(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid IP address {text!r}") from None
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` (port 1688 when absent)."""
+    from ..discovery import parse_nameserver
+
+    try:
+        host, port = parse_nameserver(text, default_port=1688)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid address {text!r}: expected host[:port]"
+        ) from None
+    if not host or any(c.isspace() for c in host):
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected host[:port]")
+    _port(str(port))
+    return host, port
+
+
+def _dns_server(text: str) -> str:
+    """``IP`` or ``IP:PORT`` / ``[IPv6]:PORT``, kept as given."""
+    host, _port_number = _hostport(text) if text.strip() else ("", 0)
+    _ip(host)
+    return text.strip()
+
+
 def register(nouns: Any) -> None:
     p = nouns.add_parser("kms", help="the KMS host: install its key, serve, status, DNS")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -93,6 +163,12 @@ def register(nouns: Any) -> None:
         "--host-id", help="this host's identity for the authority (default: machine id)"
     )
     inst.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
+    inst.add_argument(
+        "--reactivate",
+        action="store_true",
+        help="activate again although this host is activated with this key "
+        "(spends one of its 9 reactivations)",
+    )
     add_json(inst)
     inst.set_defaults(func=cmd_install)
 
@@ -101,22 +177,49 @@ def register(nouns: Any) -> None:
     serve.add_argument(
         "--listen",
         action="append",
+        type=_ip,
         metavar="ADDR",
         help="address to listen on (repeatable; default 0.0.0.0 and ::)",
     )
-    serve.add_argument("--port", type=int, default=1688, help="TCP port (default 1688)")
+    serve.add_argument("--port", type=_port, default=1688, help="TCP port (default 1688)")
     serve.add_argument(
-        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port"
+        "--metrics-port", type=_port, metavar="PORT", help="serve Prometheus metrics on this port"
     )
-    serve.add_argument(
+    limits = serve.add_argument_group("limits (one source cannot starve the others)")
+    limits.add_argument(
         "--deadline",
-        type=float,
-        default=5.0,
+        type=_seconds,
+        default=2.0,
         metavar="S",
-        help="per-connection deadline (default 5 s)",
+        help="the whole request within S seconds of connecting (default 2)",
     )
-    serve.add_argument(
-        "--max-connections", type=int, default=512, help="connections served at once (default 512)"
+    limits.add_argument(
+        "--first-byte-deadline",
+        type=_seconds,
+        metavar="S",
+        help="its first byte within S seconds (default 1, at most --deadline)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_count,
+        default=512,
+        metavar="N",
+        help="connections served at once (default 512)",
+    )
+    limits.add_argument(
+        "--max-per-source",
+        type=_count,
+        metavar="N",
+        help="of those, from one IPv4 address or IPv6 /64 (default 64, at most "
+        "--max-connections); when all are taken "
+        "the source holding the most gives way",
+    )
+    limits.add_argument(
+        "--log-interval",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="rejected connections: one warning, then one summary line per S seconds (default 10)",
     )
     serve.add_argument(
         "-q", "--quiet", action="store_true", help="log warnings only (not every request)"
@@ -127,8 +230,10 @@ def register(nouns: Any) -> None:
     probe = verbs.add_parser(
         "probe", help="is a KMS host answering? (counts nothing)", description=PROBE
     )
-    probe.add_argument("address", nargs="?", default="127.0.0.1:1688", help="host[:port]")
-    probe.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    probe.add_argument(
+        "address", nargs="?", type=_hostport, default=("127.0.0.1", 1688), help="host[:port]"
+    )
+    probe.add_argument("--timeout", type=_seconds, default=2.0, help="seconds (default 2)")
     probe.set_defaults(func=cmd_probe)
 
     st = verbs.add_parser("status", help="counts, cache, ePID, publication", description=STATUS)
@@ -146,7 +251,7 @@ def register(nouns: Any) -> None:
             verb, help=f"{verb} the SRV record by DNS update", description=PUBLISH
         )
         _state(pub)
-        pub.add_argument("--port", type=int, default=1688, help="the port clients should use")
+        pub.add_argument("--port", type=_port, default=1688, help="the port clients should use")
         _publish_options(pub, required=True)
         pub.set_defaults(func=func)
 
@@ -167,7 +272,10 @@ def _publish_options(p: argparse.ArgumentParser, *, required: bool) -> None:
         help="a domain to publish the SRV record in (repeatable)",
     )
     g.add_argument(
-        "--dns-server", metavar="IP[:PORT]", help="the DNS server that takes the updates"
+        "--dns-server",
+        type=_dns_server,
+        metavar="IP[:PORT]",
+        help="the DNS server that takes the updates",
     )
     g.add_argument(
         "--tsig-key-file", metavar="FILE", help="BIND key file (tsig-keygen) allowed to update"
@@ -176,6 +284,7 @@ def _publish_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument(
         "--address",
         action="append",
+        type=_ip,
         metavar="IP",
         help="this host's address(es) for A/AAAA records",
     )
@@ -211,6 +320,26 @@ def cmd_install(args: argparse.Namespace) -> int:
         raise InvalidInput(
             "choose one of --online URL, --authority DIR, --get-iid, --apply-cid CID"
         )
+    current = _installed(args.state_dir, key)
+    if current is not None and not args.reactivate and not args.apply_cid:
+        cert = current.certificate
+        if args.json:
+            emit_json(
+                {
+                    "already_activated": True,
+                    "epid": cert.epid,
+                    "csvlk": current.csvlk_name,
+                    "not_after": cert.not_after,
+                    "kms_ids": sorted(str(k) for k in current.kms_ids),
+                }
+            )
+        else:
+            print(
+                f"this host is already activated with this KMS host key ({current.csvlk_name}, "
+                f"ePID {cert.epid}); nothing done. To activate it again (spends one of the "
+                "host's 9 reactivations) add --reactivate"
+            )
+        return 0
     if args.get_iid:
         installation = HostIdentity.begin_phone(args.state_dir, key, host_id=host_id)
         if args.json:
@@ -257,6 +386,25 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _installed(state_dir: str, key: str) -> Any:
+    """The host's identity when it is activated with this very key and its certificate is
+    still valid, else None (a first install, another key, or an identity to repair)."""
+    from pathlib import Path
+
+    from ..errors import AdbaError
+    from ..keys import parse_key
+    from ..kms.host import CSVLK_FILE, HostIdentity
+
+    try:
+        installed = Path(state_dir, CSVLK_FILE).read_text().strip()
+        if parse_key(installed).text != parse_key(key).text:
+            return None
+        identity = HostIdentity.load(state_dir)
+    except (OSError, ValueError, KeyError, AdbaError):
+        return None
+    return identity if identity.certificate.not_after > time.time() else None
+
+
 def _publisher(args: argparse.Namespace, port: int) -> Any:
     """A function that publishes (or unpublishes) per the options, or None without --publish."""
     from ..discovery import load_tsig_key, parse_publish_entry, publish_kms, unpublish_kms
@@ -293,15 +441,29 @@ def _record_publication(state_dir: str, results: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
+    import signal
     import sys
     from pathlib import Path
 
-    from ..errors import AdbaError
-    from ..kms.host import RECORDS, HostIdentity, KmsHost, default_addresses
+    from ..errors import InvalidInput
+    from ..kms.host import RECORDS, HostIdentity, KmsHost, StateLock
     from ..kms.store import KmsStore
 
+    if args.max_per_source is None:
+        args.max_per_source = min(64, args.max_connections)
+    if args.first_byte_deadline is None:
+        args.first_byte_deadline = min(1.0, args.deadline)
+    if args.max_per_source > args.max_connections:
+        raise InvalidInput(
+            f"--max-per-source {args.max_per_source} is more than --max-connections "
+            f"{args.max_connections}"
+        )
+    if args.first_byte_deadline > args.deadline:
+        raise InvalidInput(
+            f"--first-byte-deadline {args.first_byte_deadline:g} is longer than --deadline "
+            f"{args.deadline:g}"
+        )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger("adba")
@@ -309,8 +471,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     root.setLevel(logging.WARNING if args.quiet else logging.INFO)
     identity = HostIdentity.load(args.state_dir)
     publish = _publisher(args, args.port)
-    store = KmsStore(Path(args.state_dir) / RECORDS)
-    host = KmsHost(identity, store, deadline=args.deadline, max_connections=args.max_connections)
+    lock = StateLock(args.state_dir)
+    try:
+        store = KmsStore(Path(args.state_dir) / RECORDS)
+        try:
+            host = KmsHost(
+                identity,
+                store,
+                deadline=args.deadline,
+                first_byte=args.first_byte_deadline,
+                max_connections=args.max_connections,
+                max_per_source=args.max_per_source,
+                log_interval=args.log_interval,
+            )
+            _run_host(host, args, publish)
+        finally:
+            store.close()
+    finally:
+        lock.release()
+    return 130 if host.signal == signal.SIGINT else 0
+
+
+def _run_host(host: Any, args: argparse.Namespace, publish: Any) -> None:
+    import asyncio
+    import logging
+
+    from ..errors import AdbaError
+    from ..kms.host import default_addresses
+
     log = logging.getLogger("adba.kms")
 
     async def publisher() -> None:
@@ -318,10 +506,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         while True:
             try:
                 results = await loop.run_in_executor(None, publish)
-                host.store.set_meta("published", _published_json(results))
+                await host.record_meta("published", _published_json(results))
                 log.info("event=published %s", " ".join(f"domain={r.domain}" for r in results))
             except AdbaError as exc:
                 log.error("event=publish-failed reason=%s", exc.message)
+            except Exception as exc:  # the DNS or the records failed: keep serving
+                log.error("event=publish-failed reason=%s", exc)
             await asyncio.sleep(86400)
 
     async def main() -> None:
@@ -334,11 +524,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if task:
                 task.cancel()
 
-    try:
-        asyncio.run(main())
-    finally:
-        store.close()
-    return 0
+    asyncio.run(main())
 
 
 def _published_json(results: Any) -> str:
@@ -380,13 +566,13 @@ def _when(ts: int) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import uuid
+
     from ..catalog import load_catalog
     from ..kms.host import status_view
 
     view = status_view(args.state_dir)
     cat = load_catalog()
-    import uuid
-
     for g in view["groups"]:
         g["name"] = cat.group_name(uuid.UUID(g["kms_id"]))
     if args.json:
@@ -395,11 +581,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not view["activated"]:
         print(f"no activated KMS host key in {args.state_dir}: run `adba kms install-key`")
     else:
-        print(f"host ePID {view['epid']} ({view['csvlk']})")
+        print(f"host ePID {view['epid']} ({view['csvlk']}): activated")
+    if view["serving"]:
+        state = "serving now"
+    elif view["served"]:
+        state = "not serving now"
+    else:
+        state = "not served yet (start it with `adba kms serve`)"
+    saved = f", records saved {_when(view['saved_at'])} UTC" if view["saved_at"] else ""
+    unsaved = (
+        ", some records wait in kms.unsaved.json (the database refused them)"
+        if view["unsaved"]
+        else ""
+    )
+    print(f"host: {state}{saved}{unsaved}")
     th = view["thresholds"]
     print(
-        f"count {view['count']} (thresholds: {th['client']} for clients, {th['server']} for "
-        f"servers), cache holds {view['cache_capacity']}"
+        f"count {view['count']}: the cache holds {view['count']} of {view['cache_capacity']} "
+        f"machines (thresholds: {th['client']} for clients, {th['server']} for servers)"
     )
     rows = [
         [g["name"], str(g["machines"]), f"{g['clients']}/{g['servers']}"] for g in view["groups"]
@@ -409,6 +608,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         if rows
         else "no requests yet"
     )
+    machines = [
+        [
+            m["machine"] or "-",
+            m["kind"],
+            _when(int(m["last_seen"])),
+            "activated" if m["activated"] else "waiting",
+        ]
+        for m in view["machines"]
+    ]
+    if machines:
+        print(table(machines, ["MACHINE", "KIND", "LAST SEEN", "STATE"]))
     published = view["published"]
     print(
         "SRV published in: "
@@ -422,16 +632,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..catalog import load_catalog
-    from ..kms.store import KmsStore
+    from ..kms.host import cache_view
 
-    store = KmsStore(Path(args.state_dir) / "kms.sqlite", readonly=True)
-    try:
-        clients = store.clients()
-    finally:
-        store.close()
+    clients = list(cache_view(args.state_dir).entries.values())
     cat = load_catalog()
     rows = [
         {
@@ -474,12 +678,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import os
     import uuid
 
-    from ..discovery import parse_nameserver
     from ..errors import KmsError
     from ..kms.client import _exchange, hostport
     from ..kms.protocol import STATUS_NOT_COVERED, Request, parse_response
 
-    host, port = parse_nameserver(args.address, default_port=1688)
+    host, port = args.address
     probe = Request(
         1,
         uuid.UUID(int=1),

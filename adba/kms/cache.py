@@ -9,6 +9,10 @@ One cache per host, for every activation group its key covers:
   client asks; it never shrinks; when full, the least recently seen CMID leaves;
 - a CMID not seen for 30 days leaves; a renewal replaces the client's record (its 30 days
   start again).
+
+The cache is the truth; the store saves a snapshot of it (:meth:`KmsCache.snapshot`) whenever
+:attr:`KmsCache.version` moved, so the saved table holds exactly what the cache holds (never
+more than its capacity) and a failed save loses nothing: the next snapshot carries it.
 """
 
 from __future__ import annotations
@@ -45,8 +49,19 @@ class ClientRecord:
     last_seen: int
     #: the count it was given reached the threshold for its kind
     activated: bool = False
-    #: the store holds a row for it (a record added and evicted between two saves never does)
-    persisted: bool = False
+
+    def row(self) -> tuple[str, str, str, int, str, int, int, int]:
+        """The record as the store saves it (an immutable copy, safe to hand to a thread)."""
+        return (
+            str(self.cmid),
+            str(self.kms_id),
+            str(self.sku),
+            self.kind,
+            self.machine,
+            self.first_seen,
+            self.last_seen,
+            int(self.activated),
+        )
 
 
 class KmsCache:
@@ -58,39 +73,52 @@ class KmsCache:
         self.thresholds = thresholds or Thresholds()
         self.capacity = 0
         self.entries: OrderedDict[uuid.UUID, ClientRecord] = OrderedDict()
-        #: what changed since the store last saved
-        self.dirty: dict[uuid.UUID, ClientRecord] = {}
-        self.removed: dict[uuid.UUID, ClientRecord] = {}
-        self.grown = False
+        #: moves on every change (a request, an expiry, a new capacity): the store saves a
+        #: snapshot when it differs from the version it saved last
+        self.version = 0
 
-    def load(self, record: ClientRecord) -> None:
-        """Restore a persisted record (records must come least recently seen first)."""
-        record.persisted = True
-        self.entries[record.cmid] = record
+    def load(self, records: list[ClientRecord], capacity: int, now: int) -> int:
+        """Restore saved records (any order): only what the cache would hold now -- the
+        most recently seen ``capacity`` machines of the last 30 days. Returns how many of
+        ``records`` were left out (stale rows the next save deletes)."""
+        self.capacity = max(self.capacity, capacity)
+        fresh = sorted(
+            (r for r in records if r.last_seen > now - self.thresholds.expiry),
+            key=lambda r: r.last_seen,
+        )
+        kept = fresh[max(0, len(fresh) - self.capacity) :] if self.capacity else []
+        for rec in kept:
+            self.entries.pop(rec.cmid, None)
+            self.entries[rec.cmid] = rec
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+        left_out = len(records) - len(kept)
+        if left_out:
+            self.version += 1
+        return left_out
 
-    def _expire(self, now: int) -> list[ClientRecord]:
-        gone = []
-        while self.entries:
-            oldest = next(iter(self.entries.values()))
-            if oldest.last_seen > now - self.thresholds.expiry:
+    def expire(self, now: int) -> int:
+        """Drop the CMIDs not seen for 30 days; returns how many left."""
+        n = 0
+        entries, horizon = self.entries, now - self.thresholds.expiry
+        while entries:
+            oldest = next(iter(entries.values()))
+            if oldest.last_seen > horizon:
                 break
-            gone.append(self.entries.popitem(last=False)[1])
-        return gone
-
-    def _drop(self, gone: list[ClientRecord]) -> None:
-        for rec in gone:
-            self.dirty.pop(rec.cmid, None)
-            if rec.persisted:
-                self.removed[rec.cmid] = rec
+            entries.popitem(last=False)
+            n += 1
+        if n:
+            self.version += 1
+        return n
 
     def observe(self, request: Request, now: int) -> tuple[int, bool]:
         """Record one request; returns (count, activated) to answer with."""
         threshold = self.thresholds.for_kind(request.kind)
         if 2 * threshold > self.capacity:  # 10, then 50 once a client asks; never shrinks
             self.capacity = 2 * threshold
-            self.grown = True
-        gone = self._expire(now)
-        rec = self.entries.pop(request.cmid, None)
+        self.expire(now)
+        entries = self.entries
+        rec = entries.pop(request.cmid, None)
         if rec is None:
             rec = ClientRecord(
                 request.kms_id, request.cmid, request.sku, request.kind, request.machine, now, now
@@ -98,23 +126,18 @@ class KmsCache:
         else:  # a renewal replaces the client's record: its 30 days start again
             rec.kms_id, rec.sku, rec.kind = request.kms_id, request.sku, request.kind
             rec.machine, rec.last_seen = request.machine, now
-        self.entries[request.cmid] = rec
-        while len(self.entries) > self.capacity:
-            gone.append(self.entries.popitem(last=False)[1])
-        self._drop(gone)
-        count = len(self.entries)
+        entries[request.cmid] = rec
+        while len(entries) > self.capacity:
+            entries.popitem(last=False)
+        count = len(entries)
         rec.activated = count >= threshold
-        self.removed.pop(rec.cmid, None)
-        self.dirty[rec.cmid] = rec
+        self.version += 1
         return count, rec.activated
 
     def count(self, now: int) -> int:
-        self._drop(self._expire(now))
+        self.expire(now)
         return len(self.entries)
 
-    def take_changes(self) -> tuple[list[ClientRecord], list[ClientRecord], int | None]:
-        """(records to save, records to delete, new capacity or None) since the last call."""
-        saved, removed = list(self.dirty.values()), list(self.removed.values())
-        grown = self.capacity if self.grown else None
-        self.dirty, self.removed, self.grown = {}, {}, False
-        return saved, removed, grown
+    def snapshot(self) -> tuple[int, int, list[tuple[str, str, str, int, str, int, int, int]]]:
+        """(version, capacity, rows) -- what the store saves; least recently seen first."""
+        return self.version, self.capacity, [r.row() for r in self.entries.values()]

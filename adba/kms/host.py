@@ -5,21 +5,28 @@ authority (``adba kms install-key``): the authority certifies the host's own Ed2
 that CSVLK, and every response carries that certificate and a signature over the request.
 
 The server reads one request per connection until the client half-closes (so a short, long
-or slow request is told apart from a good one exactly), within a per-connection deadline;
-at most ``max_connections`` are served at once (more are closed at once), so memory is
-bounded. Counting is :class:`~adba.kms.cache.KmsCache`; saving is batched
-(:mod:`adba.kms.store`) off the request path.
+or slow request is told apart from a good one exactly): its first byte within ``first_byte``
+(1 s) and the whole of it within ``deadline`` (2 s). At most ``max_connections`` (512) are
+served at once and at most ``max_per_source`` (64) from one source, with the fullest source
+giving way when all slots are taken (:mod:`adba.kms.admission`), so memory is bounded and no
+address can starve the others; rejections are logged in aggregate. Counting is
+:class:`~adba.kms.cache.KmsCache`; saving is batched (:mod:`adba.kms.store`) in a thread of
+its own, off the request path, and retried with a backoff when it fails.
+
+One host per state dir: :class:`StateLock` (``flock`` on ``kms.lock``) refuses a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import KmsError, KmsHostNotReady, ProtocolError
+from .admission import RejectLog, Slots, source_of
 from .cache import KmsCache, Thresholds
 from .protocol import (
     REQUEST_SIZE,
@@ -38,19 +46,32 @@ from .protocol import (
     parse_request,
     response_message,
 )
-from .store import KmsStore
+from .store import KmsStore, Row
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from ..catalog import Catalog
 
-__all__ = ["HostIdentity", "KmsHost", "Metrics"]
+__all__ = [
+    "HostIdentity",
+    "KmsHost",
+    "Metrics",
+    "StateLock",
+    "cache_view",
+    "serving",
+    "status_view",
+]
 
 log = logging.getLogger(__name__)
 
 HOST_KEY, HOST_JSON, CSVLK_FILE, RECORDS = "host.key", "host.json", "csvlk.key", "kms.sqlite"
-PENDING_KEY = "host.key.pending"
+PENDING_KEY, LOCK = "host.key.pending", "kms.lock"
+
+#: the whole request within DEADLINE seconds of connecting, its first byte within FIRST_BYTE
+DEADLINE, FIRST_BYTE = 2.0, 1.0
+#: connections served at once, and what one source (address or IPv6 /64) may hold of them
+MAX_CONNECTIONS, MAX_PER_SOURCE = 512, 64
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -244,10 +265,11 @@ class Metrics:
         self.requests = 0
         self.rejected = 0
         self.refused = 0
+        self.refused_source = 0
+        self.evicted = 0
         self.activated = 0
-        self.open = 0
 
-    def start_exporter(self, cache: KmsCache, address: str, port: int) -> None:
+    def start_exporter(self, cache: KmsCache, slots: Slots[Any], address: str, port: int) -> None:
         from prometheus_client import CollectorRegistry, start_http_server
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -268,6 +290,16 @@ class Metrics:
                         metrics.refused,
                     ),
                     (
+                        "adba_kms_refused_per_source",
+                        "Connections refused: their source held its share of the slots.",
+                        metrics.refused_source,
+                    ),
+                    (
+                        "adba_kms_evicted",
+                        "Connections dropped to make room (from the source holding the most).",
+                        metrics.evicted,
+                    ),
+                    (
                         "adba_kms_activated",
                         "Answers whose count met the threshold.",
                         metrics.activated,
@@ -275,7 +307,7 @@ class Metrics:
                 ):
                     yield CounterMetricFamily(name, text, value=value)
                 yield GaugeMetricFamily(
-                    "adba_kms_open_connections", "Connections being served.", value=metrics.open
+                    "adba_kms_open_connections", "Connections being served.", value=slots.open
                 )
                 yield GaugeMetricFamily(
                     "adba_kms_count",
@@ -302,25 +334,46 @@ class KmsHost:
         thresholds: Thresholds | None = None,
         renewal_minutes: int = 7 * 24 * 60,
         retry_minutes: int = 120,
-        deadline: float = 5.0,
-        max_connections: int = 512,
+        deadline: float = DEADLINE,
+        first_byte: float = FIRST_BYTE,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_source: int = MAX_PER_SOURCE,
         flush_interval: float = 1.0,
+        log_interval: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.identity = identity
         self.store = store
+        self.clock = clock
         self.cache = KmsCache(thresholds)
-        loaded = store.load(self.cache)
-        log.info("event=start clients_loaded=%d epid=%s", loaded, identity.certificate.epid)
+        loaded, left_out = store.load(self.cache, int(clock()))
+        log.info(
+            "event=start clients_loaded=%d stale_rows=%d capacity=%d epid=%s",
+            loaded,
+            left_out,
+            self.cache.capacity,
+            identity.certificate.epid,
+        )
         self.renewal_minutes = renewal_minutes
         self.retry_minutes = retry_minutes
         self.deadline = deadline
-        self.max_connections = max_connections
+        self.first_byte = min(first_byte, deadline)
+        self.slots: Slots[_Connection] = Slots(max_connections, max_per_source)
         self.flush_interval = flush_interval
-        self.clock = clock
         self.metrics = Metrics()
+        self.rejects = RejectLog(log_interval)
         self._sign = identity.private_key.sign
         self._stop: asyncio.Event | None = None
+        #: the signal that stopped :meth:`serve` (SIGINT: the CLI exits 130)
+        self.signal: int | None = None
+        #: the cache version the table holds (-1: save at once -- stale rows or unsaved file)
+        self._saved_version = -1 if left_out or store.has_unsaved() else self.cache.version
+        self._failures = 0
+        self._saver: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def max_connections(self) -> int:
+        return self.slots.max_connections
 
     # -- the request path (no I/O) -------------------------------------------------------------
     def respond(self, data: bytes) -> bytes:
@@ -360,28 +413,125 @@ class KmsHost:
         return body + self._sign(response_message(data, body))
 
     # -- the server ----------------------------------------------------------------------------
-    def _reject(self, transport: asyncio.BaseTransport, reason: str) -> None:
+    def _reject(self, conn: _Connection, reason: str, detail: str = "") -> None:
+        """Close a connection whose request is malformed or late (logged in aggregate)."""
         self.metrics.rejected += 1
-        log.warning(
-            "event=rejected peer=%s reason=%s", transport.get_extra_info("peername"), reason
-        )
-        transport.abort()  # type: ignore[attr-defined]
+        transport = conn.transport
+        conn.transport = None
+        if transport is not None:
+            self.rejects.note(reason, transport.get_extra_info("peername"), detail)
+            transport.abort()
+        conn.release()
+
+    def _admit(self, conn: _Connection, transport: asyncio.Transport, source: str) -> bool:
+        refusal, victim = self.slots.admit(conn, source)
+        if refusal is not None:
+            if refusal == "full":
+                self.metrics.refused += 1
+            else:
+                self.metrics.refused_source += 1
+            self.rejects.note(refusal, transport.get_extra_info("peername"))
+            transport.abort()
+            return False
+        if victim is not None:
+            self.metrics.evicted += 1
+            victim.counted = False  # its slot went to the newcomer
+            if victim.transport is not None:
+                self.rejects.note("evicted", victim.transport.get_extra_info("peername"))
+                victim.transport.abort()
+                victim.transport = None
+        return True
 
     async def _flusher(self) -> None:
         assert self._stop is not None
+        delay = self.flush_interval
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.flush_interval)
-            self.flush()
+                await asyncio.wait_for(self._stop.wait(), delay)
+            self.rejects.tick()
+            if self._stop.is_set():
+                break
+            if await self._save_in_thread():
+                delay = self.flush_interval
+            else:  # back off: 2, 4, 8 ... 30 s; the cache keeps every machine meanwhile
+                delay = min(max(delay, self.flush_interval) * 2, 30.0)
 
-    def flush(self) -> None:
-        try:
-            n = self.store.save(self.cache)
-        except Exception as exc:
-            log.error("event=flush-failed reason=%s", exc)
-            return
-        if n:
+    def _snapshot(self) -> tuple[int, int, list[Row]] | None:
+        self.cache.expire(int(self.clock()))
+        version, capacity, rows = self.cache.snapshot()
+        return None if version == self._saved_version else (version, capacity, rows)
+
+    def _saved(self, version: int, n: int) -> None:
+        self._saved_version = version
+        if self._failures:
+            log.warning("event=flush-recovered failures=%d rows=%d", self._failures, n)
+            self._failures = 0
+        elif n:
             log.debug("event=flush rows=%d", n)
+
+    def _failed(self, rows: int, exc: BaseException) -> None:
+        self._failures += 1
+        log.error(
+            "event=flush-failed unsaved_machines=%d failures=%d reason=%s (kept in memory, "
+            "retried)",
+            rows,
+            self._failures,
+            exc,
+        )
+
+    async def _save_in_thread(self) -> bool:
+        """Save what changed in the store's own thread: the event loop never waits for SQLite."""
+        snap = self._snapshot()
+        if snap is None:
+            return True
+        version, capacity, rows = snap
+        assert self._saver is not None
+        loop = asyncio.get_running_loop()
+        try:
+            n = await loop.run_in_executor(self._saver, self.store.save, capacity, rows)
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(len(rows), exc)
+            return False
+        self._saved(version, n)
+        return True
+
+    def flush(self, *, attempts: int = 1, pause: float = 0.5) -> bool:
+        """Save now, in this thread (at shutdown); after ``attempts`` failures the snapshot
+        goes to the unsaved file so that the next start has it."""
+        snap = self._snapshot()
+        if snap is None:
+            return True
+        version, capacity, rows = snap
+        for attempt in range(attempts):
+            try:
+                n = self.store.save(capacity, rows)
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(len(rows), exc)
+                if attempt + 1 < attempts:
+                    time.sleep(pause)
+                continue
+            self._saved(version, n)
+            return True
+        try:
+            self.store.write_unsaved(capacity, rows)
+            log.error(
+                "event=unsaved machines=%d file=%s (loaded at the next start)",
+                len(rows),
+                self.store.unsaved_path,
+            )
+        except OSError as exc:
+            log.critical("event=unsaved-lost machines=%d reason=%s", len(rows), exc)
+        return False
+
+    async def record_meta(self, name: str, value: str) -> None:
+        """Write a metadata row in the store's thread (never blocks the event loop)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._saver, self.store.set_meta, name, value)
+
+    def _signalled(self, signum: int) -> None:
+        self.signal = signum
+        if self._stop is not None:
+            self._stop.set()
 
     async def serve(
         self,
@@ -393,10 +543,28 @@ class KmsHost:
     ) -> None:
         """Serve until SIGTERM/SIGINT (or :meth:`stop`); saves the records on the way out."""
         self._stop = asyncio.Event()
+        self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kms-store")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stop.set)
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._signalled, sig)
+        try:
+            await self._serve(loop, addresses, port, metrics_port, ready)
+        finally:
+            self._saver.shutdown(wait=True)
+            self.flush(attempts=6)
+            self.rejects.summary()
+            log.info("event=stop")
+
+    async def _serve(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        addresses: list[str],
+        port: int,
+        metrics_port: int | None,
+        ready: Callable[[list[tuple[str, int]]], None] | None,
+    ) -> None:
+        assert self._stop is not None
         servers = []
         for address in addresses:
             try:
@@ -420,19 +588,28 @@ class KmsHost:
         if not servers:
             raise KmsError(f"cannot listen on any of {addresses} port {port}")
         if metrics_port is not None:
-            self.metrics.start_exporter(self.cache, addresses[0], metrics_port)
+            self.metrics.start_exporter(self.cache, self.slots, addresses[0], metrics_port)
             log.info("event=metrics address=%s port=%d", addresses[0], metrics_port)
         bound = [s.getsockname()[:2] for srv in servers for s in srv.sockets]
-        log.info("event=listening addresses=%s", " ".join(f"{h}:{p}" for h, p in bound))
+        log.info(
+            "event=listening addresses=%s max_connections=%d max_per_source=%d deadline=%g "
+            "first_byte=%g",
+            " ".join(f"{h}:{p}" for h, p in bound),
+            self.slots.max_connections,
+            self.slots.max_per_source,
+            self.deadline,
+            self.first_byte,
+        )
         if ready is not None:
             ready(bound)
         flusher = asyncio.create_task(self._flusher())
-        await self._stop.wait()
-        for srv in servers:
-            srv.close()
-        await flusher
-        self.flush()
-        log.info("event=stop")
+        try:
+            await self._stop.wait()
+        finally:
+            for srv in servers:
+                srv.close()
+            self._stop.set()
+            await flusher
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -442,10 +619,13 @@ class KmsHost:
 class _Connection(asyncio.Protocol):
     """One client connection: collect at most one request until the client half-closes,
     answer, close. A plain protocol (no stream objects, no task per connection): the host
-    spends its time on the request, not on the event-loop machinery. The deadline timer runs
-    until the connection is gone, so a client that neither sends nor reads is cut off too."""
+    spends its time on the request, not on the event-loop machinery.
 
-    __slots__ = ("buf", "counted", "host", "timer", "transport")
+    Two deadlines: the first byte within ``first_byte`` (1 s), the whole request within
+    ``deadline`` (2 s) of connecting. The timer runs until the connection is gone, so a
+    client that neither sends nor reads is cut off too."""
+
+    __slots__ = ("buf", "counted", "host", "source", "timer", "transport")
 
     def __init__(self, host: KmsHost) -> None:
         self.host = host
@@ -453,31 +633,48 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.counted = False
+        self.source = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         host = self.host
-        if host.metrics.open >= host.max_connections:
-            host.metrics.refused += 1
-            transport.abort()
+        self.source = source_of(transport.get_extra_info("peername"))
+        if not host._admit(self, transport, self.source):
             return
-        host.metrics.open += 1
         self.counted = True
         self.transport = transport
-        self.timer = asyncio.get_running_loop().call_later(host.deadline, self._late)
+        loop = asyncio.get_running_loop()
+        if host.first_byte < host.deadline:
+            self.timer = loop.call_later(host.first_byte, self._first_byte)
+        else:
+            self.timer = loop.call_later(host.deadline, self._late)
+
+    def release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.host.slots.release(self, self.source)
+
+    def _first_byte(self) -> None:
+        if self.transport is None:
+            return
+        if not self.buf:
+            self.host._reject(self, "idle")
+            return
+        host = self.host
+        self.timer = asyncio.get_running_loop().call_later(
+            host.deadline - host.first_byte, self._late
+        )
 
     def _late(self) -> None:
         if self.transport is not None:
-            self.host._reject(self.transport, "deadline")
-            self.transport = None
+            self.host._reject(self, "deadline")
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
             return
         self.buf += data
         if len(self.buf) > REQUEST_SIZE:
-            self.host._reject(self.transport, "request too long")
-            self.transport = None
+            self.host._reject(self, "too-long")
 
     def eof_received(self) -> bool:
         transport = self.transport
@@ -491,8 +688,7 @@ class _Connection(asyncio.Protocol):
         try:
             reply = self.host.respond(bytes(self.buf))
         except ProtocolError as exc:
-            self.host._reject(transport, exc.message)
-            self.transport = None
+            self.host._reject(self, "malformed", exc.message)
             return False
         transport.write(reply)
         transport.close()
@@ -501,9 +697,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        if self.counted:
-            self.host.metrics.open -= 1
-            self.counted = False
+        self.release()  # (an evicted connection's slot was handed on already)
         self.transport = None
 
 
@@ -512,22 +706,119 @@ def default_addresses() -> list[str]:
     return ["0.0.0.0", "::"] if socket.has_ipv6 else ["0.0.0.0"]
 
 
+class StateLock:
+    """An exclusive ``flock`` on STATE/kms.lock for as long as the host serves: a second
+    host on the same state dir is refused (its pid is in the file, for the message)."""
+
+    def __init__(self, state_dir: str | Path, *, wait: float = 2.0) -> None:
+        import fcntl
+
+        path = Path(state_dir) / LOCK
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise KmsError(f"cannot open {path}: {exc.strerror}") from exc
+        deadline = time.monotonic() + wait  # `kms status` may hold a shared lock briefly
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(self.fd)
+                raise KmsError(
+                    f"another KMS host (pid {holder}) is serving {Path(state_dir)}: "
+                    "one host per state dir"
+                ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the lock
+            self.fd = -1
+
+
+def serving(state_dir: str | Path) -> bool:
+    """Is a host serving this state dir now (it holds the lock)?"""
+    import fcntl
+
+    try:
+        fd = os.open(Path(state_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+def _read_state(
+    d: Path, now: int, thresholds: Thresholds
+) -> tuple[dict[str, Any], bool, KmsCache, dict[str, Any]]:
+    """(host.json, records exist, the cache as the host would load it, metadata)."""
+    try:
+        if not d.is_dir():
+            raise KmsHostNotReady(f"no KMS host in {d}: no such directory")
+        info = json.loads((d / HOST_JSON).read_text()) if (d / HOST_JSON).is_file() else {}
+        served = (d / RECORDS).is_file()
+        if not info and not served:
+            raise KmsHostNotReady(
+                f"no KMS host in {d}: no host key and no records "
+                f"(run `adba kms install-key --state-dir {d} ...`)"
+            )
+    except PermissionError as exc:
+        raise KmsError(f"cannot read the KMS host's files in {d}: permission denied") from exc
+    except (OSError, ValueError) as exc:
+        raise KmsError(f"cannot read the KMS host's files in {d}: {exc}") from exc
+    cache = KmsCache(thresholds)
+    meta: dict[str, Any] = {"published": None, "saved_at": None, "unsaved": False}
+    if served:
+        try:
+            store = KmsStore(d / RECORDS, readonly=True)
+            try:
+                cache.load(store.clients(), store.capacity(), now)
+                meta["published"] = store.meta("published")
+                meta["saved_at"] = store.meta("saved_at")
+                meta["unsaved"] = store.has_unsaved()
+            finally:
+                store.close()
+        except sqlite3.Error as exc:
+            raise KmsError(f"cannot read the KMS records {d / RECORDS}: {exc}") from exc
+        except PermissionError as exc:
+            raise KmsError(f"cannot read the KMS records in {d}: permission denied") from exc
+    return info, served, cache, meta
+
+
+def cache_view(
+    state_dir: str | Path, *, now: int | None = None, thresholds: Thresholds | None = None
+) -> KmsCache:
+    """The host's cache as its files hold it (what ``adba kms clients`` lists)."""
+    now = int(time.time()) if now is None else now
+    return _read_state(Path(state_dir), now, thresholds or Thresholds())[2]
+
+
 def status_view(
     state_dir: str | Path, *, now: int | None = None, thresholds: Thresholds | None = None
 ) -> dict[str, Any]:
     """What ``adba kms status`` shows, read from the host's files (the host may be running;
-    its records lag by at most the flush interval)."""
+    its records lag by at most the flush interval). The count and the capacity are the
+    cache's, as the host would load it: the newest ``capacity`` machines of the last 30 days."""
     d = Path(state_dir)
     now = int(time.time()) if now is None else now
     thresholds = thresholds or Thresholds()
-    info = json.loads((d / HOST_JSON).read_text()) if (d / HOST_JSON).is_file() else {}
-    store = KmsStore(d / RECORDS, readonly=True)
-    try:
-        capacity = store.capacity()
-        clients = [c for c in store.clients() if c.last_seen > now - thresholds.expiry]
-        published = store.meta("published")
-    finally:
-        store.close()
+    info, _records, cache, meta = _read_state(d, now, thresholds)
+    served = (d / LOCK).exists()  # created by the first `kms serve` (not by publish)
+    published, saved_at, unsaved = meta["published"], meta["saved_at"], meta["unsaved"]
+    clients = list(cache.entries.values())
     groups = []
     for kms_id in sorted({c.kms_id for c in clients}, key=str):
         members = [c for c in clients if c.kms_id == kms_id]
@@ -544,9 +835,24 @@ def status_view(
         "csvlk": info.get("csvlk_name"),
         "kms_ids": info.get("kms_ids", []),
         "activated": bool(info),
+        "served": served,
+        "serving": serving(d),
+        "saved_at": int(saved_at) if saved_at else None,
+        "unsaved": unsaved,
         "count": len(clients),
-        "cache_capacity": capacity,
+        "cache_capacity": cache.capacity,
         "groups": groups,
+        "machines": [  # the cache's contents, most recently seen first
+            {
+                "machine": c.machine,
+                "cmid": str(c.cmid),
+                "kind": "server" if c.kind else "client",
+                "kms_id": str(c.kms_id),
+                "last_seen": c.last_seen,
+                "activated": c.activated,
+            }
+            for c in reversed(clients)
+        ],
         "published": json.loads(published) if published else [],
         "thresholds": {"client": thresholds.client, "server": thresholds.server},
     }
