@@ -94,10 +94,10 @@ _adba() {
             ;;
         "kms/") subs="install-key serve probe status clients publish unpublish" ;;
         "kms/install-key")
-            opts="--apply-cid --authority --authority-ca-file --catalog --get-iid --help --host-id --json --key --key-file --online --root-key --state-dir --verbose -v"; valued="--state-dir --key-file --key --online --authority --apply-cid --authority-ca-file --root-key --host-id --catalog"
+            opts="--apply-cid --authority --authority-ca-file --catalog --get-iid --help --host-id --json --key --key-file --online --reactivate --root-key --state-dir --verbose -v"; valued="--state-dir --key-file --key --online --authority --apply-cid --authority-ca-file --root-key --host-id --catalog"
             ;;
         "kms/serve")
-            opts="--address --deadline --dns-server --help --host-name --listen --max-connections --metrics-port --port --publish --quiet --state-dir --tsig-key-file --verbose -q -v"; valued="--state-dir --listen --port --metrics-port --deadline --max-connections --publish --dns-server --tsig-key-file --host-name --address"
+            opts="--address --deadline --dns-server --first-byte-deadline --help --host-name --listen --log-interval --max-connections --max-per-source --metrics-port --port --publish --quiet --state-dir --tsig-key-file --verbose -q -v"; valued="--state-dir --listen --port --metrics-port --deadline --first-byte-deadline --max-connections --max-per-source --log-interval --publish --dns-server --tsig-key-file --host-name --address"
             ;;
         "kms/probe")
             opts="--help --timeout --verbose -v"; valued="--timeout"
