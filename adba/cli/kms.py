@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import add_json, emit_json, table
+from ._common import add_json, emit_json, table, timeout
+from ._common import port as port_type
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,17 +71,6 @@ example:
 
 
 # -- option types: a bad number or address is a one-line usage error (exit 2) -----------------
-def _port(text: str) -> int:
-    """A TCP port, 1..65535 (locally defined; the CLI's shared one may replace it)."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 1..65535") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 1..65535")
-    return value
-
-
 def _count(text: str) -> int:
     try:
         value = int(text, 10)
@@ -88,18 +78,6 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}: expected 1..1000000") from None
     if not 1 <= value <= 1_000_000:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}: expected 1..1000000")
-    return value
-
-
-def _seconds(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected a number") from None
-    if not math.isfinite(value) or not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected 0 < S <= 3600")
     return value
 
 
@@ -124,7 +102,7 @@ def _hostport(text: str) -> tuple[str, int]:
         ) from None
     if not host or any(c.isspace() for c in host):
         raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected host[:port]")
-    _port(str(port))
+    port_type(str(port))
     return host, port
 
 
@@ -181,21 +159,21 @@ def register(nouns: Any) -> None:
         metavar="ADDR",
         help="address to listen on (repeatable; default 0.0.0.0 and ::)",
     )
-    serve.add_argument("--port", type=_port, default=1688, help="TCP port (default 1688)")
+    serve.add_argument("--port", type=port_type, default=1688, help="TCP port (default 1688)")
     serve.add_argument(
-        "--metrics-port", type=_port, metavar="PORT", help="serve Prometheus metrics on this port"
+        "--metrics-port", type=port_type, metavar="PORT", help="serve Prometheus metrics on this port"
     )
     limits = serve.add_argument_group("limits (one source cannot starve the others)")
     limits.add_argument(
         "--deadline",
-        type=_seconds,
+        type=timeout,
         default=2.0,
         metavar="S",
         help="the whole request within S seconds of connecting (default 2)",
     )
     limits.add_argument(
         "--first-byte-deadline",
-        type=_seconds,
+        type=timeout,
         metavar="S",
         help="its first byte within S seconds (default 1, at most --deadline)",
     )
@@ -216,7 +194,7 @@ def register(nouns: Any) -> None:
     )
     limits.add_argument(
         "--log-interval",
-        type=_seconds,
+        type=timeout,
         default=10.0,
         metavar="S",
         help="rejected connections: one warning, then one summary line per S seconds (default 10)",
@@ -233,7 +211,7 @@ def register(nouns: Any) -> None:
     probe.add_argument(
         "address", nargs="?", type=_hostport, default=("127.0.0.1", 1688), help="host[:port]"
     )
-    probe.add_argument("--timeout", type=_seconds, default=2.0, help="seconds (default 2)")
+    probe.add_argument("--timeout", type=timeout, default=2.0, help="seconds (default 2)")
     probe.set_defaults(func=cmd_probe)
 
     st = verbs.add_parser("status", help="counts, cache, ePID, publication", description=STATUS)
@@ -251,7 +229,7 @@ def register(nouns: Any) -> None:
             verb, help=f"{verb} the SRV record by DNS update", description=PUBLISH
         )
         _state(pub)
-        pub.add_argument("--port", type=_port, default=1688, help="the port clients should use")
+        pub.add_argument("--port", type=port_type, default=1688, help="the port clients should use")
         _publish_options(pub, required=True)
         pub.set_defaults(func=func)
 
