@@ -17,6 +17,7 @@ from adba.catalog import load_catalog
 from adba.cli import main
 from adba.directory import store
 from adba.directory.connection import session
+from adba.directory.objects import list_views
 from adba.license import ForestIdentity, decode_certificate, make_pid, sign_license
 from tests.conftest import NOW
 from tests.integration.test_agent import SERVER_CSVLK, Agent
@@ -154,6 +155,19 @@ def test_a_fresh_agent_reads_every_retirement_before_it_verifies_any_object(
     assert outcome.activated, outcome
     assert agent.status(now=NOW + 2 * DAY)["object_dn"] == new  # not the forgery
     assert json.loads(agent.state.read_text())["retired"] == [keys.a_id]
+    # `ao list` learns from the objects it lists the same way
+    views = {
+        v.dn: v
+        for v in list_views(
+            slapd.options(slapd.admin),
+            root=slapd.suffix,
+            catalog=load_catalog(),
+            root_public_key=LocalAuthority.open(keys.dir).root_public_key,
+            now=NOW + 2 * DAY,
+        )
+    }
+    assert views[new].license == "verified"
+    assert views[forged].license == "invalid" and "has retired" in views[forged].license_detail
 
     # without B's object and without the pin, a fresh agent cannot know: the forgery
     # verifies (what the pinned retired.pem is for)
@@ -231,3 +245,29 @@ def test_a_bad_retirement_file_is_a_config_error_naming_it(
     err = capsys.readouterr().err
     assert f"retired_keys: {'no retirement file ' if damage == 'missing' else ''}{pem}" in err
     assert err.count("\n") == 1
+
+
+def test_a_warm_boot_after_a_retirement_decodes_nothing(
+    slapd: TestSlapd, tmp_path: Path, ao_name: str, janitor: list[str]
+) -> None:
+    import subprocess
+    import sys
+
+    keys = Keys(tmp_path)
+    janitor.append(slapd.publish_csvlk(keys.dir, SERVER_CSVLK, f"a-{ao_name}", NOW))
+    keys.retire_a(NOW + DAY)
+    janitor.append(slapd.publish_csvlk(keys.dir, SERVER_CSVLK, f"b-{ao_name}", NOW + DAY))
+    agent = Agent(tmp_path, slapd, keys.dir)  # retired.pem beside root.pub: pinned too
+    code = (
+        "import sys; from adba.cli import main; "
+        f"rc = main(['agent', 'run', '--once', '--config', {str(agent.path)!r}]); "
+        "print(rc, *(m in sys.modules for m in ('pydantic', 'cryptography', 'adba.license')))"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    assert runs[0].stdout.split()[-4:] == ["0", "True", "True", "True"], runs[0].stdout
+    assert runs[1].stdout.split()[-4:] == ["0", "False", "False", "False"], runs[1].stdout
+    state = json.loads(agent.state.read_text())
+    assert state["retired"] == [keys.a_id] and len(state["scanned"]) == 2
