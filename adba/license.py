@@ -97,6 +97,7 @@ __all__ = [
     "make_pid",
     "normalise_dn",
     "sign_license",
+    "stated_retirements",
     "verify_license",
 ]
 
@@ -679,6 +680,24 @@ def verify_license(
         )
     log.debug("license for %s verified (PID %s)", license_.forest, license_.csvlk_pid)
     return license_
+
+
+def stated_retirements(der: bytes, *, root_public_key: bytes) -> frozenset[bytes]:
+    """The signing keys a license's certificate states are retired, if the pinned root
+    signed that certificate; empty for a license that does not decode or whose certificate
+    is not the root's. Neither the license's own signature nor any time is checked: the
+    root's statement holds whatever carries it (a verifier reads it from every candidate
+    before it accepts any, so a forged license of a retired key cannot come first)."""
+    try:
+        decoded = _decode(der)
+    except MalformedLicense:
+        return frozenset()
+    certificate = decoded.license.certificate
+    if not certificate.retired or certificate.issuer_key_id != key_id(root_public_key):
+        return frozenset()
+    if not _ed25519_verifies(root_public_key, certificate.signature, decoded.certificate_tbs_der):
+        return frozenset()
+    return frozenset(certificate.retired)
 
 
 # -- the pinned retirement statement -----------------------------------------------------------

@@ -44,6 +44,7 @@ class AgentFile(_Model):
     base: str | None = None
     ca_file: str | None = None
     root_key: str
+    retired_keys: str | None = None
     catalog: str | None = None
     state_path: str | None = None
     insecure: bool = False
@@ -181,6 +182,7 @@ def validate(
         root = load_root_public_key(model.root_key)
     except AdbaError as exc:
         raise src.fail("root_key", exc.message) from exc
+    retired = _retired(raw, root, src)
     try:
         catalog = load_catalog(model.catalog)
     except AdbaError as exc:
@@ -216,4 +218,25 @@ def validate(
         keytab=m.keytab,
         principal=m.principal,
         krb5_config=m.krb5_config,
+        retired_keys=retired,
     )
+
+
+def _retired(raw: dict[str, Any], root: bytes, src: _Source) -> tuple[str, ...]:
+    """The pinned retirement file, checked under the root key: one that is named but
+    missing, unreadable, or not signed by the pinned root is a configuration error."""
+    import os
+
+    from ..license import load_retired_keys
+    from .config import retired_path
+
+    path, named = retired_path(raw)
+    if path is None or not (named or os.path.lexists(path)):
+        return ()
+    if named and not os.path.lexists(path):
+        raise src.fail("retired_keys", f"no retirement file {path}")
+    try:
+        keys = load_retired_keys(path, root_public_key=root)
+    except AdbaError as exc:
+        raise src.fail("retired_keys", exc.message) from exc
+    return tuple(sorted(k.hex() for k in keys))

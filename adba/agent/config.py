@@ -20,6 +20,8 @@ Example ``agent.toml``::
     base = "dc=example,dc=test"             # forest root (default: from the root DSE)
     ca_file = "/etc/adba/ca.pem"
     root_key = "/etc/adba/root.pub"         # the activation authority's pinned root key
+    # retired_keys = "/etc/adba/retired.pem" # the authority's retired signing keys (root-
+    #                                       # signed; default: retired.pem beside root_key)
     state_path = "/var/lib/adba/agent-state.json"
 
     [machine]                               # the computer account the agent binds as
@@ -66,6 +68,7 @@ __all__ = [
     "guess_state_path",
     "load_settings",
     "read_raw",
+    "retired_path",
     "state_path_for",
 ]
 
@@ -79,6 +82,7 @@ ENV: dict[str, tuple[str, str]] = {
     "ADBA_BASE": ("", "base"),
     "ADBA_CA_FILE": ("", "ca_file"),
     "ADBA_ROOT_KEY": ("", "root_key"),
+    "ADBA_RETIRED_KEYS": ("", "retired_keys"),
     "ADBA_CATALOG": ("", "catalog"),
     "ADBA_STATE": ("", "state_path"),
     "ADBA_KMS_HOST": ("", "kms_host"),
@@ -146,6 +150,8 @@ class Settings:
     keytab: str | None = None
     principal: str | None = None
     krb5_config: str | None = None
+    #: hex ids of the signing keys the pinned retirement file (``retired_keys``) retires
+    retired_keys: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,6 +174,7 @@ class Settings:
                 "dc_uris": tuple(data["dc_uris"]),
                 "dns_servers": tuple(data["dns_servers"]),
                 "kms_domains": tuple(data.get("kms_domains", ())),
+                "retired_keys": tuple(data.get("retired_keys", ())),
                 "products": products,
             }
         )
@@ -212,6 +219,21 @@ def _parse(path: str, text: bytes, env: dict[str, str]) -> dict[str, Any]:
 
 def read_raw(path: str, env: dict[str, str]) -> dict[str, Any]:
     return _parse(path, _read_bytes(path), env)
+
+
+RETIRED_PEM = "retired.pem"
+
+
+def retired_path(raw: dict[str, Any]) -> tuple[str | None, bool]:
+    """The pinned retirement file and whether the config names it (``retired_keys``):
+    else ``retired.pem`` beside ``root_key``, used only if it exists."""
+    value = raw.get("retired_keys")
+    if isinstance(value, str) and value:
+        return value, True
+    root = raw.get("root_key")
+    if isinstance(root, str) and root:
+        return os.path.join(os.path.dirname(root), RETIRED_PEM), False
+    return None, False
 
 
 def state_path_for(raw: dict[str, Any]) -> str:
@@ -283,5 +305,8 @@ def load_settings(
     from_env = {f"{t}.{k}" if t else k: var for var, (t, k) in ENV.items() if var in env}
     settings = validate(raw, source=path, from_env=from_env)
     deps = [str(raw[k]) for k in ("root_key", "catalog") if isinstance(raw.get(k), str) and raw[k]]
+    retired, _named = retired_path(raw)
+    if retired:  # a retirement file that appears, changes or goes is a changed configuration
+        deps.append(retired)
     entry = {"digest": _digest(text, env, deps), "deps": deps, "settings": settings.to_json()}
     return settings, entry

@@ -15,6 +15,14 @@ say what comes next when it cannot. This is the seed's sequence, step 1:
 A verified object is remembered by a digest of exactly what was verified (the object's
 values, the forest and the root key), so a warm boot that finds the same object needs no
 cryptography import; the signing certificate's expiry is still checked every time.
+
+Retired signing keys: the agent keeps (in the state, never shrinking) every signing key the
+root has stated retired -- in the pinned ``retired_keys`` file, or in the certificate of any
+license it has read. Before it verifies any object of a pass it reads that statement from
+every candidate it has not read before (a digest of each license read is kept, so a warm
+boot decodes nothing), forgets cached verifications of objects a retired key signed, and
+refuses their licenses (:class:`~adba.errors.SignerRetired`, reported as
+``objects-rejected``).
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ __all__ = ["Outcome", "RunReport", "next_step", "run_pass", "stable_code"]
 log = logging.getLogger("adba.agent")
 
 _MAX_VERIFIED = 256
+#: digests of licenses whose retirement statement was read (warm boots decode none again)
+_MAX_SCANNED = 1024
 
 
 # eq/repr/frozen off: each generated method costs ~0.1 ms of import at every boot
@@ -224,6 +234,69 @@ def _fresh(entry: Any, now: int) -> bool:
     )
 
 
+def _is_key_id(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def learn_retired(state: dict[str, Any], ids: Any) -> set[str]:
+    """Add ``ids`` (hex signing-key ids) to the retired keys the state remembers (a set that
+    only grows); returns the whole set."""
+    old = state.get("retired")
+    known = {k for k in old if _is_key_id(k)} if isinstance(old, list) else set()
+    known.update(k for k in ids if _is_key_id(k))
+    state["retired"] = sorted(known)
+    return known
+
+
+def _scan_digest(der: bytes, root_key: str) -> str:
+    return hashlib.sha256(root_key.encode() + b"\0" + der).hexdigest()[:32]
+
+
+def _read_retirements(
+    found: list[ActivationObject], settings: Settings, state: dict[str, Any]
+) -> set[str]:
+    """The retirements stated by the certificates of all candidates (each license decoded
+    once: a digest of it is kept), counted only from certificates the pinned root signed."""
+    old = state.get("scanned")
+    seen = [d for d in old if isinstance(d, str)] if isinstance(old, list) else []
+    known = set(seen)
+    stated: set[str] = set()
+    this_pass: list[str] = []
+    for ao in found:
+        der = ao.issuance_license
+        if der is None or der[:1] != b"\x30":  # no license of ours (a phone or Windows one)
+            continue
+        digest = _scan_digest(der, settings.root_key)
+        this_pass.append(digest)
+        if digest in known:
+            continue
+        from ..license import stated_retirements
+
+        stated.update(
+            k.hex()
+            for k in stated_retirements(der, root_public_key=bytes.fromhex(settings.root_key))
+        )
+        known.add(digest)
+    current = set(this_pass)
+    keep = dict.fromkeys(d for d in seen if d not in current)
+    keep.update(dict.fromkeys(this_pass))  # this pass's last: they survive the bound
+    state["scanned"] = list(keep)[-_MAX_SCANNED:]
+    return learn_retired(state, stated)
+
+
+def _forget_retired(verified: dict[str, Any], retired: set[str]) -> None:
+    """Drop cached verifications of objects a retired key signed (and, once any key is
+    retired, those of an older layout that did not record the signer)."""
+    if not retired:
+        return
+    for digest, entry in list(verified.items()):
+        signer = entry.get("signer", "unknown") if isinstance(entry, dict) else "unknown"
+        if signer == "unknown" or signer in retired:
+            del verified[digest]
+
+
 def _eligible(ao: ActivationObject, product: ProductSettings) -> None:
     """Raise :class:`LicenseError` when ``ao`` cannot be for ``product`` at all (no crypto)."""
     group = uuid.UUID(product.group).bytes_le
@@ -258,6 +331,7 @@ def _check(
     verified: dict[str, Any],
     used: set[str],
     now: int,
+    retired: set[str],
 ) -> None:
     """Raise :class:`LicenseError` with the reason when ``ao`` may not activate ``product``."""
     _eligible(ao, product)
@@ -278,9 +352,16 @@ def _check(
         forest=ForestIdentity.of(forest[0], uuid.UUID(forest[1])),
         now=now,
         sku_for_code=codes.get,
+        retired=[bytes.fromhex(k) for k in sorted(retired)],
     )
+    retired.update(k.hex() for k in ok.retired)
     verified.pop(digest, None)  # re-inserted last: the newest entries survive the bound
-    verified[digest] = {"not_before": ok.not_before, "not_after": ok.not_after, "checked": now}
+    verified[digest] = {
+        "not_before": ok.not_before,
+        "not_after": ok.not_after,
+        "checked": now,
+        "signer": ok.signer.hex() if ok.signer else None,
+    }
     used.add(digest)
 
 
@@ -350,6 +431,9 @@ def _lookup(
             conn.unbind()
     found.sort(key=lambda o: (o.dn or "").lower())
     verified: dict[str, Any] = state["verified"]
+    # every candidate's retirement statement first, then verification
+    retired = _read_retirements(found, settings, state)
+    _forget_retired(verified, retired)
     used: set[str] = set()
     result: dict[str, ActivationObject | _Failure] = {}
     for product in products:
@@ -365,7 +449,7 @@ def _lookup(
         if hit is None:
             for ao in found:
                 try:
-                    _check(ao, product, settings, directory, verified, used, now)
+                    _check(ao, product, settings, directory, verified, used, now, retired)
                 except LicenseError as exc:
                     if uuid.UUID(product.group).bytes_le in ao.kms_ids:
                         if len(reasons) < _LOGGED_REJECTIONS:
@@ -398,6 +482,7 @@ def _lookup(
     for d in list(verified)[-_MAX_VERIFIED:]:
         keep.setdefault(d, verified[d])
     state["verified"] = keep
+    learn_retired(state, retired)
     return result, uri
 
 
@@ -446,6 +531,7 @@ def run_pass(
 ) -> RunReport:
     """One pass over the installed products; updates ``state`` in place (the caller writes it)."""
     now = int(time.time()) if now is None else now
+    learn_retired(state, settings.retired_keys)  # the pinned file: remembered even if it goes
     state["products"] = {
         sku: rec
         for sku, rec in state["products"].items()

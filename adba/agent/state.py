@@ -14,7 +14,9 @@ Layout (``version`` 1)::
      "directory": {"dc": "ldap://...", "tls_name": "...", "root": "dc=...",
                    "container": "cn=Activation Objects,...", "forest_guid": "..."},
      "verified": {"<sha256 of what was verified>": {"not_before": 0, "not_after": 0,
-                                                     "checked": 0}},
+                                                     "checked": 0, "signer": "<key id>"}},
+     "retired": ["<hex id of a retired signing key>", ...],  # only grows; absent: none
+     "scanned": ["<digest of a license whose retirement statement was read>", ...],
      "products": {"<edition SKU>": {ProductRecord fields}}}
 """
 

@@ -220,6 +220,25 @@ def _mak_part(step: _Step, work: Path, authority: str, url: str, root_key: str) 
     step("the vendor's audit", ["authority", "report", "--path", authority])
 
 
+def _retire_part(
+    step: _Step, authority: str, key_file: Path, as_admin: list[str], agent_cfg: list[str]
+) -> None:
+    """The vendor retires its signing key: the agent refuses what the old key signed."""
+    step(
+        "the admin publishes the CSVLK's object again (no new activation; the current key signs)",
+        ["ao", "publish", "--key-file", str(key_file), "--authority", authority, *as_admin],
+    )
+    step(
+        "the vendor rotates the signing key and retires the old one (DIR/retired.pem)",
+        ["authority", "rotate", "--path", authority, "--retire"],
+    )
+    step(
+        "the client pins retired.pem beside root.pub: it refuses the object the old key signed",
+        ["agent", "run", "--once", *agent_cfg],
+        require="which the authority has retired",
+    )
+
+
 def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -362,6 +381,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             _kms_part(step, work, authority, url, root_key)
             _mak_part(step, work, authority, url, root_key)
+            _retire_part(step, authority, key_file, as_admin, agent_cfg)
             if args.keep:
                 print(f"\nkept {lab.dir} and {work}")
     finally:  # an error goes on to main()'s one error printer, after the clean-up

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "list_views",
     "publish_confirmed",
     "publish_csvlk",
+    "retirements",
     "show_view",
     "verify_object",
 ]
@@ -54,6 +55,11 @@ class Verified:
     kind: str  # "issuance" (online) or "phone" (installation + confirmation ID)
     not_before: int
     not_after: int
+    #: id of the signing key that signed the issuance license (None: a phone license,
+    #: which the root key signs itself)
+    signer: bytes | None = None
+    #: signing keys the license's root-signed certificate states are retired
+    retired: tuple[bytes, ...] = ()
 
 
 def verify_object(
@@ -63,6 +69,7 @@ def verify_object(
     forest: ForestIdentity | None,
     now: int,
     sku_for_code: Callable[[int], uuid.UUID | None] | None = None,
+    retired: Iterable[bytes] = (),
 ) -> Verified:
     """The license chain, the forest binding, and that the object's own attributes agree
     with what the authority signed. Raises a :class:`LicenseError` naming the first problem.
@@ -70,7 +77,9 @@ def verify_object(
     An object activated online carries an issuance license (signed by the authority's
     signing key, certified by the root); one activated by telephone carries a phone license
     (the installation ID and the root's confirmation), whose SKU follows from the key's
-    product code (``sku_for_code``, from the catalogue)."""
+    product code (``sku_for_code``, from the catalogue). ``retired``: ids of retired signing
+    keys (see :func:`retirements`): an issuance license one of them signed is refused
+    (:class:`~adba.errors.SignerRetired`)."""
     from ..license import make_pid, verify_license
 
     der = ao.issuance_license
@@ -84,7 +93,9 @@ def verify_object(
             f"{forest.dn if forest else 'this forest'}"
         )
     if der is not None:
-        lic = verify_license(der, root_public_key=root_public_key, forest=forest, now=now)
+        lic = verify_license(
+            der, root_public_key=root_public_key, forest=forest, now=now, retired=retired
+        )
         if lic.forest.guid is None:  # a license that names no GUID is for no forest
             raise WrongForest(
                 f"the license names no forest GUID (issued for {lic.forest.dn}, any forest "
@@ -100,7 +111,8 @@ def verify_object(
             raise LicenseError("CSVLK SKU disagrees with the license")
         if {k.bytes_le for k in lic.kms_ids} != set(ao.kms_ids):
             raise LicenseError("KMS IDs disagree with the license")
-        return Verified("issuance", lic.certificate.not_before, lic.certificate.not_after)
+        cert = lic.certificate
+        return Verified("issuance", cert.not_before, cert.not_after, cert.key_id, cert.retired)
     if phone is not None:
         from ..confirmation import verify_phone_license
 
@@ -122,6 +134,21 @@ def verify_object(
                 raise LicenseError("CSVLK SKU disagrees with the phone license's key")
         return Verified("phone", confirmation.issued_at, 2**62)
     raise MalformedLicense("object carries no license of ours (a Windows object?)")
+
+
+def retirements(
+    objects: Iterable[store.ActivationObject], *, root_public_key: bytes
+) -> frozenset[bytes]:
+    """Every signing key the root-signed certificates carried by ``objects`` state retired.
+    Read from all candidates before any is verified: a license of a retired key is then
+    refused even when it comes before the newer object that carries the retirement."""
+    from ..license import stated_retirements
+
+    found: set[bytes] = set()
+    for ao in objects:
+        if ao.issuance_license is not None and _ours(ao.issuance_license):
+            found |= stated_retirements(ao.issuance_license, root_public_key=root_public_key)
+    return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -173,6 +200,7 @@ def _view(
     root_public_key: bytes | None,
     forest: ForestIdentity | None,
     now: int,
+    retired: Iterable[bytes] = (),
 ) -> ObjectView:
     der = ao.issuance_license or ao.licenses.get("msSPP-PhoneLicense")
     if der is None:
@@ -187,6 +215,7 @@ def _view(
                 forest=forest,
                 now=now,
                 sku_for_code=lambda code: _csvlk_sku(catalog, code),
+                retired=retired,
             )
             status, detail = "verified", "signed by the pinned authority for this forest"
         except MalformedLicense as exc:
@@ -394,7 +423,8 @@ def list_views(
     with session(opts) as conn:
         objects = store.list_objects(conn, schema.container_dn(root), kms_id)
         forest = forest_identity(conn, root) if root_public_key and objects else None
-    return [_view(o, catalog, root_public_key, forest, now) for o in objects]
+    retired = retirements(objects, root_public_key=root_public_key) if root_public_key else ()
+    return [_view(o, catalog, root_public_key, forest, now, retired) for o in objects]
 
 
 def show_view(

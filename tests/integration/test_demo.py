@@ -47,6 +47,9 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     assert "$ adba kms serve" in res.stdout and "activated by KMS host" in res.stdout
     assert "$ adba authority serve" in res.stdout and "activated by MAK" in res.stdout
     assert "no activation objects" in res.stdout
+    assert (
+        "$ adba authority rotate" in res.stdout and "which the authority has retired" in res.stdout
+    )
     assert _ours() == before
 
 
