@@ -261,8 +261,13 @@ PRODUCERS: dict[int, Callable[[Ctx], list[str]]] = {
 }  # fmt: skip
 
 
+#: rows produced by their own tests: 130 and 141 below; 21 (a read-only replica's referral)
+#: needs a replicating cluster, in tests/integration/test_replication.py
+ELSEWHERE = {21, 130, 141}
+
+
 def test_every_row_has_a_test() -> None:
-    assert set(PRODUCERS) | {130, 141} == set(errors.EXIT_CODES)
+    assert set(PRODUCERS) | ELSEWHERE == set(errors.EXIT_CODES)
 
 
 @pytest.mark.parametrize("code", sorted(PRODUCERS))
