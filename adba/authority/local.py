@@ -527,7 +527,8 @@ class LocalAuthority:
                 "never to any forest with that name"
             )
         product = catalog.csvlk_by_code(parsed.code)
-        if not self._certificate.valid_at(now):
+        signing_key, certificate = self._signer()
+        if not certificate.valid_at(now):
             raise AuthorityError(
                 "the authority's signing certificate is not valid now: renew it or check the clock"
             )
@@ -544,8 +545,8 @@ class LocalAuthority:
             else:
                 pid, issued_at = make_pid(parsed.code, parsed.serial, now), now
                 license_der = sign_license(
-                    signing_private_key=self._signing_key,
-                    certificate=self._certificate,
+                    signing_private_key=signing_key,
+                    certificate=certificate,
                     csvlk_sku=product.sku,
                     csvlk_pid=pid,
                     partial_key=parsed.partial,
@@ -816,6 +817,31 @@ class LocalAuthority:
                 " VALUES (?, ?, ?, ?)",
                 (request_id, now, digest, response),
             )
+
+    def _signer(self) -> tuple[Ed25519PrivateKey, SigningCertificate]:
+        """The signing pair on disk now. ``authority rotate`` or ``retire`` run beside a
+        running ``authority serve`` take effect at its next license (the certificate file is
+        compared, a few hundred bytes), and a retired key never signs again."""
+        try:
+            der = (self._path / SIGNING_CERT).read_bytes()
+        except OSError as exc:
+            raise AuthorityError(
+                f"cannot read {self._path / SIGNING_CERT}: {exc.strerror or exc}"
+            ) from exc
+        if der != self._certificate.der:
+            fresh = type(self).open(self._path)
+            log.info(
+                "signing key changed on disk: %s -> %s",
+                self._certificate.key_id.hex(),
+                fresh._certificate.key_id.hex(),
+            )
+            self._signing_key, self._certificate = fresh._signing_key, fresh._certificate
+        if self._certificate.key_id in self.retired_keys():
+            raise AuthorityError(
+                f"the signing key {self._certificate.key_id.hex()} is retired: it never signs "
+                "again (run `adba authority rotate`)"
+            )
+        return self._signing_key, self._certificate
 
     def retired_keys(self) -> frozenset[bytes]:
         """Ids of the signing keys this authority has retired."""

@@ -119,6 +119,25 @@ def test_the_authority_refuses_to_sign_with_a_retired_key(tmp_path: Path) -> Non
         LocalAuthority.open(auth.path)
 
 
+def test_a_running_authority_follows_a_rotation_made_beside_it(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """`authority serve` holds its authority open; `authority rotate --retire` runs in another
+    process. The serving one must sign its next license with the new key, never the old."""
+    serving = LocalAuthority.init(tmp_path / "a", now=NOW)
+    key = serving.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", catalog, now=NOW)
+    old_id = serving.certificate.key_id
+    new_cert = LocalAuthority.open(serving.path).rotate(now=NOW + DAY, retire=True)
+    act = serving.activate_csvlk(key.text, FOREST, catalog, now=NOW + DAY + 1)
+    signer = decode_license(act.license_der).certificate
+    assert signer.key_id == new_cert.key_id != old_id
+    assert serving.certificate.key_id == new_cert.key_id
+    # and it stays on the new key: one more license, same signer, no second activation
+    again = serving.activate_csvlk(key.text, FOREST, catalog, now=NOW + DAY + 2)
+    assert decode_license(again.license_der).certificate.key_id == new_cert.key_id
+    assert len(serving.activations(key.text)) == 1
+
+
 def test_retire_a_key_rotated_out_before(tmp_path: Path, catalog: Catalog) -> None:
     auth = LocalAuthority.init(tmp_path / "a", now=NOW)
     first = auth.certificate.key_id
