@@ -251,13 +251,18 @@ def _view(
 
 
 def check_name(name: str) -> str:
-    """An object name (cn) the directory will take: 1-64 characters, no control characters."""
+    """An object name (cn) the directory will take: 1-64 characters, no control characters,
+    no '?' or '%'."""
     if not 1 <= len(name) <= 64:
         raise InvalidInput(f"object name (--name) must be 1-64 characters, not {len(name)}")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise InvalidInput("object name (--name) must not hold control characters")
     if name != name.strip():
         raise InvalidInput("object name (--name) must not start or end with a space")
+    if "?" in name or "%" in name:
+        # OpenLDAP's rules tell a stored object by a lookup of an LDAP URL holding its DN
+        # (schema.STORED): with these the admin group could publish it but never delete it
+        raise InvalidInput("object name (--name) must not hold '?' or '%'")
     return name
 
 

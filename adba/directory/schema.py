@@ -176,12 +176,26 @@ def container_dn(root: str) -> str:
     return ",".join(reversed(CONTAINER_RDNS)) + "," + root
 
 
+#: An OpenLDAP set that is not empty when the entry being checked is already stored: a base
+#: search (as the database root, inside the operation's own transaction) for the entry's DN.
+#: back-mdb asks for ``entry`` access with three different levels (slapd.access(5), OPERATION
+#: REQUIREMENTS; servers/slapd/back-mdb/{add,delete,modrdn}.c): add needs ``a`` on the entry
+#: being added (not yet stored), delete needs ``z`` on the stored entry, modrdn needs ``w``
+#: (``a`` and ``z``) on the stored entry. The values a rename adds are never checked
+#: (acl_check_modlist lets SLAP_MOD_SOFTADD through), so this is the only place a rename can be
+#: told apart: the admin group gets ``z`` on stored entries and ``a`` on new ones, never both,
+#: and every modrdn is refused with insufficientAccessRights (50). If the lookup ever fails
+#: (a name an LDAP URL cannot carry: ``?`` or ``%``) the admin gets ``a`` only: a rename is
+#: still refused, only that delete is (the safe side).
+STORED = '"([ldap:///]+this+[??base?(objectClass=*)])/entryDN"'
+
+
 def acl_rules(root: str, admin_group: str, computers: str) -> list[str]:
     """The olcAccess values ADBA installs in front of the database's own rules.
 
     Admin group: add and delete activation objects directly under the container, nothing else
-    (no modify, no rename); computers and the admin group: read; everyone else: nothing under
-    cn=Configuration (so not even existence is disclosed: searches get 32).
+    (no modify, no rename: see STORED); computers and the admin group: read; everyone else:
+    nothing under cn=Configuration (so not even existence is disclosed: searches get 32).
     """
     container = container_dn(root)
     admins = f'group.exact="{admin_group}"'
@@ -189,7 +203,7 @@ def acl_rules(root: str, admin_group: str, computers: str) -> list[str]:
     return [
         f'to dn.base="{container}" attrs=children by {admins} =az by * none',
         f'to dn.one="{container}" filter=(objectClass=msSPP-ActivationObject) attrs=entry '
-        f"by {admins} =azrscd by {hosts} read by * none",
+        f"by {admins} set={STORED} =zrscd by {admins} =arscd by {hosts} read by * none",
         f'to dn.one="{container}" by {admins} read by {hosts} read by * none',
         f'to dn.subtree="{config_dn(root)}" by {admins} read by {hosts} read by * none',
     ]

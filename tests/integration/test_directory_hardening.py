@@ -76,41 +76,67 @@ def _rdn(attr: str) -> str:
     return f"{attr}={value}"
 
 
-@pytest.mark.parametrize("new_superior", [False, True], ids=["same-parent", "newSuperior"])
-@pytest.mark.parametrize("attr", sorted(VALUES))
-def test_admin_rename_keeping_no_old_value_is_50(
-    slapd: TestSlapd, existing: str, attr: str, new_superior: bool
-) -> None:
-    admin = bind(slapd, "admin")
-    admin.modify_dn(
-        existing,
-        _rdn(attr),
-        delete_old_dn=True,
-        new_superior=slapd.container if new_superior else None,
-    )
-    assert code(admin) == 50, (attr, admin.result)
-    admin.unbind()
+def _snapshot(slapd: TestSlapd, dn: str) -> dict[str, list[object]] | None:
+    root = bind(slapd, "root")
+    try:
+        root.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["*"])
+        found = [e for e in root.response if e["type"] == "searchResEntry"]
+        if not found:
+            return None
+        return {k.lower(): sorted(map(repr, v)) for k, v in found[0]["raw_attributes"].items()}
+    finally:
+        root.unbind()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "OpenLDAP 2.5 authorises a rename by write on the entry and on the parent's children "
-        "only, and admins need both add and delete there; the values a rename adds are not "
-        "checked against the attribute ACL. No olcAccess keeps add and delete and refuses this "
-        "(the agent still rejects such objects: their values disagree with the license)."
-    ),
+@pytest.mark.parametrize("delete_old", [True, False], ids=["deleteoldrdn1", "deleteoldrdn0"])
+@pytest.mark.parametrize(
+    "new_superior", [None, "container", "parent"], ids=["same-parent", "to-itself", "elsewhere"]
 )
-@pytest.mark.parametrize("attr", ["cn", "description", "displayName", "msSPP-KMSIds"])
-def test_admin_rename_keeping_the_old_value_is_50(
-    slapd: TestSlapd, existing: str, attr: str
+@pytest.mark.parametrize("attr", sorted(VALUES))
+def test_admin_rename_of_any_kind_is_50_and_changes_nothing(
+    slapd: TestSlapd, existing: str, attr: str, new_superior: str | None, delete_old: bool
 ) -> None:
+    """modrdn needs write (add and delete) on the stored entry; the admin group has only
+    delete there (add is for entries not yet stored): every rename is refused, whatever it
+    would add or keep, and the object is left exactly as it was."""
+    before = _snapshot(slapd, existing)
+    superior = {
+        None: None,
+        "container": slapd.container,
+        "parent": slapd.container.split(",", 1)[1],
+    }[new_superior]
     admin = bind(slapd, "admin")
     try:
-        admin.modify_dn(existing, _rdn(attr), delete_old_dn=False)
+        admin.modify_dn(existing, _rdn(attr), delete_old_dn=delete_old, new_superior=superior)
     finally:
         admin.unbind()
-    assert code(admin) == 50, (attr, admin.result)
+    assert code(admin) == 50, (attr, new_superior, delete_old, admin.result)
+    assert _snapshot(slapd, existing) == before
+    renamed = f"{_rdn(attr)},{superior or slapd.container}"
+    assert _snapshot(slapd, renamed) is None, renamed
+
+
+def test_admin_rename_of_a_name_an_url_cannot_carry_is_still_50(
+    slapd: TestSlapd, ao_name: str
+) -> None:
+    """The stored-entry lookup cannot find a name with '?' or '%' (an LDAP URL splits or
+    unescapes it): then the admin gets add only, so the rename is still refused; only the
+    delete of such a name is lost (which is why `ao publish` refuses these names)."""
+    dn = f"cn={ao_name}%3F?x,{slapd.container}"
+    admin = bind(slapd, "admin")
+    try:
+        assert admin.add(dn, attributes=ao_attrs()), admin.result
+        for delete_old in (False, True):
+            admin.modify_dn(dn, "cn=renamed", delete_old_dn=delete_old)
+            assert code(admin) == 50, admin.result
+        admin.delete(dn)
+        assert code(admin) == 50, admin.result
+    finally:
+        admin.unbind()
+        root = bind(slapd, "root")
+        root.delete(dn)
+        root.delete(f"cn=renamed,{slapd.container}")
+        root.unbind()
 
 
 def test_the_agent_rejects_an_object_renamed_with_a_new_kms_id(
@@ -321,3 +347,107 @@ def test_a_srv_target_without_an_address_is_logged(
         and "A/AAAA" in r.getMessage()
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
+
+
+def _config(slapd: TestSlapd) -> ldap3.Connection:
+    return ldap3.Connection(
+        ldap3.Server(slapd.ldapi_uri, get_info=ldap3.NONE),
+        authentication=ldap3.SASL,
+        sasl_mechanism=ldap3.EXTERNAL,
+        sasl_credentials="",
+        auto_bind=True,
+    )
+
+
+def _rules_of(slapd: TestSlapd) -> tuple[str, list[str]]:
+    """The data database's cn=config DN and its olcAccess values (read over ldapi as root)."""
+    conn = _config(slapd)
+    try:
+        conn.search("cn=config", "(olcSuffix=*)", ldap3.LEVEL, attributes=["olcAccess"])
+        [entry] = [e for e in conn.response if e["type"] == "searchResEntry"]
+        return entry["dn"], [str(v) for v in entry["attributes"]["olcAccess"]]
+    finally:
+        conn.unbind()
+
+
+@needs_ldapi
+def test_init_replaces_the_rules_that_let_admins_rename_and_check_tells_them_apart(
+    slapd: TestSlapd, ao_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server initialised before the fix (its entry rule gave the admin group add and delete
+    on stored objects alike): `directory check` fails on it, a rename that keeps the old name
+    succeeds there, and `directory init` puts the new rule in place of the old one."""
+    db, original = _rules_of(slapd)
+    conn = _config(slapd)
+    new = schema.acl_rules(slapd.suffix, slapd.admin_group, slapd.computers)[1]
+    old = (  # the rule as ADBA installed it before (one grant of add and delete)
+        f'to dn.one="{slapd.container}" filter=(objectClass=msSPP-ActivationObject) attrs=entry'
+        f' by group.exact="{slapd.admin_group}" =azrscd'
+        f' by dn.children="{slapd.computers}" read by * none'
+    )
+    [at] = [i for i, v in enumerate(original) if v.split("}", 1)[1] == new]
+    prefix = original[at].split("}", 1)[0] + "}"
+    args = ["--admin-group", slapd.admin_group, "--computers", slapd.computers]
+    dn = f"cn={ao_name},{slapd.container}"
+    try:
+        assert conn.modify(
+            db,
+            {
+                "olcAccess": [
+                    (ldap3.MODIFY_DELETE, [original[at]]),
+                    (ldap3.MODIFY_ADD, [prefix + old]),
+                ]
+            },
+        ), conn.result
+        rc, out, _ = _run(
+            capsys,
+            "directory",
+            "check",
+            "--json",
+            "--config-uri",
+            slapd.ldapi_uri,
+            *args,
+            *slapd.cli_args("root"),
+        )
+        items = {i["name"]: i for i in json.loads(out)["items"]}
+        assert rc != 0 and not items["acl"]["ok"], out
+        admin = bind(slapd, "admin")
+        assert admin.add(dn, attributes=ao_attrs()), admin.result
+        admin.modify_dn(dn, "description=kept-the-old-name", delete_old_dn=False)
+        assert code(admin) == 0, admin.result  # the hole, on the old rule
+        dn = f"description=kept-the-old-name,{slapd.container}"
+
+        rc, out, err = _run(
+            capsys,
+            "directory",
+            "init",
+            "--config-uri",
+            slapd.ldapi_uri,
+            *args,
+            *slapd.cli_args("root"),
+        )
+        assert rc == 0, out + err
+        assert _rules_of(slapd)[1] == original
+        rc, out, err = _run(
+            capsys,
+            "directory",
+            "check",
+            "--json",
+            "--config-uri",
+            slapd.ldapi_uri,
+            *args,
+            *slapd.cli_args("root"),
+        )
+        assert rc == 0 and {i["name"]: i for i in json.loads(out)["items"]}["acl"]["ok"], out
+        admin.modify_dn(dn, f"cn={ao_name}", delete_old_dn=False)
+        assert code(admin) == 50, admin.result
+        admin.delete(dn)
+        assert code(admin) == 0, admin.result
+        admin.unbind()
+    finally:
+        if _rules_of(slapd)[1] != original:
+            conn.modify(db, {"olcAccess": [(ldap3.MODIFY_REPLACE, original)]})
+        conn.unbind()
+        root = bind(slapd, "root")
+        root.delete(dn)
+        root.unbind()
