@@ -217,7 +217,7 @@ def _wrap(
     ssl = sys.modules.get("ssl")  # imported only when TLS was set up
     if isinstance(exc, TimeoutError):  # ldap3 raises classes mixing its own with the cause
         waited = f"{timeout if timeout is not None else opts.connect_timeout:g} s"
-        bound = bool(getattr(conn, "bound", False))
+        bound = bool(getattr(conn, "adba_bound", False))  # ldap3 unbinds on a socket error
         if isinstance(exc, lexc.LDAPSocketOpenError) and not getattr(conn, "adba_handshake", False):
             text = f"{opts.uri} did not accept a connection within {waited}"
             return ServerUnavailable(text, uri=opts.uri)
@@ -356,6 +356,7 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         raise_for_result(conn.result, what=f"bind to {opts.uri}")
     with suppress(OSError, AttributeError):
         conn.socket.settimeout(opts.answer_timeout)
+    conn.adba_bound = True
     log.debug("bound to %s", opts.describe())
     return conn
 
