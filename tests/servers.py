@@ -982,7 +982,11 @@ class TestCA:
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address(ip)), x509.DNSName("localhost")]
+                    [
+                        x509.IPAddress(ipaddress.ip_address(ip)),
+                        x509.DNSName("localhost"),
+                        x509.DNSName(f"*.{TestNamed.zone}"),  # SRV targets of the test DNS
+                    ]
                 ),
                 critical=False,
             )
