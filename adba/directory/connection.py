@@ -247,7 +247,9 @@ def _wrap(
     if isinstance(exc, lexc.LDAPInvalidDnError | lexc.LDAPInvalidDNSyntaxResult):
         return InvalidDN(f"malformed DN: {exc}")
     if isinstance(exc, lexc.LDAPResponseTimeoutError):
-        return ServerNotAnswering(f"{opts.uri} is not answering: it stopped answering", uri=opts.uri)
+        return ServerNotAnswering(
+            f"{opts.uri} is not answering: it stopped answering", uri=opts.uri
+        )
     if isinstance(exc, lexc.LDAPSessionTerminatedByServerError):
         return ServerUnavailable(f"{opts.uri} stopped answering", uri=opts.uri)
     return DirectoryError(f"directory error from {opts.uri}: {type(exc).__name__}", uri=opts.uri)
