@@ -88,7 +88,10 @@ def parse_nameserver(text: str, *, default_port: int = 53) -> tuple[str, int]:
 def make_resolver(
     nameservers: Sequence[str] | None = None, *, timeout: float = 2.0
 ) -> dns.resolver.Resolver:
-    """The system resolver, or one that asks only ``nameservers`` (``host[:port]``)."""
+    """The system resolver, or one that asks only ``nameservers`` (``host[:port]``).
+
+    Every query ends within ``timeout`` (the resolver's lifetime: all servers and retries
+    included), so a DNS server that never answers costs one ``timeout`` per lookup."""
     import dns.resolver
 
     if not nameservers:
@@ -99,7 +102,7 @@ def make_resolver(
         resolver.nameservers = [h for h, _p in parsed]
         resolver.port = parsed[0][1]
     resolver.timeout = timeout
-    resolver.lifetime = timeout * 2
+    resolver.lifetime = timeout
     return resolver
 
 

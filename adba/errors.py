@@ -38,10 +38,12 @@ __all__ = [
     "MalformedLicense",
     "NotActivated",
     "NotAnActivationObject",
+    "ObjectIncomplete",
     "ObjectNotFound",
     "ProtocolError",
     "ReadOnlyReplica",
     "SchemaMissing",
+    "ServerNotAnswering",
     "ServerUnavailable",
     "SignatureInvalid",
     "SignerRetired",
@@ -165,6 +167,12 @@ class WrongForest(LicenseError):
     code = "license-wrong-forest"
 
 
+class ObjectIncomplete(LicenseError):
+    """The activation object is incomplete on this DC (half-replicated): another DC may hold it whole."""
+
+    code = "object-incomplete"
+
+
 class SignerRetired(LicenseError):
     """The license was signed by a signing key the authority has retired."""
 
@@ -225,6 +233,12 @@ class ServerUnavailable(DirectoryError):
 
     exit_code = 6
     code = "unavailable"
+
+
+class ServerNotAnswering(ServerUnavailable):
+    """The server accepted the connection but did not answer in time (not answering)."""
+
+    code = "not-answering"
 
 
 class TlsError(DirectoryError):

@@ -3,6 +3,7 @@ probe -> stop), kept on failure so the run directory and server log can be read.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 
@@ -981,7 +982,11 @@ class TestCA:
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address(ip)), x509.DNSName("localhost")]
+                    [
+                        x509.IPAddress(ipaddress.ip_address(ip)),
+                        x509.DNSName("localhost"),
+                        x509.DNSName(f"*.{TestNamed.zone}"),  # SRV targets of the test DNS
+                    ]
                 ),
                 critical=False,
             )
@@ -1167,3 +1172,121 @@ def dead_port(host: str = "127.0.0.1") -> int:
     _held_ports.append(sock)
     port: int = sock.getsockname()[1]
     return port
+
+
+class SilentServer:
+    """A TCP listener that accepts every connection and never sends a byte (a hung DC or KMS
+    host); with ``trickle`` it sends one byte every ``trickle`` seconds instead."""
+
+    __test__ = False
+
+    def __init__(self, trickle: float | None = None) -> None:
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.trickle = trickle
+        self.held: list[socket.socket] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stopping.is_set():
+            try:
+                sock = self.listener.accept()[0]
+            except OSError:
+                continue
+            self.held.append(sock)
+            if self.trickle:
+                threading.Thread(target=self._drip, args=(sock,), daemon=True).start()
+
+    def _drip(self, sock: socket.socket) -> None:
+        while not self.stopping.wait(self.trickle):
+            try:
+                sock.sendall(b"\0")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        for sock in self.held:
+            sock.close()
+        self.listener.close()
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StallingProxy:
+    """A TCP proxy to a real server that relays its answers to the first ``answered`` client
+    requests (reads) of each connection and swallows every later one: a DC that binds, then
+    goes silent in the middle of the search."""
+
+    __test__ = False
+
+    def __init__(self, port: int, answered: int = 1) -> None:
+        import threading
+
+        self.target = port
+        self.answered = answered
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.socks: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stopping.is_set():
+            try:
+                client = self.listener.accept()[0]
+            except OSError:
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.socks += [client, server]
+            state = {"requests": 0}
+            threading.Thread(
+                target=self._pipe, args=(client, server, state, True), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pipe, args=(server, client, state, False), daemon=True
+            ).start()
+
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, state: dict[str, int], up: bool
+    ) -> None:
+        while not self.stopping.is_set():
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if up:
+                state["requests"] += 1
+            elif state["requests"] > self.answered:
+                continue  # swallowed: the client waits for an answer that never comes
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.listener.close()

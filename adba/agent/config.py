@@ -37,7 +37,8 @@ Example ``agent.toml``::
     renewal_days = 7
     retry_minutes = 120
     grace_days = 30
-    connect_timeout = 2.0
+    timeout = 2.0                           # s, every wait: each connect and each answer
+                                            # of LDAP, DNS and KMS (older name: connect_timeout)
 
     [[products]]
     edition = "Nimbus Server Standard"

@@ -8,8 +8,10 @@ raised to 1 MiB, else reading a 5 MiB license is quadratic (seconds instead of ~
 
 Time: ``connect_timeout`` bounds every step of opening -- the TCP connect, the TLS handshake
 (LDAPS or StartTLS), the StartTLS answer and the bind -- so a server that accepts and never
-answers costs about that, not ldap3's receive timeout; afterwards each read may wait
-``receive_timeout`` (a large search on a busy DC). TLS failures say which check failed: the
+answers costs about that, not ldap3's receive timeout; afterwards each read of an answer waits
+at most ``receive_timeout`` (default: ``connect_timeout`` too). A server that accepted the
+connection and then went silent is :class:`ServerNotAnswering` ("not answering"), one that
+could not be reached at all :class:`ServerUnavailable`. TLS failures say which check failed: the
 certificate's name, its CA, its dates, or no TLS at all.
 """
 
@@ -40,6 +42,7 @@ from ..errors import (
     ObjectNotFound,
     ReadOnlyReplica,
     SchemaMissing,
+    ServerNotAnswering,
     ServerUnavailable,
     TlsError,
 )
@@ -49,7 +52,14 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-__all__ = ["Connection", "ConnectionOptions", "connect", "raise_for_result", "read_password_file"]
+__all__ = [
+    "Connection",
+    "ConnectionOptions",
+    "connect",
+    "operation_error",
+    "raise_for_result",
+    "read_password_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +86,8 @@ class ConnectionOptions:
     #: use StartTLS on ldap:// even without a password
     start_tls: bool = False
     connect_timeout: float = 5.0
-    receive_timeout: int = 30
+    #: the longest wait for each read of an answer after the bind (None: connect_timeout)
+    receive_timeout: float | None = None
     #: the name the server certificate must carry, when the URI holds an address (SRV targets
     #: are resolved by ADBA's own resolver, then verified by name)
     tls_name: str | None = None
@@ -89,6 +100,10 @@ class ConnectionOptions:
     @property
     def scheme(self) -> str:
         return self.uri.split("://", 1)[0].lower() if "://" in self.uri else ""
+
+    @property
+    def answer_timeout(self) -> float:
+        return self.connect_timeout if self.receive_timeout is None else self.receive_timeout
 
     def __repr__(self) -> str:  # never the password
         return f"ConnectionOptions({self.describe()!r})"
@@ -202,13 +217,18 @@ def _wrap(
     ssl = sys.modules.get("ssl")  # imported only when TLS was set up
     if isinstance(exc, TimeoutError):  # ldap3 raises classes mixing its own with the cause
         waited = f"{timeout if timeout is not None else opts.connect_timeout:g} s"
+        bound = bool(getattr(conn, "adba_bound", False))  # ldap3 unbinds on a socket error
         if isinstance(exc, lexc.LDAPSocketOpenError) and not getattr(conn, "adba_handshake", False):
             text = f"{opts.uri} did not accept a connection within {waited}"
+            return ServerUnavailable(text, uri=opts.uri)
+        if bound:
+            text = "no answer to a request"
         elif getattr(conn, "adba_handshake", False) and not getattr(conn, "tls_started", False):
-            text = f"{opts.uri} accepted the connection but did not finish TLS within {waited}"
+            text = "it accepted the connection but did not finish TLS"
         else:
-            text = f"{opts.uri} accepted the connection but did not answer within {waited}"
-        return ServerUnavailable(text, uri=opts.uri)
+            text = "it accepted the connection but did not answer"
+        text = f"{opts.uri} is not answering: {text} within {waited}"
+        return ServerNotAnswering(text, uri=opts.uri)
     tls_failure = getattr(conn, "adba_tls_error", None)
     if (
         tls_failure is not None
@@ -226,7 +246,11 @@ def _wrap(
         )
     if isinstance(exc, lexc.LDAPInvalidDnError | lexc.LDAPInvalidDNSyntaxResult):
         return InvalidDN(f"malformed DN: {exc}")
-    if isinstance(exc, lexc.LDAPResponseTimeoutError | lexc.LDAPSessionTerminatedByServerError):
+    if isinstance(exc, lexc.LDAPResponseTimeoutError):
+        return ServerNotAnswering(
+            f"{opts.uri} is not answering: it stopped answering", uri=opts.uri
+        )
+    if isinstance(exc, lexc.LDAPSessionTerminatedByServerError):
         return ServerUnavailable(f"{opts.uri} stopped answering", uri=opts.uri)
     return DirectoryError(f"directory error from {opts.uri}: {type(exc).__name__}", uri=opts.uri)
 
@@ -333,7 +357,8 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
             raise InvalidDN(f"malformed bind DN: {opts.bind_dn}")
         raise_for_result(conn.result, what=f"bind to {opts.uri}")
     with suppress(OSError, AttributeError):
-        conn.socket.settimeout(opts.receive_timeout)
+        conn.socket.settimeout(opts.answer_timeout)
+    conn.adba_bound = True
     log.debug("bound to %s", opts.describe())
     return conn
 
@@ -370,6 +395,12 @@ def raise_for_result(result: dict[str, Any], *, what: str, dn: str | None = None
     raise DirectoryError(text, dn=dn, code=code)
 
 
+def operation_error(exc: Exception, opts: ConnectionOptions, conn: Any) -> AdbaError:
+    """An ldap3 exception raised by an operation on a bound ``conn`` as one of our errors
+    (a read that waited ``opts.answer_timeout`` for nothing is :class:`ServerNotAnswering`)."""
+    return _wrap(exc, opts, conn, timeout=opts.answer_timeout)
+
+
 @contextmanager
 def session(opts: ConnectionOptions) -> Iterator[ldap3.Connection]:
     """``with session(opts) as conn:`` -- bound connection, always unbound afterwards."""
@@ -377,7 +408,7 @@ def session(opts: ConnectionOptions) -> Iterator[ldap3.Connection]:
     try:
         yield conn
     except lexc.LDAPException as exc:
-        raise _wrap(exc, opts, conn, timeout=opts.receive_timeout) from exc
+        raise _wrap(exc, opts, conn, timeout=opts.answer_timeout) from exc
     finally:
         with suppress(lexc.LDAPException):
             conn.unbind()

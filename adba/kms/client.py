@@ -56,22 +56,34 @@ class KmsAnswer:
 
 
 def _exchange(address: str, port: int, payload: bytes, timeout: float) -> bytes:
+    """Send ``payload`` and read the answer: the connect waits at most ``timeout``, and so does
+    the whole answer (a deadline, not per read: a host trickling bytes gains nothing)."""
+    import time
+
+    where = hostport(address, port)
+    connected = False
     try:
         with socket.create_connection((address, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
+            connected = True
+            deadline = time.monotonic() + timeout
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
             data = b""
             while len(data) <= RESPONSE_SIZE:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
                 chunk = sock.recv(RESPONSE_SIZE + 1 - len(data))
                 if not chunk:
                     break
                 data += chunk
             return data
+    except TimeoutError as exc:
+        text = "is not answering: no answer" if connected else "did not accept a connection"
+        raise KmsUnreachable(f"KMS host {where} {text} within {timeout:g} s") from exc
     except OSError as exc:
-        raise KmsUnreachable(
-            f"KMS host {address}:{port} did not answer ({exc.strerror or exc})"
-        ) from exc
+        raise KmsUnreachable(f"KMS host {where} did not answer ({exc.strerror or exc})") from exc
 
 
 def ask(
