@@ -98,9 +98,7 @@ def _config_snapshot(lab: TestSlapd) -> dict[str, Any]:
         }
 
 
-def test_init_again_changes_nothing(
-    slapd: TestSlapd, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_init_again_changes_nothing(slapd: TestSlapd, capsys: pytest.CaptureFixture[str]) -> None:
     before = _config_snapshot(slapd)
     assert any(dn.startswith("olcOverlay={") and "accesslog" in dn for dn in before)
     capsys.readouterr()
