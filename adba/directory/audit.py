@@ -413,13 +413,14 @@ def _ad(conn: ldap3.Connection, root: str, since: datetime | None) -> list[Event
     changed = f"(whenChanged>={_generalized(since)})" if since else ""
     conn.search(
         schema.config_dn(root),
-        f"(&(isDeleted=TRUE)(lastKnownParent={escape_filter_chars(container)}){changed})",
+        f"(&(isDeleted=TRUE)(objectClass=msSPP-ActivationObject){changed})",
         ldap3.SUBTREE,
-        attributes=["whenChanged", "whenCreated", "msDS-LastKnownRDN", "nTSecurityDescriptor"],
+        attributes=["whenChanged", "whenCreated", "lastKnownParent", "nTSecurityDescriptor"],
         controls=[(SHOW_DELETED, True, None), *security_descriptor_control(sdflags=0x01)],
     )
     raise_for_result(conn.result, what="search the deleted objects")
-    gone = _entries(conn)
+    # tombstones: readable by Domain Admins (as on Windows); others see none of them
+    gone = [e for e in _entries(conn) if _norm(_raw(e, "lastKnownParent")) == _norm(container)]
     sids = {s for _dn, e in live if (s := _owner(e["raw_attributes"].get("nTSecurityDescriptor")))}
     sids |= {s for e in gone if (s := _owner(e["raw_attributes"].get("nTSecurityDescriptor")))}
     names = ad._names(conn, root, sids)
@@ -433,8 +434,9 @@ def _ad(conn: ldap3.Connection, root: str, since: datetime | None) -> list[Event
         created = _raw(e, "whenCreated")
         events.append(Event("publish", str(dn), _iso(created), named(sid), "object", owner_sid=sid))
     for e in gone:
-        rdn = _raw(e, "msDS-LastKnownRDN")
-        dn = f"CN={rdn},{container}" if rdn else str(e["dn"])
+        # a tombstone's RDN is the old one, "\\0ADEL:" and its GUID (no recycle bin needed)
+        rdn = str(e["dn"]).split(",", 1)[0].split("\\0A", 1)[0]
+        dn = f"{rdn},{container}"
         sid = _owner(e["raw_attributes"].get("nTSecurityDescriptor"))
         created = _raw(e, "whenCreated")
         if created and (since is None or created[:14] >= _generalized(since)[:14]):
