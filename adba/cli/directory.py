@@ -9,8 +9,9 @@ from ._common import Formatter, add_connection_options, add_json, emit_json, pic
 
 INIT_EXAMPLE = """\
 Loads the msSPP schema into a running slapd over ldapi (SASL EXTERNAL, as root), indexes
-msSPP-KMSIds, raises the size limits for 5 MiB licenses, installs the access rules and
-creates the activation-objects container. Safe to run again.
+msSPP-KMSIds, raises the size limits for 5 MiB licenses, installs the access rules, records
+who publishes and deletes activation objects (the accesslog overlay, 90 days; --no-audit:
+not) and creates the activation-objects container. Safe to run again.
 
 example:
   sudo adba directory init -b dc=example,dc=test \\
@@ -39,6 +40,11 @@ def register(nouns: Any) -> None:
         formatter_class=Formatter,
     )
     _config_options(init)
+    init.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="do not record who publishes and deletes objects (the accesslog overlay)",
+    )
     add_connection_options(init)
     add_json(init)
     init.set_defaults(func=cmd_init)
@@ -118,6 +124,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         admin_group=admin_group,
         computers=computers,
         progress=None if args.json else (lambda step: say(f"init: {step}")),
+        audit=not args.no_audit,
     )
     _print_report(report, args.json)
     return 0
