@@ -178,6 +178,7 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
         ("ADBA_BASE", "dc=x,,", "malformed DN"),
         ("ADBA_BIND_DN", "not a dn", "malformed DN"),
         ("ADBA_INSECURE", "maybe", "is not one of"),
+        ("ADBA_CONFIG_URI", "ldap://127.0.0.1", "not an ldapi URI"),
     ],
 )
 def test_admin_variables_are_named(
@@ -277,6 +278,19 @@ def test_unknown_edition_in_agent_toml_is_12(
         (["ao", "list", "-H", "ldap://a b"], "no spaces"),
         (["ao", "list", "-H", "ldap://127.0.0.1", "--timeout", "0"], "more than 0"),
         (["ao", "list", "-H", "ldap://127.0.0.1", "--timeout", "nan"], "finite"),
+        (["directory", "check", "--config-uri", "ldap://127.0.0.1"], "not an ldapi URI"),
+        (["directory", "init", "--config-uri", "/var/run/ldapi"], "not an ldapi URI"),
+        (["directory", "replicate", "--config-uri", "ldaps://x"], "not an ldapi URI"),
+        (["acl", "show", "--config-uri", "ldap://127.0.0.1"], "not an ldapi URI"),
+        (["directory", "replicate", "--peer", "ldaps://x:0"], "port must be 1-65535"),
+        (["directory", "replicate", "--update-ref", "http://x"], "not an LDAP URI"),
+        (["directory", "replicate", "--server-id", "0"], "must be 1 or more"),
+        (["authority", "mint", "--count", "0"], "must be 1 or more"),
+        (["authority", "grant-hosts", "--hosts", "-1"], "must be 1 or more"),
+        (["authority", "init", "--cert-days", "0"], "must be 1 or more"),
+        (["authority", "serve", "--port", "99999"], "port must be 1-65535"),
+        (["authority", "serve", "--request-timeout", "inf"], "finite"),
+        (["authority", "serve", "--max-connections", "-1"], "must be 0 or more"),
     ],
 )
 def test_addresses_and_numbers_are_checked_where_parsed(

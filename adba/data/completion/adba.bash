@@ -12,12 +12,18 @@ _adba() {
         "") COMPREPLY=($(compgen -W "directory ao acl authority agent kms mak demo completion --help --verbose --version -h -v" -- "$cur")); return ;;
     esac
     case "$noun/$verb" in
-        "directory/") subs="init check" ;;
+        "directory/") subs="init check replicate" ;;
         "directory/init")
             opts="--admin-group --base --bind-dn --ca-file --computers --config-uri --help --insecure --json --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--config-uri --admin-group --computers -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
             ;;
         "directory/check")
             opts="--admin-group --base --bind-dn --ca-file --computers --config-uri --help --insecure --json --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--config-uri --admin-group --computers -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "directory/replicate")
+            opts="--base --bind-dn --ca-file --config-uri --help --insecure --json --password-file --peer --peer-ca-file --replicator-dn --replicator-password-file --retry --role --server-id --timeout --tls-name --update-ref --uri --verbose -D -H -b -v"; valued="--role --server-id --peer --replicator-dn --replicator-password-file --peer-ca-file --retry --update-ref --config-uri -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            case "$prev" in
+                --role) COMPREPLY=($(compgen -W "provider consumer" -- "$cur")); return ;;
+            esac
             ;;
         "ao/") subs="publish list show delete" ;;
         "ao/publish")
@@ -42,9 +48,9 @@ _adba() {
         "acl/revoke")
             opts="--base --bind-dn --ca-file --help --insecure --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="-H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
             ;;
-        "authority/") subs="init mint serve confirm grant-hosts rotate report" ;;
+        "authority/") subs="init mint serve confirm grant-hosts rotate retire report" ;;
         "authority/init")
-            opts="--help --json --path --verbose -v"; valued="--path"
+            opts="--cert-days --help --json --path --verbose -v"; valued="--path --cert-days"
             ;;
         "authority/mint")
             opts="--catalog --count --help --json --path --product --type --verbose -v"; valued="--path --type --product --catalog --count"
@@ -53,7 +59,7 @@ _adba() {
             esac
             ;;
         "authority/serve")
-            opts="--catalog --help --listen --path --port --tls-cert --tls-key --verbose -v"; valued="--path --listen --port --tls-cert --tls-key --catalog"
+            opts="--catalog --help --listen --max-connections --max-per-address --path --port --request-timeout --tls-cert --tls-key --verbose -v"; valued="--path --listen --port --tls-cert --tls-key --catalog --request-timeout --max-connections --max-per-address"
             ;;
         "authority/confirm")
             opts="--catalog --help --json --path --verbose -v"; valued="--path --catalog"
@@ -62,6 +68,9 @@ _adba() {
             opts="--help --hosts --key --key-file --path --verbose -v"; valued="--path --key-file --key --hosts"
             ;;
         "authority/rotate")
+            opts="--cert-days --help --path --retire --verbose -v"; valued="--path --cert-days"
+            ;;
+        "authority/retire")
             opts="--help --path --verbose -v"; valued="--path"
             ;;
         "authority/report")
