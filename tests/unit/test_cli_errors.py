@@ -316,3 +316,20 @@ def test_ao_publish_with_a_gvlk_or_mak_is_invalid_key(
     assert main(argv) == 11
     line = _one_error_line(capsys.readouterr().err)
     assert f"this is a {kind}" in line and "need a CSVLK" in line
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["at-bind", "at-search"])
+@pytest.mark.parametrize("reply", ["unknown-op", "cut-short", "noise"])
+def test_a_server_that_is_not_ldap_is_named_and_exit_6(
+    capsys: pytest.CaptureFixture[str], reply: str, bound: bool
+) -> None:
+    """ldap3's decoder raising KeyError/IndexError on garbage was "unexpected failure", 1."""
+    from tests.servers import LDAP_BIND_OK, NOT_LDAP, GarbageServer
+
+    replies = [LDAP_BIND_OK, NOT_LDAP[reply]] if bound else [NOT_LDAP[reply]]
+    with GarbageServer(replies) as port:
+        uri = f"ldap://127.0.0.1:{port}"
+        code = main(["ao", "list", "-H", uri, "--insecure", "-b", "dc=x", "--timeout", "2"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 6, line
+    assert f"{uri} did not answer in LDAP" in line
