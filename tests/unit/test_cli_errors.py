@@ -318,6 +318,35 @@ def test_ao_publish_with_a_gvlk_or_mak_is_invalid_key(
     assert f"this is a {kind}" in line and "need a CSVLK" in line
 
 
+@pytest.mark.parametrize("kind", ["GVLK", "MAK"])
+@pytest.mark.parametrize("workflow", ["publish_csvlk", "forest_installation", "publish_confirmed"])
+def test_the_library_refuses_a_gvlk_or_mak_as_invalid_key(kind: str, workflow: str) -> None:
+    """Every workflow taking a forest's key: InvalidKey (11) before any connection (the
+    directory here refuses connections: reaching it would be ServerUnavailable)."""
+    from adba.catalog import load_catalog
+    from adba.directory import objects
+    from adba.directory.connection import ConnectionOptions
+    from adba.errors import InvalidKey
+    from adba.keys import KeyType, make_key
+
+    cat = load_catalog(None)
+    edition = cat.edition("Nimbus Server Standard")
+    key = edition.gvlk if kind == "GVLK" else make_key(KeyType.MAK, edition.code, 1, 0).text
+    opts = ConnectionOptions(uri="ldap://127.0.0.1:1", connect_timeout=0.5)
+    extra: dict[str, object] = {
+        "publish_csvlk": {"activator": None, "catalog": cat},
+        "forest_installation": {},
+        "publish_confirmed": {
+            "confirmation_id": "0" * 7,
+            "catalog": cat,
+            "root_public_key": b"\0" * 32,
+        },
+    }[workflow]
+    with pytest.raises(InvalidKey, match=f"this is a {kind}.*need a CSVLK") as caught:
+        getattr(objects, workflow)(opts, root="dc=example,dc=test", key=key, **extra)
+    assert caught.value.exit_code == 11
+
+
 @pytest.mark.parametrize("bound", [False, True], ids=["at-bind", "at-search"])
 @pytest.mark.parametrize("reply", ["unknown-op", "cut-short", "noise"])
 def test_a_server_that_is_not_ldap_is_named_and_exit_6(
