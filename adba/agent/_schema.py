@@ -216,4 +216,5 @@ def validate(
         keytab=m.keytab,
         principal=m.principal,
         krb5_config=m.krb5_config,
+        from_env=dict(src.from_env),
     )

@@ -260,6 +260,35 @@ def test_agent_variable_is_named(
     assert line.startswith("adba: error: ADBA_DNS_SERVERS: ") and "not-an-ip" in line
 
 
+@pytest.mark.parametrize("problem", ["missing", "readable-by-others", "empty"])
+@pytest.mark.parametrize("by_variable", [False, True], ids=["file", "variable"])
+def test_machine_password_file_errors_name_their_source(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    problem: str,
+    by_variable: bool,
+) -> None:
+    """The agent's password file errors name agent.toml and the key, or the variable."""
+    cfg = _agent_toml(tmp_path, 'dc_uris = ["ldap://127.0.0.1:1"]')
+    password = tmp_path / "machine.password"
+    if problem != "missing":
+        password.write_text("" if problem == "empty" else "secret\n")
+        password.chmod(0o644 if problem == "readable-by-others" else 0o600)
+    if by_variable:
+        monkeypatch.setenv("ADBA_MACHINE_PASSWORD_FILE", str(password))
+        cfg.write_text(cfg.read_text() + '[machine]\ndn = "cn=pc1,dc=x"\n')
+    else:
+        cfg.write_text(
+            cfg.read_text() + f'[machine]\ndn = "cn=pc1,dc=x"\npassword_file = "{password}"\n'
+        )
+    assert main(["agent", "run", "--once", "--config", str(cfg)]) == 15
+    line = _one_error_line(capsys.readouterr().err)
+    where = "ADBA_MACHINE_PASSWORD_FILE: " if by_variable else f"{cfg}: machine.password_file: "
+    assert line.startswith(f"adba: error: {where}"), line
+    assert str(password) in line
+
+
 def test_unknown_edition_in_agent_toml_is_12(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
