@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+from collections.abc import Callable
 
 from adba.lab import Slapd
 
@@ -1290,3 +1291,72 @@ class StallingProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         self.listener.close()
+
+
+def _message_id(request: bytes) -> bytes:
+    """The messageID TLV of an LDAP request (ldap3 numbers messages across connections)."""
+    at = 2 + (request[1] & 0x7F if request[1] & 0x80 else 0)
+    return request[at : at + 2 + request[at + 1]]
+
+
+def ldap_reply(op: bytes) -> Callable[[bytes], bytes]:
+    """An answer carrying the request's messageID, then ``op`` (short-form lengths)."""
+
+    def reply(request: bytes) -> bytes:
+        body = _message_id(request) + op
+        return bytes([0x30, len(body)]) + body
+
+    return reply
+
+
+def raw_reply(data: bytes) -> Callable[[bytes], bytes]:
+    return lambda _request: data
+
+
+#: a bindResponse, success: what an LDAP server answers an anonymous bind
+LDAP_BIND_OK = ldap_reply(bytes.fromhex("61070a010004000400"))
+#: replies that are not LDAP, each making ldap3's decoder raise something else: an unknown
+#: protocolOp (KeyError), a message with no protocolOp (IndexError), bytes 0..255
+NOT_LDAP = {
+    "unknown-op": ldap_reply(bytes.fromhex("1400")),
+    "cut-short": ldap_reply(b""),
+    "noise": raw_reply(bytes(range(256))),
+}
+
+
+class GarbageServer:
+    """A TCP server on 127.0.0.1 that is not LDAP: each connection gets ``replies`` in turn,
+    one per request read, then is closed. ``with GarbageServer([...]) as port:``."""
+
+    def __init__(self, replies: list[Callable[[bytes], bytes]]) -> None:
+        import threading
+
+        self.replies = replies
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port: int = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                try:
+                    for reply in self.replies:
+                        request = conn.recv(65536)
+                        if not request:
+                            break
+                        conn.sendall(reply(request))
+                except OSError:
+                    pass
+
+    def __enter__(self) -> int:
+        self.thread.start()
+        return self.port
+
+    def __exit__(self, *_exc: object) -> None:
+        self.sock.close()

@@ -222,6 +222,7 @@ def validate(
         principal=m.principal,
         krb5_config=m.krb5_config,
         retired_keys=retired,
+        from_env=dict(src.from_env),
     )
 
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -153,9 +153,16 @@ class Settings:
     krb5_config: str | None = None
     #: hex ids of the signing keys the pinned retirement file (``retired_keys``) retires
     retired_keys: tuple[str, ...] = ()
+    #: key ("machine.password_file") -> the ADBA_* variable that set it
+    from_env: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def where(self, key: str) -> str:
+        """Where ``key`` was set, for an error: the variable, or the file and key."""
+        var = self.from_env.get(key)
+        return var if var else f"{self.source}: {key}"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:

@@ -42,6 +42,7 @@ from ..errors import (
     AuthenticationFailed,
     ConfigError,
     DiscoveryError,
+    InvalidInput,
     LicenseError,
     ObjectIncomplete,
     ObjectNotFound,
@@ -114,18 +115,20 @@ def _password(settings: Settings) -> str | None:
         return None
     from ..directory.connection import read_password_file
 
+    where = settings.where("machine.password_file")
     try:
         info = os.stat(settings.password_file)
     except OSError as exc:
-        raise ConfigError(
-            f"machine.password_file {settings.password_file}: {exc.strerror}"
-        ) from exc
+        raise ConfigError(f"{where}: {settings.password_file}: {exc.strerror}") from exc
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
-            f"machine.password_file {settings.password_file} is readable by others: "
+            f"{where}: {settings.password_file} is readable by others: "
             f"chmod 600 {settings.password_file}"
         )
-    return read_password_file(settings.password_file)
+    try:
+        return read_password_file(settings.password_file)
+    except InvalidInput as exc:  # unreadable or empty: a configuration error, named
+        raise ConfigError(f"{where}: {exc.message}") from exc
 
 
 def _candidates(settings: Settings, directory: dict[str, Any]) -> Iterator[tuple[str, str | None]]:

@@ -39,6 +39,7 @@ from ..errors import (
     DirectoryError,
     InvalidDN,
     InvalidInput,
+    NotLdap,
     ObjectNotFound,
     ReadOnlyReplica,
     SchemaMissing,
@@ -65,7 +66,68 @@ log = logging.getLogger(__name__)
 
 set_config_parameter("SOCKET_SIZE", 1 << 20)
 
-Connection = ldap3.Connection
+
+class Connection(ldap3.Connection):  # type: ignore[misc]
+    """ldap3's connection whose every operation raises our errors, never a stray one: a
+    server that is not LDAP (or replies garbage) makes ldap3's decoder raise ``KeyError``,
+    ``IndexError``..., here :class:`NotLdap` naming the server."""
+
+    def __init__(self, server: Any, *, adba_opts: ConnectionOptions, **kwargs: Any) -> None:
+        super().__init__(server, **kwargs)
+        self.adba_opts = adba_opts
+        strategy_open: Any = self.__dict__["open"]  # ldap3 sets open() on the instance
+
+        def open_(*args: Any, **kw: Any) -> Any:
+            return self._guard(strategy_open, args, kw)
+
+        self.open = open_
+
+    def _guard(self, operation: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            return operation(*args, **kwargs)
+        except AdbaError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("gssapi"):
+                raise  # connect() names a Kerberos failure
+            timeout = self.adba_opts.receive_timeout if self.bound else None
+            raise _wrap(exc, self.adba_opts, self, timeout=timeout) from exc
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().start_tls, args, kwargs)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().bind, args, kwargs)
+
+    def rebind(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().rebind, args, kwargs)
+
+    def unbind(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().unbind, args, kwargs)
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().search, args, kwargs)
+
+    def compare(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().compare, args, kwargs)
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().add, args, kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().delete, args, kwargs)
+
+    def modify(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().modify, args, kwargs)
+
+    def modify_dn(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().modify_dn, args, kwargs)
+
+    def abandon(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().abandon, args, kwargs)
+
+    def extended(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().extended, args, kwargs)
 
 
 # eq/repr/frozen off: each generated method costs ~0.1 ms of import at every boot
@@ -213,7 +275,8 @@ def _host(uri: str) -> str:
 def _wrap(
     exc: Exception, opts: ConnectionOptions, conn: Any = None, timeout: float | None = None
 ) -> AdbaError:
-    """Turn an ldap3 exception into our family; branch on classes, never on text."""
+    """Turn an ldap3 exception (or any other one, raised while talking to ``opts.uri``) into
+    our family; branch on classes, never on text."""
     ssl = sys.modules.get("ssl")  # imported only when TLS was set up
     if isinstance(exc, TimeoutError):  # ldap3 raises classes mixing its own with the cause
         waited = f"{timeout if timeout is not None else opts.connect_timeout:g} s"
@@ -251,8 +314,24 @@ def _wrap(
             f"{opts.uri} is not answering: it stopped answering", uri=opts.uri
         )
     if isinstance(exc, lexc.LDAPSessionTerminatedByServerError):
-        return ServerUnavailable(f"{opts.uri} stopped answering", uri=opts.uri)
-    return DirectoryError(f"directory error from {opts.uri}: {type(exc).__name__}", uri=opts.uri)
+        return ServerUnavailable(
+            f"{opts.uri} closed the connection without an LDAP answer (is it an LDAP server?)",
+            uri=opts.uri,
+        )
+    if isinstance(exc, lexc.LDAPException):
+        return DirectoryError(
+            f"directory error from {opts.uri}: {type(exc).__name__}", uri=opts.uri
+        )
+    if isinstance(exc, OSError):
+        return ServerUnavailable(
+            f"{opts.uri} broke the connection: {exc.strerror or type(exc).__name__}", uri=opts.uri
+        )
+    # ldap3's decoder meeting bytes that are not LDAP: KeyError, IndexError, PyAsn1Error...
+    return NotLdap(
+        f"{opts.uri} did not answer in LDAP (is that port another service?): the reply could "
+        f"not be decoded ({type(exc).__name__})",
+        uri=opts.uri,
+    )
 
 
 def _close(conn: ldap3.Connection) -> None:
@@ -261,7 +340,7 @@ def _close(conn: ldap3.Connection) -> None:
     if sock is not None:
         with suppress(OSError):
             sock.close()
-    with suppress(lexc.LDAPException):
+    with suppress(lexc.LDAPException, AdbaError):
         conn.unbind()
 
 
@@ -323,25 +402,24 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         kwargs.update(authentication=ldap3.SASL, sasl_mechanism=ldap3.EXTERNAL, sasl_credentials="")
     else:
         kwargs.update(authentication=ldap3.ANONYMOUS)
-    conn = ldap3.Connection(server, auto_referrals=False, **kwargs)  # never re-send credentials
+    # never re-send credentials: no referral is followed
+    conn = Connection(server, adba_opts=opts, auto_referrals=False, **kwargs)
     try:
         conn.open(read_server_info=False)
         if use_starttls and not conn.start_tls(read_server_info=False):
             raise _tls_error(None, opts)
         ok = conn.bind(read_server_info=False)
+    except AdbaError:
+        _close(conn)
+        raise
     except Exception as exc:
+        _close(conn)
         if type(exc).__module__.startswith("gssapi"):  # a Kerberos failure while binding
-            _close(conn)
             raise AuthenticationFailed(
                 f"Kerberos bind to {opts.uri} as {opts.principal} failed: does the DC have the "
                 f"service principal ldap/{opts.tls_name or server.host}?",
                 uri=opts.uri,
             ) from exc
-        if not isinstance(exc, lexc.LDAPException | TlsError):
-            raise
-        _close(conn)
-        if isinstance(exc, TlsError):
-            raise
         raise _wrap(exc, opts, conn) from exc
     if not ok:
         code = conn.result.get("result")
@@ -410,5 +488,5 @@ def session(opts: ConnectionOptions) -> Iterator[ldap3.Connection]:
     except lexc.LDAPException as exc:
         raise _wrap(exc, opts, conn, timeout=opts.answer_timeout) from exc
     finally:
-        with suppress(lexc.LDAPException):
+        with suppress(lexc.LDAPException, AdbaError):
             conn.unbind()
