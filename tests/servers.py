@@ -165,6 +165,8 @@ class TestNamed:
     __test__ = False
     zone = "lab.example.test"
     keyname = "adba-update."
+    #: a key the zone knows that may update one A record only (a key without rights)
+    limited_keyname = "adba-limited."
     named = "/usr/sbin/named"
     checkconf = "/usr/bin/named-checkconf"
 
@@ -189,6 +191,7 @@ class TestNamed:
     def gen_config(self) -> str:
         d = self.dir
         return f"""key "{self.keyname}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
+key "{self.limited_keyname}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
 options {{
     directory "{d}"; pid-file "{d}/named.pid"; session-keyfile "{d}/session.key";
     managed-keys-directory "{d}"; dump-file "{d}/cache.db"; statistics-file "{d}/stats";
@@ -200,7 +203,10 @@ options {{
 controls {{ }};
 zone "{self.zone}" {{
     type primary; file "{d}/zone.db"; journal "{d}/zone.db.jnl";
-    update-policy {{ grant {self.keyname} zonesub ANY; }};
+    update-policy {{
+        grant {self.keyname} zonesub ANY;
+        grant {self.limited_keyname} name nothing-else.{self.zone} A;
+    }};
 }};
 """
 
