@@ -218,19 +218,9 @@ ns1  IN A   127.0.0.1
 """
 
     def _free_port(self) -> int:
-        import socket
+        from adba.lab import free_port
 
-        for _ in range(50):
-            with socket.socket() as tcp:
-                tcp.bind(("127.0.0.1", 0))
-                port: int = tcp.getsockname()[1]
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    try:
-                        udp.bind(("127.0.0.1", port))
-                    except OSError:
-                        continue
-            return port
-        raise RuntimeError("no port free on both UDP and TCP")
+        return free_port(udp=True)
 
     def start(self) -> TestNamed:
         import time

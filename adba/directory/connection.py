@@ -276,7 +276,9 @@ def _wrap(
     exc: Exception, opts: ConnectionOptions, conn: Any = None, timeout: float | None = None
 ) -> AdbaError:
     """Turn an ldap3 exception (or any other one, raised while talking to ``opts.uri``) into
-    our family; branch on classes, never on text."""
+    our family; branch on classes, never on text. One of ours is already wrapped."""
+    if isinstance(exc, AdbaError):
+        return exc
     ssl = sys.modules.get("ssl")  # imported only when TLS was set up
     if isinstance(exc, TimeoutError):  # ldap3 raises classes mixing its own with the cause
         waited = f"{timeout if timeout is not None else opts.connect_timeout:g} s"
