@@ -272,6 +272,22 @@ def ldap() -> int:
     return supervise(lab.proc)
 
 
+def check() -> int:
+    """`adba directory check` on this server as its root, replication included: every peer
+    reachable, contextCSNs in agreement, the replication identity's rights (exit 8 naming the
+    peer that is down or behind). Run it with ``docker exec``."""
+    from urllib.parse import quote
+
+    tls = DATA / "tls"
+    ca = tls / "ca.pem" if (tls / "ca.pem").exists() else tls / "cert.pem"
+    argv = ["directory", "check", "--config-uri", "ldapi://" + quote(str(DATA / "ldapi"), safe="")]
+    argv += ["-H", f"ldap://127.0.0.1:{LDAP_PORT}", "--ca-file", str(ca), "-b", SUFFIX]
+    argv += ["-D", f"cn=admin,{SUFFIX}", "--password-file", str(DATA / "root.password")]
+    res = adba(*argv, "--timeout", "2", check=False)
+    print(res.stdout + res.stderr, end="")
+    return res.returncode
+
+
 def dns() -> int:
     import base64
     import secrets
@@ -489,6 +505,7 @@ def client() -> int:
 
 ROLES = {
     "ldap": ldap,
+    "check": check,
     "dns": dns,
     "authority": authority,
     "kms": kms,

@@ -152,6 +152,17 @@ class Stack:
             role,
         )
 
+    def check(self, server: str) -> tuple[int, str]:
+        """`adba directory check` on ``server``, replication included: (exit code, output)."""
+        res = subprocess.run(
+            ["docker", "exec", self.container(server), "adba-entrypoint", "check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return res.returncode, res.stdout + res.stderr
+
     def converged(self, want: int, servers: tuple[str, ...], timeout: float = 30) -> None:
         """Until every server in ``servers`` holds ``want`` objects, the same ones."""
         deadline = time.monotonic() + timeout
@@ -203,6 +214,10 @@ def test_the_stack_activates_by_adba_then_by_kms(stack: Stack) -> None:
     stack.settle()
     # published once on ldap, the object is on the other two providers as well
     stack.converged(1, ("ldap", "ldap2", "ldap3"))
+    code, out = stack.check("ldap2")
+    assert code == 0, out
+    assert "ldaps://ldap:1636 answers as cn=adba-replicator" in out
+    assert "3 servers agree on every contextCSN" in out
 
     # the first provider the clients try is stopped: they activate through the next
     stack.compose("stop", "ldap")
@@ -211,6 +226,9 @@ def test_the_stack_activates_by_adba_then_by_kms(stack: Stack) -> None:
     took = time.monotonic() - started
     assert (product["status"], product["channel"]) == ("licensed", "ADBA")
     assert took < 60, f"a client with its first DC stopped took {took:.1f} s"
+    code, out = stack.check("ldap2")  # the replication check names the provider that is down
+    assert code == 8, out
+    assert "[FAIL] replication-peer: ldaps://ldap:1636 not reachable" in out
     # deleted on ldap3 while ldap is down; ldap, started again, converges on the deletion
     stack.admin("unpublish", server="ldap3")
     stack.compose("start", "ldap")
