@@ -29,10 +29,10 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import KmsError, KmsHostNotReady, ProtocolError
 from .admission import RejectLog, Slots, source_of
@@ -72,6 +72,8 @@ __all__ = [
     "Metrics",
     "StateLock",
     "cache_view",
+    "loop_name",
+    "run_loop",
     "serving",
     "status_view",
 ]
@@ -651,12 +653,13 @@ class KmsHost:
         bound = [s.getsockname()[:2] for srv in servers for s in srv.sockets]
         log.info(
             "event=listening addresses=%s max_connections=%d max_per_source=%d deadline=%g "
-            "first_byte=%g",
+            "first_byte=%g loop=%s",
             " ".join(f"{h}:{p}" for h, p in bound),
             self.slots.max_connections,
             self.slots.max_per_source,
             self.deadline,
             self.first_byte,
+            type(loop).__module__.split(".")[0],
         )
         if ready is not None:
             ready(bound)
@@ -694,7 +697,8 @@ class _Connection(asyncio.Protocol):
         self.source = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (uvloop's are not subclasses of asyncio.Transport: no isinstance)
+        transport = cast("asyncio.Transport", transport)
         host = self.host
         self.source = source_of(transport.get_extra_info("peername"))
         if not host._admit(self, transport, self.source):
@@ -757,6 +761,27 @@ class _Connection(asyncio.Protocol):
             self.timer.cancel()
         self.release()  # (an evicted connection's slot was handed on already)
         self.transport = None
+
+
+def loop_name() -> str:
+    """The event loop the host runs on: uvloop where it is installed, else asyncio's."""
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the host's coroutine on uvloop when it is installed (the ``fast`` extra; about
+    twice less CPU per connection), else on asyncio's own loop."""
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def default_addresses() -> list[str]:
