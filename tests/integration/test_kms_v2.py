@@ -303,3 +303,41 @@ def test_the_agent_records_kms_clock_skew(
     outcome = m.run()
     assert outcome.code == "kms-clock-skew" and not outcome.activated
     assert "refused our clock" in outcome.message and "ahead" not in outcome.message
+
+
+def test_the_host_serves_v1_and_v2_on_uvloop(
+    authority_dir: Path, tmp_path: Path, root: bytes
+) -> None:
+    """`kms serve` runs on uvloop when it is installed: the same answers on its transports."""
+    uvloop = pytest.importorskip("uvloop")
+    from adba.authority import LocalAuthority
+    from adba.keys import KeyType
+    from adba.kms.host import HostIdentity, KmsHost
+    from adba.kms.store import KmsStore
+
+    auth = LocalAuthority.open(authority_dir)
+    key = auth.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", load_catalog(), now=NOW).text
+    state = tmp_path / "host"
+    identity = HostIdentity.install(state, key, auth, load_catalog(), host_id="uv", now=NOW)
+    host = KmsHost(identity, KmsStore(state / "kms.sqlite"))
+    port = free_port()
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(
+        target=loop.run_until_complete, args=(host.serve(["127.0.0.1"], port),), daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.02)
+        assert _ask(port, root, uuid.uuid4()).response.count == 1
+        assert _ask(port, root, uuid.uuid4(), version=1).response.count == 2
+        assert exchange(port, b"x" * 300) == b""  # too long: cut
+    finally:
+        loop.call_soon_threadsafe(host.stop)
+        thread.join(10)
+        loop.close()
+        host.store.close()
