@@ -37,6 +37,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -142,6 +143,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="per server and N (5)")
     ap.add_argument("--n", default="1,4,16", help="concurrent clients (1,4,16)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds, interleaved; medians are compared (3)"
+    )
     ap.add_argument("--vlmcsd", default=shutil.which("vlmcsd"), help="vlmcsd binary (PATH)")
     ap.add_argument("--vlmcs", default=shutil.which("vlmcs"), help="vlmcs binary (PATH)")
     ap.add_argument("--vlmcs-args", default=VLMCS_ARGS, help=f"template ({VLMCS_ARGS!r})")
@@ -170,7 +174,7 @@ def main() -> None:
             "vlmcsd: "
             + (f"{args.vlmcsd} with {args.vlmcs}" if anchors else "not found (floor ratio only)")
         )
-        rows: dict[tuple[str, int], dict[str, Any]] = {}
+        rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for n in ns:
             runs: list[tuple[str, int, int, dict[str, Any]]] = [
                 ("floor", base_proc.pid, base_port, {"check": False, **ids}),
@@ -188,39 +192,60 @@ def main() -> None:
                     },
                 ),
             ]
-            for name, pid, port, extra in runs:
-                r = measure(work, pid, port, n, args.seconds, extra)
-                rows[(name, n)] = _row(name, n, r)
-            if anchors:
-                r = measure_vlmcsd(
-                    work,
-                    args.vlmcsd,
-                    args.vlmcs,
-                    n,
-                    args.seconds,
-                    rows[("host-v2", n)]["rate"],
-                    args.vlmcs_args,
-                )
-                rows[("vlmcsd", n)] = _row("vlmcsd", n, r)
+            for _round in range(args.repeat):
+                for name, pid, port, extra in runs:
+                    r = measure(work, pid, port, n, args.seconds, extra)
+                    rows.setdefault((name, n), []).append(_row(name, n, r))
+                if anchors:
+                    r = measure_vlmcsd(
+                        work,
+                        args.vlmcsd,
+                        args.vlmcs,
+                        n,
+                        args.seconds,
+                        rows[("host-v2", n)][-1]["rate"],
+                        args.vlmcs_args,
+                    )
+                    rows.setdefault(("vlmcsd", n), []).append(_row("vlmcsd", n, r))
         if host_proc.poll() is not None:
             print(f"host exited with {host_proc.returncode} during the run")
-        print()
-        head = "N   v1/floor  v2/floor  v2 CPU-v1 CPU (ms/act)"
+        log = (state / "kms.log").read_text(errors="replace").splitlines()
+        warnings = [line for line in log if " WARNING " in line or " ERROR " in line]
+        print(
+            f"host log: {len(warnings)} warnings/errors"
+            + (f", last: {warnings[-1]}" if warnings else "")
+        )
+        med = {
+            k: {f: statistics.median(r[f] for r in v) for f in ("rate", "cpu")}
+            for k, v in rows.items()
+        }
+        print(f"\nmedians of {args.repeat} rounds: req/s and server CPU s per 1,000 activations")
+        names = ["floor", "host-v1", "host-v2"] + (["vlmcsd"] if anchors else [])
+        print("N   " + "".join(f"{name:>20}" for name in names))
+        for n in ns:
+            print(
+                f"{n:<4}"
+                + "".join(
+                    f"{med[(name, n)]['rate']:10.0f} {med[(name, n)]['cpu']:8.3f} "
+                    for name in names
+                )
+            )
+        head = "\nN   v1/floor  v2/floor  v2-v1 CPU ms/activation"
         print(head + ("  v2/vlmcsd rate  v2/vlmcsd CPU" if anchors else ""))
         for n in ns:
-            f, v1, v2 = rows[("floor", n)], rows[("host-v1", n)], rows[("host-v2", n)]
+            f, v1, v2 = med[("floor", n)], med[("host-v1", n)], med[("host-v2", n)]
             line = (
                 f"{n:<3} {v1['rate'] / f['rate']:8.2f}  {v2['rate'] / f['rate']:8.2f}  "
                 f"{v2['cpu'] - v1['cpu']:+.3f}"
             )
             if anchors:
-                c = rows[("vlmcsd", n)]
+                c = med[("vlmcsd", n)]
                 line += (
-                    f"                {v2['rate'] / c['rate']:6.2f}  {v2['cpu'] / c['cpu']:13.2f}"
+                    f"                  {v2['rate'] / c['rate']:6.2f}  {v2['cpu'] / c['cpu']:13.2f}"
                 )
             print(line)
         print("goals: v2/floor >= 0.8; v2/vlmcsd rate >= 1.0, CPU <= 1.0")
-        total_failed = sum(r["failed"] for r in rows.values())
+        total_failed = sum(r["failed"] for v in rows.values() for r in v)
         print(f"failed requests, all runs: {total_failed}")
     finally:
         work.close()
