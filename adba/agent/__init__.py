@@ -57,15 +57,21 @@ def run_agent(
 ) -> RunReport:
     """One pass: load config and state, activate what can be, write the state atomically."""
     settings, state, state_path = load_settings_and_state(config_path, env=env)
-    report = run_pass(
-        settings, state, now=int(time.time()) if now is None else now, due_only=due_only
-    )
+    now = int(time.time()) if now is None else now
+    report = run_pass(settings, state, now=now, due_only=due_only)
     try:
         save_state(state_path, report.state)
     except AdbaError:
         for o in report.outcomes:  # what the pass learned stays in the log (journald)
             log.error("%s: %s (not saved)", o.edition, o.message)
         raise
+    if settings.report_textfile:  # imported only when configured
+        from .report import write_textfile
+
+        try:
+            write_textfile(settings.report_textfile, report.state, now)
+        except OSError as exc:  # the pass is done and saved: a report that fails is a warning
+            log.warning("cannot write the report %s: %s", settings.report_textfile, exc)
     return report
 
 

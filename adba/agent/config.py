@@ -43,6 +43,9 @@ Example ``agent.toml``::
     edition = "Nimbus Server Standard"
     # key = "..."                           # default: the edition's GVLK (or a MAK)
     # mak_key = "..."                       # a MAK to fall back to after ADBA and KMS
+
+    # [report]                              # for node_exporter's textfile collector
+    # textfile = "/var/lib/node_exporter/textfile/adba.prom"
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ class Settings:
     krb5_config: str | None = None
     #: hex ids of the signing keys the pinned retirement file (``retired_keys``) retires
     retired_keys: tuple[str, ...] = ()
+    #: ``[report] textfile``: a Prometheus textfile written after each pass (None: off)
+    report_textfile: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
