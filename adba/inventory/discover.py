@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from ..directory.connection import ConnectionOptions, raise_for_result, session
+from ..errors import ObjectNotFound
 
 __all__ = ["FILTER", "Computer", "discover"]
 
@@ -58,7 +59,14 @@ def discover(opts: ConnectionOptions, base: str, *, page_size: int = 500) -> lis
                 paged_size=page_size,
                 paged_cookie=cookie,
             )
-            raise_for_result(conn.result, what=f"search {base}", dn=base)
+            try:
+                raise_for_result(conn.result, what=f"search {base}", dn=base)
+            except ObjectNotFound as exc:
+                raise ObjectNotFound(
+                    f"no {base}, or this identity may not read it: discovery reads the "
+                    "computer objects, so bind as an identity the directory lets read them",
+                    dn=base,
+                ) from exc
             for entry in conn.response or ():
                 if entry.get("type") != "searchResEntry":
                     continue
