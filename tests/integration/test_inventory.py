@@ -89,7 +89,10 @@ class Fleet:
             "licensed": TestSshd(pub, _agent_status(licensed)),
             "grace": TestSshd(pub, _agent_status(grace)),
             "fake": TestSshd(pub, f"cat {fake}"),
-            "hanging": TestSshd(pub, "sleep 600"),
+            "fake2": TestSshd(pub, f"cat {fake}"),
+            "fake3": TestSshd(pub, f"cat {fake}"),
+            # never finishes; a dot a second, so it ends once the client has gone (SIGPIPE)
+            "hanging": TestSshd(pub, "while sleep 1; do echo .; done"),
             "changed": TestSshd(pub, f"cat {fake}"),
             "unknown": TestSshd(pub, f"cat {fake}"),
             "failing": TestSshd(pub, "echo broken >&2; exit 3"),
@@ -262,7 +265,7 @@ def test_a_scan_of_1000_machines_finishes_bounded(
     """1,000 machine names mapped onto a few sshd processes (one hanging, one down)."""
     from adba.inventory.collect import SshOptions, collect
 
-    targets = ["fake", "licensed", "fake", "hanging", "dead", "fake"]
+    targets = ["fake", "fake2", "fake3"] * 6 + ["hanging", "dead"]
     machines = [
         {"name": f"pc{i:04d}", "address": fleet.address(targets[i % len(targets)])}
         for i in range(1000)
@@ -271,18 +274,19 @@ def test_a_scan_of_1000_machines_finishes_bounded(
     results = collect(
         machines,
         SshOptions(
-            str(fleet.known_hosts), identities=(str(fleet.key),), timeout=20, concurrency=64
+            str(fleet.known_hosts), identities=(str(fleet.key),), timeout=15, concurrency=32
         ),
     )
     elapsed = time.monotonic() - started
-    codes: dict[str | None, int] = {}
-    for r in results:
-        codes[r.error_code] = codes.get(r.error_code, 0) + 1
     assert [r.machine for r in results] == [m["name"] for m in machines]
-    hanging, dead = sum(t == "hanging" for t in [targets[i % 6] for i in range(1000)]), 167
-    assert codes.get("timeout", 0) >= hanging and codes.get("unreachable") == dead
-    assert codes.get(None, 0) >= 500, codes  # the healthy ones answered (slack: busy CI)
-    assert elapsed < 600, elapsed
+    by_target: dict[str, list[str | None]] = {}
+    for i, r in enumerate(results):
+        by_target.setdefault(targets[i % len(targets)], []).append(r.error_code)
+    assert set(by_target["hanging"]) == {"timeout"} and len(by_target["hanging"]) == 50
+    assert set(by_target["dead"]) == {"unreachable"}
+    healthy = [c for t in ("fake", "fake2", "fake3") for c in by_target[t]]
+    assert healthy.count(None) >= 0.8 * len(healthy), set(healthy)  # slack: a busy 2-core CI
+    assert elapsed < 480, elapsed
 
 
 # -- discovery ------------------------------------------------------------------------------
@@ -350,7 +354,7 @@ def kms_with_api(
         host.destroy()
 
 
-def _kms_client(tmp: Path, authority: Path, host: TestKmsHost, name: str) -> None:
+def _kms_client(tmp: Path, authority: Path, host: TestKmsHost, name: str, extra: str = "") -> Any:
     from adba.agent import run_agent
 
     config = tmp / f"{name}.toml"
@@ -358,8 +362,35 @@ def _kms_client(tmp: Path, authority: Path, host: TestKmsHost, name: str) -> Non
         f'root_key = "{authority / "root.pub"}"\nstate_path = "{tmp / name}.json"\n'
         f'machine_name = "{name}"\nkms_host = "{host.address}"\n'
         '[intervals]\nconnect_timeout = 1.0\n[[products]]\nedition = "Nimbus Server Standard"\n'
+        + extra
     )
-    run_agent(str(config), env={}, now=int(time.time()))
+    return run_agent(str(config), env={}, now=int(time.time()))
+
+
+def test_the_agent_writes_its_textfile_after_each_pass(
+    kms_with_api: tuple[TestKmsHost, str, Path], authority_dir: Path, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    host, _url, _token = kms_with_api
+    prom = tmp_path / "textfile" / "adba.prom"
+    prom.parent.mkdir()
+    report = _kms_client(
+        tmp_path, authority_dir, host, "pc-prom", f'[report]\ntextfile = "{prom}"\n'
+    )
+    assert [o.code for o in report.outcomes] != []
+    families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+    status = {s.labels["status"]: s.value for s in families["adba_product_status"].samples}
+    # one KMS client is below the threshold: not activated yet, in grace, with the reason
+    assert status == {"licensed": 0, "grace": 1, "notification": 0, "unlicensed": 0}
+    [error] = families["adba_product_last_error"].samples
+    assert error.labels["edition"] == SERVER and error.labels["code"]
+    assert [p.name for p in prom.parent.iterdir()] == ["adba.prom"]
+    # a relative path (or one not ending in .prom) is a configuration error
+    from adba.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"report\.textfile"):
+        _kms_client(tmp_path, authority_dir, host, "pc-bad", '[report]\ntextfile = "adba.txt"\n')
 
 
 def test_import_a_kms_hosts_clients_with_its_token_only(
