@@ -146,7 +146,9 @@ def _db(args: argparse.Namespace) -> InventoryDB:
     from ..inventory import default_db_path
     from ..inventory.db import InventoryDB
 
-    return InventoryDB(args.db or default_db_path())
+    if args.db is not None:
+        return InventoryDB(args.db)
+    return InventoryDB(default_db_path(), create_parent=True)
 
 
 def _when(ts: int | None) -> str:
@@ -174,8 +176,15 @@ def cmd_discover(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from ..errors import InvalidInput
 
-    if args.address and len(args.names) != 1:
-        raise InvalidInput("--address goes with one name")
+    if args.address is not None:
+        from ..addresses import host_port
+
+        if len(args.names) != 1:
+            raise InvalidInput("--address goes with one name")
+        try:
+            host_port(args.address, default_port=22)
+        except ValueError as exc:
+            raise InvalidInput(f"--address: {exc}") from exc
     with _db(args) as db:
         new = db.add_machines([(n, args.address, None) for n in args.names], source="manual")
     print(f"{len(args.names)} machines: {new} new")
@@ -250,7 +259,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ..inventory import importers
 
     with _db(args) as db:
-        if args.kms:
+        if args.kms is not None:
             if not args.kms_token_file:
                 raise InvalidInput("--kms needs --kms-token-file")
             from ..kms.clients_api import read_token
@@ -369,7 +378,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output:
         from pathlib import Path
 
-        Path(args.output).write_text(text)
+        from ..errors import FileAccessError
+
+        try:
+            Path(args.output).write_text(text)
+        except (OSError, ValueError) as exc:
+            raise FileAccessError(f"cannot write {args.output}: {exc}", path=args.output) from exc
         print(f"{len(machines)} machines written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -152,14 +152,19 @@ class Collection:
 class InventoryDB:
     """``with InventoryDB(path) as db:`` -- opened, migrated to :data:`SCHEMA_VERSION`."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create_parent: bool = False) -> None:
+        """``create_parent``: make the directory (for the default path; a path the admin
+        gives must be in a directory that exists)."""
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if create_parent:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not str(path) or self.path.is_dir() or not self.path.parent.is_dir():
+                raise OSError(f"{self.path.parent} is not a directory" if str(path) else "no path")
             self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, ValueError, sqlite3.Error) as exc:
             raise FileAccessError(
                 f"cannot open the inventory {self.path}: {exc}", path=str(self.path)
             ) from exc

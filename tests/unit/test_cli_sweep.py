@@ -124,6 +124,8 @@ def _good_values(tmp: Path) -> dict[str, str]:
         "--replicator-password-file": str(tmp / "missing-replicator.pw"),
         "key_id": "0123456789abcdef",
         "--peer-ca-file": str(tmp / "missing-ca.pem"),
+        "--db": str(tmp / "inventory.sqlite"),
+        "names": "pc1",
     }
 
 
