@@ -96,12 +96,16 @@ def main() -> None:
             results = collect(machines, opts)
             ours = count / (time.monotonic() - started)
             ok = sum(r.ok for r in results)
+            failures: dict[str, int] = {}
+            for r in results:
+                if not r.ok:
+                    failures[str(r.error_code)] = failures.get(str(r.error_code), 0) + 1
             started = time.monotonic()
             base_ok = baseline(machines, key, known, concurrency)
             theirs = count / (time.monotonic() - started)
             print(
                 f"{concurrency:>11}  {ours:>8.1f}  {ok:>5}  {theirs:>8.1f}  {base_ok:>5}"
-                f"  {ours / theirs:.2f}"
+                f"  {ours / theirs:.2f}  {failures or ''}"
             )
     finally:
         for s in fleet:

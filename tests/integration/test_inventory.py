@@ -96,6 +96,7 @@ class Fleet:
             "changed": TestSshd(pub, f"cat {fake}"),
             "unknown": TestSshd(pub, f"cat {fake}"),
             "failing": TestSshd(pub, "echo broken >&2; exit 3"),
+            "garbage": TestSshd(pub, "echo not-json"),
         }
         self.known_hosts = tmp / "known_hosts"
         other = tmp / "other_host_key"
@@ -158,7 +159,7 @@ def test_collect_records_each_machine_and_one_bad_machine_never_stops_the_scan(
     fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = str(tmp_path / "inv.sqlite")
-    names = ["licensed", "grace", "hanging", "changed", "unknown", "failing", "dead"]
+    names = ["licensed", "grace", "hanging", "changed", "unknown", "failing", "garbage", "dead"]
     for name in names:
         assert (
             _run(capsys, "inventory", "add", "--db", db, name, "--address", fleet.address(name))[0]
@@ -171,9 +172,9 @@ def test_collect_records_each_machine_and_one_bad_machine_never_stops_the_scan(
     elapsed = time.monotonic() - started
     assert code == 0, err
     summary = json.loads(out)
-    assert summary["machines"] == 7 and summary["collected"] == 2 and summary["failed"] == 5
+    assert summary["machines"] == 8 and summary["collected"] == 2 and summary["failed"] == 6
     assert elapsed < 5 + 30  # the hanging machine is bounded by the timeout (slack: busy CI)
-    assert err.count("\n") == 7 and "[7/7]" in err  # progress, one line per machine
+    assert err.count("\n") == 8 and "[8/8]" in err  # progress, one line per machine
     with InventoryDB(db) as inv:
         got = {m["name"]: m for m in inv.machines()}
     assert got["licensed"]["status"] == "licensed" and got["licensed"]["channel"] == "ADBA"
@@ -184,6 +185,7 @@ def test_collect_records_each_machine_and_one_bad_machine_never_stops_the_scan(
         "changed": "host-key-changed",
         "unknown": "host-key-unknown",
         "failing": "command-failed",
+        "garbage": "bad-output",
         "dead": "unreachable",
     }
     assert "refused" in got["changed"]["error_message"]
@@ -207,7 +209,20 @@ def test_collect_records_each_machine_and_one_bad_machine_never_stops_the_scan(
     assert len(history) == 2 and all(h["status"] == "licensed" for h in history)
     assert history[0]["products"][0]["edition"] == SERVER
     code, out, _ = _run(capsys, "inventory", "list", "--db", db, "--what", "scans", "--json")
-    assert [s["failed"] for s in json.loads(out)] == [0, 5]
+    assert [s["failed"] for s in json.loads(out)] == [0, 6]
+
+
+def test_concurrency_bounds_how_many_machines_are_asked_at_once(fleet: Fleet) -> None:
+    """4 hanging machines, 2 at a time, 2 s each: two rounds, so at least 4 s (never less)."""
+    from adba.inventory.collect import SshOptions, collect
+
+    machines = [{"name": f"h{i}", "address": fleet.address("hanging")} for i in range(4)]
+    opts = SshOptions(str(fleet.known_hosts), identities=(str(fleet.key),), timeout=2)
+    started = time.monotonic()
+    results = collect(machines, SshOptions(**{**opts.__dict__, "concurrency": 2}))
+    elapsed = time.monotonic() - started
+    assert [r.error_code for r in results] == ["timeout"] * 4
+    assert 4.0 <= elapsed < 4.0 + 30, elapsed
 
 
 def test_list_and_export_csv_and_json(
@@ -436,6 +451,33 @@ def test_import_a_kms_hosts_clients_with_its_token_only(
     rows = json.loads(out)
     assert sorted(r["machine"] for r in rows) == ["srv-a", "srv-b"]
     assert {r["edition"] for r in rows} == {SERVER} and rows[0]["host"] == host.status()["epid"]
+
+
+def test_the_clients_api_over_tls_is_verified_against_the_ca(
+    authority_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adba.lab import free_port
+    from tests.servers import TestCA
+
+    ca = TestCA(tmp_path)
+    cert, key = tmp_path / "kms.pem", tmp_path / "kms.key"
+    ca.issue(cert, key, "127.0.0.1")
+    token = tmp_path / "kms.token"
+    token.write_text("another-token-16-chars-or-more\n")
+    host = TestKmsHost(authority_dir)
+    port = free_port()
+    tls = ["--clients-tls-cert", str(cert), "--clients-tls-key", str(key)]
+    try:
+        host.start("--clients-api", str(port), "--clients-token-file", str(token), *tls)
+        url = f"https://127.0.0.1:{port}"
+        db = str(tmp_path / "inv.sqlite")
+        args = ["inventory", "import", "--db", db, "--kms", url, "--kms-token-file", str(token)]
+        code, _out, err = _run(capsys, *args)  # the system CAs do not know the lab CA
+        assert code == 19 and "CERTIFICATE_VERIFY_FAILED" in err
+        code, out, err = _run(capsys, *args, "--ca-file", str(ca.cert_file), "--json")
+        assert code == 0 and json.loads(out)["clients"] == 0, err
+    finally:
+        host.destroy()
 
 
 def test_import_key_status_from_the_authority(

@@ -151,3 +151,18 @@ def test_the_report_module_is_not_imported_unless_configured() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_computer_objects_are_named_by_their_dns_name_else_cn() -> None:
+    from adba.inventory.discover import _computer
+
+    ad = {"cn": ["WS1"], "dNSHostName": "WS1.Example.Test", "objectClass": ["computer"]}
+    assert _computer("cn=WS1,cn=Computers", ad) == (
+        "ws1.example.test",
+        "WS1.Example.Test",
+        "cn=WS1,cn=Computers",
+    )
+    assert _computer("cn=WS2$", {"cn": ["WS2$"]}) == ("ws2", None, "cn=WS2$")
+    assert _computer("cn=x", {"cn": ["ip only"], "ipHostNumber": ["192.0.2.7"]}) is None
+    ip = {"cn": ["ws3"], "ipHostNumber": ["192.0.2.7"]}
+    assert _computer("cn=ws3", ip) == ("ws3", "192.0.2.7", "cn=ws3")
