@@ -130,9 +130,14 @@ def register(nouns: Any) -> None:
     add_json(ls)
     ls.set_defaults(func=cmd_list)
 
+    summ = verb("summary", "machines by status and channel, expiring soon")
+    add_json(summ)
+    summ.set_defaults(func=cmd_summary)
+
     hist = verb("history", "every collection, newest first")
     hist.add_argument("name", nargs="?", metavar="NAME", help="one machine")
     hist.add_argument("--limit", type=positive_int, default=100, help="at most (default 100)")
+    hist.add_argument("--by-status", action="store_true", help="each collect run counted by status")
     add_json(hist)
     hist.set_defaults(func=cmd_history)
 
@@ -344,7 +349,31 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    with _db(args) as db:
+        view = db.overview(int(time.time()))
+    if args.json:
+        emit_json(view)
+        return 0
+    print(f"{view['machines']} machines")
+    for title, key in (("by status", "by_status"), ("by channel", "by_channel")):
+        counts = view[key]
+        print(f"  {title}: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"))
+    print(f"  expiring within 30 days: {view['expiring_within_30_days']}")
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
+    if args.by_status:
+        with _db(args) as db:
+            runs = db.status_over_time(limit=args.limit)
+        if args.json:
+            emit_json(runs)
+        else:
+            for run in runs:
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(run["counts"].items()))
+                print(f"{_when(run['at'])}  {counts}")
+        return 0
     with _db(args) as db:
         rows = db.history(args.name, limit=args.limit)
     if args.json:

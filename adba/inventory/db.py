@@ -335,6 +335,40 @@ class InventoryDB:
             out.append(entry)
         return out
 
+    def overview(self, now: int, *, expiring_days: int = 30) -> dict[str, Any]:
+        """Machines by status and by channel, and how many expire within ``expiring_days``."""
+        by_status: dict[str, int] = {}
+        by_channel: dict[str, int] = {}
+        for status, channel, n in self.db.execute(
+            "SELECT status, channel, COUNT(*) FROM machines GROUP BY status, channel"
+        ).fetchall():
+            by_status[status or "unknown"] = by_status.get(status or "unknown", 0) + int(n)
+            for c in (channel or "").split(",") if channel else ():
+                by_channel[c] = by_channel.get(c, 0) + int(n)
+        (expiring,) = self.db.execute(
+            "SELECT COUNT(*) FROM machines WHERE status = 'licensed' AND expires_at IS NOT NULL"
+            " AND expires_at < ?",
+            (now + expiring_days * 86400,),
+        ).fetchone()
+        return {
+            "machines": self.count(),
+            "by_status": by_status,
+            "by_channel": by_channel,
+            f"expiring_within_{expiring_days}_days": int(expiring),
+        }
+
+    def status_over_time(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Each collect run, newest first, with its machines counted by status."""
+        out = []
+        for scan in [s for s in self.scans(limit=limit) if s["kind"] == "collect"]:
+            rows = self.db.execute(
+                "SELECT status, COUNT(*) FROM collections WHERE scan = ? GROUP BY status",
+                (scan["id"],),
+            ).fetchall()
+            counts = {str(status or "unknown"): int(n) for status, n in rows}
+            out.append({"scan": scan["id"], "at": scan["started_at"], "counts": counts})
+        return out
+
     def scans(self, *, limit: int = 100) -> list[dict[str, Any]]:
         columns = ("id", "kind", "started_at", "finished_at", "total", "failed", "source")
         rows = self.db.execute(

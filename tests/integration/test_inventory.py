@@ -208,6 +208,15 @@ def test_collect_records_each_machine_and_one_bad_machine_never_stops_the_scan(
     history = json.loads(out)
     assert len(history) == 2 and all(h["status"] == "licensed" for h in history)
     assert history[0]["products"][0]["edition"] == SERVER
+    code, out, _ = _run(capsys, "inventory", "history", "--db", db, "--by-status", "--json")
+    assert [r["counts"] for r in json.loads(out)] == [
+        {"licensed": 1},
+        {"licensed": 1, "grace": 1, "unreachable": 6},
+    ]
+    code, out, _ = _run(capsys, "inventory", "summary", "--db", db, "--json")
+    view = json.loads(out)
+    assert view["by_status"] == {"licensed": 1, "grace": 1, "unreachable": 6}
+    assert view["by_channel"] == {"ADBA": 1} and view["expiring_within_30_days"] == 0
     code, out, _ = _run(capsys, "inventory", "list", "--db", db, "--what", "scans", "--json")
     assert [s["failed"] for s in json.loads(out)] == [0, 6]
 
@@ -401,6 +410,15 @@ def test_the_agent_writes_its_textfile_after_each_pass(
     [error] = families["adba_product_last_error"].samples
     assert error.labels["edition"] == SERVER and error.labels["code"]
     assert [p.name for p in prom.parent.iterdir()] == ["adba.prom"]
+    # without [report], a pass imports nothing of it
+    _kms_client(tmp_path, authority_dir, host, "pc-plain")
+    code = (
+        "import sys; from adba.cli import main; "
+        f"main(['agent', 'run', '--config', {str(tmp_path / 'pc-plain.toml')!r}]); "
+        "print('adba.agent.report' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False", out.stderr
     # a relative path (or one not ending in .prom) is a configuration error
     from adba.errors import ConfigError
 

@@ -118,7 +118,7 @@ _adba() {
         "mak/proxy")
             opts="--authority-ca-file --help --json --online --out --verbose -v"; valued="--online --authority-ca-file --out"
             ;;
-        "inventory/") subs="discover add collect import list history export" ;;
+        "inventory/") subs="discover add collect import list summary history export" ;;
         "inventory/discover")
             opts="--base --bind-dn --ca-file --computers --db --help --insecure --json --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--db -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout --computers"
             ;;
@@ -137,8 +137,11 @@ _adba() {
                 --what) COMPREPLY=($(compgen -W "machines kms-clients keys scans" -- "$cur")); return ;;
             esac
             ;;
+        "inventory/summary")
+            opts="--db --help --json --verbose -v"; valued="--db"
+            ;;
         "inventory/history")
-            opts="--db --help --json --limit --verbose -v"; valued="--db --limit"
+            opts="--by-status --db --help --json --limit --verbose -v"; valued="--db --limit"
             ;;
         "inventory/export")
             opts="--db --format --help --output --verbose -o -v"; valued="--db --format --output -o"
