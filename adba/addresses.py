@@ -84,7 +84,8 @@ def ldap_uri(text: str, *, schemes: tuple[str, ...] = _SCHEMES) -> str:
     scheme, sep, rest = text.partition("://")
     if not sep or scheme.lower() not in schemes:
         shown = ", ".join(f"{s}://" for s in schemes)
-        raise ValueError(f"{text!r} is not an LDAP URI: use {shown}")
+        what = "an LDAP URI" if schemes == _SCHEMES else f"an {' or '.join(schemes)} URI"
+        raise ValueError(f"{text!r} is not {what}: use {shown}")
     if any(c.isspace() or ord(c) < 32 for c in text):
         raise ValueError(f"{text!r}: an LDAP URI has no spaces or control characters")
     hostport = rest.split("/", 1)[0].split("?", 1)[0]

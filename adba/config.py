@@ -62,13 +62,23 @@ class DirectorySection(_Section):
     admin_group: str | None = None
     computers: str | None = None
 
-    @field_validator("uri", "config_uri")
+    @field_validator("uri")
     @classmethod
     def _ldap_uri(cls, value: str | None) -> str | None:
         if value is not None:
             from .addresses import ldap_uri
 
             ldap_uri(value)
+        return value
+
+    @field_validator("config_uri")
+    @classmethod
+    def _ldapi_uri(cls, value: str | None) -> str | None:
+        """slapd's cn=config is read over ldapi only (as root, SASL EXTERNAL)."""
+        if value is not None:
+            from .addresses import ldap_uri
+
+            ldap_uri(value, schemes=("ldapi",))
         return value
 
 

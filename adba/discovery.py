@@ -88,7 +88,10 @@ def parse_nameserver(text: str, *, default_port: int = 53) -> tuple[str, int]:
 def make_resolver(
     nameservers: Sequence[str] | None = None, *, timeout: float = 2.0
 ) -> dns.resolver.Resolver:
-    """The system resolver, or one that asks only ``nameservers`` (``host[:port]``)."""
+    """The system resolver, or one that asks only ``nameservers`` (``host[:port]``).
+
+    Every query ends within ``timeout`` (the resolver's lifetime: all servers and retries
+    included), so a DNS server that never answers costs one ``timeout`` per lookup."""
     import dns.resolver
 
     if not nameservers:
@@ -99,7 +102,7 @@ def make_resolver(
         resolver.nameservers = [h for h, _p in parsed]
         resolver.port = parsed[0][1]
     resolver.timeout = timeout
-    resolver.lifetime = timeout * 2
+    resolver.lifetime = timeout
     return resolver
 
 
@@ -479,6 +482,35 @@ class _Peer:
             return []
         return list(rrset)
 
+    def zone_of(self, name: dns.name.Name) -> dns.name.Name:
+        """The apex of the zone this server serves that holds ``name`` (RFC 2136 §4: the
+        client finds the zone with an SOA query), asked of the server itself."""
+        import dns.flags
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+
+        query = dns.message.make_query(name, "SOA")
+        query.use_tsig(self.keyring, self.key.name, algorithm=self.algorithm)
+        response = self.exchange(query)
+        if response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and (
+            response.flags & dns.flags.AA
+        ):
+            for rrset in (*response.answer, *response.authority):
+                if rrset.rdtype == dns.rdatatype.SOA and name.is_subdomain(rrset.name):
+                    return rrset.name
+        domain = name.to_text(omit_final_dot=True)
+        raise DiscoveryError(
+            f"the DNS server {self.server} does not serve a zone holding "
+            f"{kms_srv_names(domain)[0]} (it answered {dns.rcode.to_text(response.rcode())}, "
+            f"{'authoritative' if response.flags & dns.flags.AA else 'not authoritative'}): "
+            f"give the primary server of {domain}'s zone (--dns-server), or publish the SRV "
+            "record manually",
+            server=self.server,
+            domain=domain,
+            rcode=dns.rcode.to_text(response.rcode()),
+        )
+
     def check(self, response: dns.message.Message, zone: dns.name.Name, what: str) -> None:
         import dns.rcode
 
@@ -487,9 +519,10 @@ class _Peer:
         if rcode in (dns.rcode.REFUSED, dns.rcode.NOTAUTH):
             log.debug("%s of %s: %s", what, domain, dns.rcode.to_text(rcode))
             raise DiscoveryError(
-                f"the DNS server {self.server} refused the update of "
-                f"{kms_srv_names(domain)[0]} (no rights for this key): publish the SRV record "
-                "manually or configure clients with a static KMS host (kms_host)",
+                f"the DNS server {self.server} serves the zone {domain} but refused the "
+                f"{what} of its records by the key {self.key.name} (no rights for this key: "
+                "see the zone's update-policy): publish the SRV record manually or configure "
+                "clients with a static KMS host (kms_host)",
                 server=self.server,
                 domain=domain,
                 rcode=dns.rcode.to_text(rcode),
@@ -535,12 +568,12 @@ def _update(
         raise InvalidInput(f"invalid KMS host address in {list(addresses)}: {exc}") from exc
     if key.algorithm not in _TSIG_ALGORITHMS:
         raise InvalidInput(f"unsupported TSIG algorithm {key.algorithm!r}")
-    zone = dns.name.from_text(domain)
     srv_name = dns.name.from_text(kms_srv_names(domain)[0])
-    own_addresses = hostname.is_subdomain(zone) and bool(ips)
     done: list[str] = []
 
     with _Peer(server, key, timeout) as peer:
+        zone = peer.zone_of(dns.name.from_text(domain))
+        own_addresses = hostname.is_subdomain(zone) and bool(ips)
         upd = dns.update.UpdateMessage(
             zone,
             keyring=peer.keyring,

@@ -38,10 +38,13 @@ __all__ = [
     "MalformedLicense",
     "NotActivated",
     "NotAnActivationObject",
+    "NotLdap",
+    "ObjectIncomplete",
     "ObjectNotFound",
     "ProtocolError",
     "ReadOnlyReplica",
     "SchemaMissing",
+    "ServerNotAnswering",
     "ServerUnavailable",
     "SignatureInvalid",
     "SignerRetired",
@@ -165,6 +168,12 @@ class WrongForest(LicenseError):
     code = "license-wrong-forest"
 
 
+class ObjectIncomplete(LicenseError):
+    """The activation object is incomplete on this DC (half-replicated): another DC may hold it whole."""
+
+    code = "object-incomplete"
+
+
 class SignerRetired(LicenseError):
     """The license was signed by a signing key the authority has retired."""
 
@@ -225,6 +234,18 @@ class ServerUnavailable(DirectoryError):
 
     exit_code = 6
     code = "unavailable"
+
+
+class ServerNotAnswering(ServerUnavailable):
+    """The server accepted the connection but did not answer in time (not answering)."""
+
+    code = "not-answering"
+
+
+class NotLdap(ServerUnavailable):
+    """The server did not answer in LDAP (another service on that port, or a broken reply)."""
+
+    code = "not-ldap"
 
 
 class TlsError(DirectoryError):
@@ -322,7 +343,7 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     3: ("ObjectNotFound", "no such object"),
     4: ("AuthenticationFailed", "wrong bind DN or password"),
     5: ("AccessDenied", "the directory refused this identity"),
-    6: ("ServerUnavailable", "server unreachable or timed out"),
+    6: ("ServerUnavailable", "server unreachable, timed out or not answering in LDAP"),
     7: ("TlsError", "TLS failed: untrusted certificate or no TLS"),
     8: ("SchemaMissing/CheckFailed", "directory not prepared for ADBA (`directory check`)"),
     9: ("LicenseError", "license does not verify"),
@@ -337,7 +358,10 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     18: ("DiscoveryError", "DNS lookup or update failed"),
     19: ("KmsError", "KMS host error (not activated, protocol, unreachable)"),
     20: ("DirectoryError", "other directory error"),
-    21: ("ReadOnlyReplica", "a read-only replica refused the write: use the provider its referral names"),
+    21: (
+        "ReadOnlyReplica",
+        "a read-only replica refused the write: use the provider its referral names",
+    ),
     130: ("", "interrupted (SIGINT, Ctrl-C)"),
     141: ("", "standard output closed early (`adba ... | head`): quiet, like SIGPIPE"),
 }

@@ -58,12 +58,33 @@ def ssha(password: str) -> str:
     return "{SSHA}" + base64.b64encode(digest + salt).decode()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just handed out and nothing answers on (a candidate, not a claim)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port: int = s.getsockname()[1]
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(host: str = "127.0.0.1", *, udp: bool = False) -> int:
+    """A port nothing uses or answers on (a candidate, not a claim), below the kernel's
+    ephemeral range: a port handed out by bind-to-0 can come back as some client's source
+    port, and a server restarted on it then finds its address in use. ``udp``: free for UDP
+    too (named listens on both)."""
+    import random
+
+    top = max(1025, _ephemeral_start() - 1)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(min(10000, top - 1), top)
+        try:
+            with socket.socket() as s:
+                s.bind((host, port))
+            if udp:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind((host, port))
+        except OSError:
+            continue
         with socket.socket() as probe:
             probe.settimeout(0.05)
             if probe.connect_ex((host, port)) != 0:

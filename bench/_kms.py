@@ -20,32 +20,45 @@ from pathlib import Path
 from _common import ROOT, precompile
 
 PY = sys.executable
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+#: the worktree first; a PYTHONPATH given to the bench (e.g. where uvloop is) after it
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+}
 
-#: the baseline: asyncio.start_server, read until EOF (at most 145 bytes), a fixed reply, close
+#: the floor: a bare asyncio Protocol (on uvloop when it is installed, as the host is) that
+#: reads until EOF (at most 201 bytes), writes a fixed 244-byte reply and closes -- the cost
+#: of the event loop's accept/read/write/close alone, the least any Python host can spend.
 BASELINE_SERVER = r"""
 import asyncio, sys
 REPLY = b"ADBR\x01\x00" + bytes(238)
 assert len(REPLY) == 244
 
-async def handle(reader, writer):
-    data = b""
-    while len(data) <= 144:
-        chunk = await reader.read(145 - len(data))
-        if not chunk:
-            break
-        data += chunk
-    writer.write(REPLY)
-    await writer.drain()
-    writer.close()
+class Floor(asyncio.Protocol):
+    __slots__ = ("t", "n")
+    def connection_made(self, t):
+        self.t, self.n = t, 0
+    def data_received(self, data):
+        self.n += len(data)
+        if self.n > 201:
+            self.t.abort()
+    def eof_received(self):
+        self.t.write(REPLY)
+        self.t.close()
+        return True
 
 async def main():
-    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=1024,
-                                     reuse_address=True)
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(Floor, "127.0.0.1", int(sys.argv[1]), backlog=1024,
+                                   reuse_address=True)
     async with srv:
         await srv.serve_forever()
 
-asyncio.run(main())
+try:
+    import uvloop
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
 """
 
 #: one load process: THREADS threads, each a loop of new-connection requests (blocking
@@ -54,9 +67,12 @@ asyncio.run(main())
 #:
 #: Requests: one Request(...).encode() template; each request splices a fresh CMID and nonce
 #: into it (bytes 8..24 and 64..80), which is exactly what encode() would produce for them.
+#: Version 2 ("version": 2, "cert": the host certificate in hex): requests sealed before
+#: "ready" (a pool of "pool" per process, each its own CMID, nonce and ephemeral key), so
+#: the clients' sealing is not in the measured window; past the pool they seal as they go.
 LOAD = r"""
 import json, os, socket, sys, threading, time, uuid
-from adba.kms.protocol import KIND_CLIENT, Request, parse_request
+from adba.kms.protocol import KIND_CLIENT, HostCertificate, Request, parse_request
 
 cfg = json.loads(sys.argv[1])
 addr = ("127.0.0.1", cfg["port"])
@@ -66,10 +82,30 @@ head, mid, tail = template[:8], template[24:64], template[80:]
 assert parse_request(head + os.urandom(16) + mid + os.urandom(16) + tail).machine == "bench-pc"
 mode = cfg["mode"]  # "time": random CMIDs for cfg["seconds"]; "count": CMIDs from indices
 base = cfg.get("cmid_base", 0)
+sealed = []
+v2 = cfg.get("version", 1) == 2
+if v2:
+    from adba.kms.envelope import seal
+    cert = HostCertificate.from_bytes(bytes.fromhex(cfg["cert"]))
+    sku, kms_id = uuid.UUID(cfg["sku"]), uuid.UUID(cfg["kms_id"])
+    def sealed_one():
+        r = Request(KIND_CLIENT, uuid.uuid4(), sku, kms_id, int(time.time()), os.urandom(16),
+                    "bench-pc")
+        return r.nonce, seal(r, cert)
+    sealed = [sealed_one() for _ in range(cfg.get("pool", 10000))]
+lock = threading.Lock()
 
 def one(cmid, out):
-    nonce = os.urandom(16)
-    req = head + cmid + mid + nonce + tail
+    if v2:
+        with lock:
+            item = sealed.pop() if sealed else None
+        if item is None:  # the pool ran out: sealed in the measured window (counted)
+            out["live"] += 1
+            item = sealed_one()
+        nonce, req = item
+    else:
+        nonce = os.urandom(16)
+        req = head + cmid + mid + nonce + tail
     t0 = time.perf_counter()
     s = socket.socket()
     buf = b""
@@ -110,7 +146,7 @@ def worker(k, out):
             if buf is not None:
                 out["answers"].append((i, int.from_bytes(buf[22:24], "big"), time.monotonic()))
 
-outs = [{"fail": {}, "lat": [], "answers": []} for _ in range(cfg["threads"])]
+outs = [{"fail": {}, "lat": [], "answers": [], "live": 0} for _ in range(cfg["threads"])]
 threads = [threading.Thread(target=worker, args=(k, outs[k])) for k in range(cfg["threads"])]
 print("ready", flush=True)
 sys.stdin.readline()
@@ -131,6 +167,7 @@ print(json.dumps({
     "fail": fail,
     "lat": [x for o in outs for x in o["lat"]],
     "answers": [a for o in outs for a in o["answers"]],
+    "live": sum(o["live"] for o in outs),
 }), flush=True)
 """
 
@@ -350,6 +387,7 @@ def run_load(work: Work, server_pid: int, cfgs: list[dict[str, object]]) -> dict
         "wall": wall,
         "cpu": cpu,
         "client_cpu": sum(r["cpu"] for r in results),
+        "live": sum(r.get("live", 0) for r in results),
     }
 
 

@@ -1,131 +1,252 @@
-"""Activations per second of the real KMS host process against a bare asyncio server.
+"""Activations per second and server CPU per activation of the real KMS host, v1 and v2,
+against the bare event-loop floor -- and against vlmcsd when it is on this machine.
 
-Two servers, each a process of its own on 127.0.0.1, under the same client load, measured one
-after the other in the same run (baseline, host, baseline again, SECONDS each):
+Servers, each a process of its own on 127.0.0.1, measured one after the other in one run, at
+N = 1, 4 and 16 concurrent clients (1x1, 2x2, 4x4 processes x threads):
 
-- the host: ``adba kms serve -q`` in a fresh temp state dir, its CSVLK minted by a local
-  authority and installed with ``adba kms install-key``; it parses each request, counts the
-  CMID in its cache (50 entries once a client kind asks), signs the answer (Ed25519) and
-  saves the cache to SQLite once a second;
-- the baseline: ``asyncio.start_server``, read until EOF (at most 145 bytes), write a fixed
-  244-byte reply, close -- the cost of Python asyncio's accept/read/write/close alone.
+- floor: a bare asyncio Protocol (uvloop when installed, like the host) that reads to EOF
+  and writes a fixed 244-byte reply -- the least a Python host can spend per connection;
+- host v1: ``adba kms serve -q`` in a fresh state dir (its CSVLK minted by a local authority
+  and installed with ``adba kms install-key``), 144-byte requests in clear: parse, count,
+  sign (Ed25519), save once a second;
+- host v2: the same process, 200-byte sealed requests: the same plus the X25519 exchange,
+  HKDF and ChaCha20-Poly1305 opening, the clock rule and the replay cache;
+- vlmcsd, when ``vlmcsd`` and ``vlmcs`` are on PATH or given (``--vlmcsd``, ``--vlmcs``):
+  vlmcsd serving, N ``vlmcs`` processes asking it over a new TCP connection per request
+  (``--vlmcs-args``, a template); nothing is built or fetched (bench/README.md: how to build
+  it by hand).
 
-Load: 4 client processes x 4 threads, blocking sockets, a NEW TCP connection per request
-(connect, send the 144-byte request, shutdown(SHUT_WR), read to EOF), each request a valid
-client-kind protocol Request with a random CMID and nonce. The host's replies are checked
-(244 bytes, magic, status OK, our nonce); signatures are not verified (client cost).
+Load for the ADBA servers: blocking-socket Python clients, a NEW TCP connection per request
+(connect, send, shutdown(SHUT_WR), read to EOF), each a client-kind request with its own CMID
+and nonce; v2 requests are sealed before the measured window (a pool per process). Replies
+are checked (244 bytes, magic, status OK, our nonce); signatures are not verified.
 
-How to read it: "req/s" is answered requests per second (the host's is activations/s);
-"host/baseline" compares the host with the mean of the two baseline runs (goal >= 0.6: the
-host's own work costs less than the bare connection handling). p50/p99 are per-request
-latencies, connect to EOF, seen by the clients. "server CPU s/1000" is utime+stime of the
-server process per 1,000 answered requests (/proc/<pid>/stat): it is the number that does
-not depend on how much of the 2 cores the clients take. "failed" counts connect errors,
-resets, timeouts and short replies -- any non-zero number is a finding, not noise. The
-clients and servers share 2 noisy cores, so the absolute rate is bounded by the clients too
-(their CPU is printed); compare the two servers, not runs on different days.
+How to read it: "req/s" is answered requests per second; "CPU/1000" is the server process's
+utime+stime (children too, for a forking vlmcsd) per 1,000 answers, the number that does not
+depend on how much of the 2 cores the clients take. Ratios: host/floor throughput (goal >=
+0.8) and, with vlmcsd, host/vlmcsd throughput (goal >= 1.0) and CPU (goal <= 1.0). The
+clients share the cores, so compare servers within a run, not runs on different days.
 
-    /tmp/venv/bin/python bench/kms_throughput.py [seconds-per-run]
+    python bench/kms_throughput.py [--seconds 5] [--n 1,4,16] [--vlmcsd PATH --vlmcs PATH]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shlex
+import shutil
 import statistics
-import sys
+import subprocess
 import time
+from pathlib import Path
+from typing import Any
 
 from _kms import (
+    ENV,
+    PY,
     Work,
     exit_on_signals,
+    free_port,
     install_host,
     loopback_settings,
     percentile,
     run_load,
     start_baseline,
     start_host,
-    time_wait_sockets,
+    wait_listening,
 )
 
-PROCESSES, THREADS = 4, 4
-C_EMULATOR = (
-    "a C KMS emulator does 1,400-2,600 new-connection activations/s on these 2-core machines"
-)
+SHAPES = {1: (1, 1), 4: (2, 2), 16: (4, 4)}
+VLMCS_ARGS = "-n {count} -T {host}:{port}"
 
 
-def measure(work: Work, name: str, pid: int, port: int, seconds: float, ids: dict[str, str]):  # type: ignore[no-untyped-def]
-    cfg = {"mode": "time", "port": port, "threads": THREADS, "seconds": seconds, "check": True}
-    cfg.update(ids)
-    if name.startswith("baseline"):
-        cfg["check"] = False  # its fixed reply has no nonce
-    r = run_load(work, pid, [cfg] * PROCESSES)
-    rate = r["ok"] / r["elapsed"]
-    failed = sum(r["fail"].values())
+def _row(name: str, n: int, r: dict[str, Any]) -> dict[str, Any]:
+    ok = r["ok"]
+    out = {
+        "name": name,
+        "n": n,
+        "ok": ok,
+        "rate": ok / max(r["elapsed"], 1e-9),
+        "cpu": 1000 * r["cpu"] / max(ok, 1),
+        "p50": percentile(r["lat"], 0.5),
+        "p99": percentile(r["lat"], 0.99),
+        "failed": sum(r["fail"].values()),
+        "live": r.get("live", 0),
+        "client_cpu": r["client_cpu"],
+    }
     print(
-        f"{name:11} {r['ok']:6d} ok in {r['elapsed']:.1f} s = {rate:7.0f} req/s | "
-        f"p50 {percentile(r['lat'], 0.5):6.2f} ms  p99 {percentile(r['lat'], 0.99):6.2f} ms | "
-        f"server CPU {1000 * r['cpu'] / max(r['ok'], 1):.3f} s/1000 "
-        f"({r['cpu']:.1f} s), clients CPU {r['client_cpu']:.1f} s | "
-        f"failed {failed} {r['fail'] or ''} | TIME_WAIT after {time_wait_sockets()}",
+        f"N={n:<2} {name:8} {ok:6d} ok = {out['rate']:7.0f} req/s | CPU/1000 "
+        f"{out['cpu']:.3f} s | p50 {out['p50']:.2f} p99 {out['p99']:.2f} ms | failed "
+        f"{out['failed']} {r['fail'] or ''}"
+        + (f" | sealed in window {out['live']}" if out["live"] else "")
+        + f" | clients CPU {r['client_cpu']:.1f} s",
         flush=True,
     )
-    return rate, r
+    return out
+
+
+def measure(
+    work: Work, pid: int, port: int, n: int, seconds: float, extra: dict[str, Any]
+) -> dict[str, Any]:
+    procs, threads = SHAPES[n]
+    cfg = {"mode": "time", "port": port, "threads": threads, "seconds": seconds, **extra}
+    return run_load(work, pid, [cfg] * procs)
+
+
+def _cpu_with_children(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_vlmcsd(
+    work: Work, vlmcsd: str, vlmcs: str, n: int, seconds: float, rate_hint: float, template: str
+) -> dict[str, Any]:
+    """N vlmcs processes, each asking ``count`` times (sized from the host's rate so that the
+    run lasts about ``seconds``); the answered count is what they asked minus failures."""
+    port = free_port()
+    server = work.popen(
+        [vlmcsd, "-D", "-e", "-L", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(server, port, "vlmcsd")
+        count = max(50, int(rate_hint * seconds / n))
+        argv = [vlmcs, *shlex.split(template.format(count=count, host="127.0.0.1", port=port))]
+        cpu0, t0 = _cpu_with_children(server.pid), time.monotonic()
+        clients = [
+            work.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)
+        ]
+        failed = 0
+        for c in clients:
+            failed += c.wait(600) != 0
+            work.procs.remove(c)
+        elapsed = time.monotonic() - t0
+        cpu = _cpu_with_children(server.pid) - cpu0
+    finally:
+        work.stop(server)
+    ok = count * (n - failed)
+    return {
+        "ok": ok,
+        "elapsed": elapsed,
+        "cpu": cpu,
+        "lat": [],
+        "fail": {"vlmcs-exit": failed} if failed else {},
+        "client_cpu": float("nan"),
+    }
 
 
 def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="per server and N (5)")
+    ap.add_argument("--n", default="1,4,16", help="concurrent clients (1,4,16)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds, interleaved; medians are compared (3)"
+    )
+    ap.add_argument("--vlmcsd", default=shutil.which("vlmcsd"), help="vlmcsd binary (PATH)")
+    ap.add_argument("--vlmcs", default=shutil.which("vlmcs"), help="vlmcs binary (PATH)")
+    ap.add_argument("--vlmcs-args", default=VLMCS_ARGS, help=f"template ({VLMCS_ARGS!r})")
+    args = ap.parse_args()
+    ns = [int(x) for x in args.n.split(",")]
+    if any(n not in SHAPES for n in ns):
+        ap.error(f"N is one of {sorted(SHAPES)}")
     exit_on_signals()
     work = Work()
     try:
+        loop = subprocess.run(
+            [PY, "-c", "from adba.kms.host import loop_name; print(loop_name())"],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            check=True,
+        ).stdout.strip()
         print(f"loopback: {loopback_settings()}")
+        print(f"event loop (host and floor): {loop}")
         state, ids = install_host(work)
+        cert = json.loads((state / "host.json").read_text())["certificate"]
         base_proc, base_port = start_baseline(work)
         host_proc, host_port = start_host(work, state)
-        time.sleep(0.3)  # let the readiness probe's warning (a 0-byte request) reach the log
-        log_start = (state / "kms.log").stat().st_size
+        anchors = bool(args.vlmcsd and args.vlmcs)
         print(
-            f"load: {PROCESSES} processes x {THREADS} threads, new connection per request, "
-            f"{seconds:g} s per run"
+            "vlmcsd: "
+            + (f"{args.vlmcsd} with {args.vlmcs}" if anchors else "not found (floor ratio only)")
         )
-        rates: dict[str, float] = {}
-        results = {}
-        for name, proc, port in (
-            ("baseline#1", base_proc, base_port),
-            ("host", host_proc, host_port),
-            ("baseline#2", base_proc, base_port),
-        ):
-            rates[name], results[name] = measure(work, name, proc.pid, port, seconds, ids)
+        rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for n in ns:
+            runs: list[tuple[str, int, int, dict[str, Any]]] = [
+                ("floor", base_proc.pid, base_port, {"check": False, **ids}),
+                ("host-v1", host_proc.pid, host_port, {"check": True, **ids}),
+                (
+                    "host-v2",
+                    host_proc.pid,
+                    host_port,
+                    {
+                        "check": True,
+                        "version": 2,
+                        "cert": cert,
+                        "pool": 12000 // SHAPES[n][0],
+                        **ids,
+                    },
+                ),
+            ]
+            for _round in range(args.repeat):
+                for name, pid, port, extra in runs:
+                    r = measure(work, pid, port, n, args.seconds, extra)
+                    rows.setdefault((name, n), []).append(_row(name, n, r))
+                if anchors:
+                    r = measure_vlmcsd(
+                        work,
+                        args.vlmcsd,
+                        args.vlmcs,
+                        n,
+                        args.seconds,
+                        rows[("host-v2", n)][-1]["rate"],
+                        args.vlmcs_args,
+                    )
+                    rows.setdefault(("vlmcsd", n), []).append(_row("vlmcsd", n, r))
         if host_proc.poll() is not None:
             print(f"host exited with {host_proc.returncode} during the run")
-        log = (state / "kms.log").read_bytes()[log_start:].decode(errors="replace").splitlines()
+        log = (state / "kms.log").read_text(errors="replace").splitlines()
         warnings = [line for line in log if " WARNING " in line or " ERROR " in line]
         print(
             f"host log: {len(warnings)} warnings/errors"
             + (f", last: {warnings[-1]}" if warnings else "")
         )
-        base = statistics.mean([rates["baseline#1"], rates["baseline#2"]])
-        h, b1 = results["host"], results["baseline#1"]
-        b_cpu = statistics.mean(
-            [
-                1000 * results[n]["cpu"] / max(results[n]["ok"], 1)
-                for n in ("baseline#1", "baseline#2")
-            ]
-        )
-        h_cpu = 1000 * h["cpu"] / max(h["ok"], 1)
-        print(
-            f"host {rates['host']:.0f} activations/s vs baseline {base:.0f} req/s (mean of 2): "
-            f"ratio host/baseline {rates['host'] / base:.2f} (goal >= 0.6)"
-        )
-        print(
-            f"latency p50/p99: host {percentile(h['lat'], 0.5):.2f}/{percentile(h['lat'], 0.99):.2f} ms, "
-            f"baseline#1 {percentile(b1['lat'], 0.5):.2f}/{percentile(b1['lat'], 0.99):.2f} ms"
-        )
-        print(
-            f"server CPU per 1,000: host {h_cpu:.3f} s, baseline {b_cpu:.3f} s "
-            f"(host's own work {h_cpu - b_cpu:.3f} s/1000 = {h_cpu - b_cpu:.3f} ms per activation)"
-        )
-        total_failed = sum(sum(results[n]["fail"].values()) for n in results)
+        med = {
+            k: {f: statistics.median(r[f] for r in v) for f in ("rate", "cpu")}
+            for k, v in rows.items()
+        }
+        print(f"\nmedians of {args.repeat} rounds: req/s and server CPU s per 1,000 activations")
+        names = ["floor", "host-v1", "host-v2"] + (["vlmcsd"] if anchors else [])
+        print("N   " + "".join(f"{name:>20}" for name in names))
+        for n in ns:
+            print(
+                f"{n:<4}"
+                + "".join(
+                    f"{med[(name, n)]['rate']:10.0f} {med[(name, n)]['cpu']:8.3f} "
+                    for name in names
+                )
+            )
+        head = "\nN   v1/floor  v2/floor  v2-v1 CPU ms/activation"
+        print(head + ("  v2/vlmcsd rate  v2/vlmcsd CPU" if anchors else ""))
+        for n in ns:
+            f, v1, v2 = med[("floor", n)], med[("host-v1", n)], med[("host-v2", n)]
+            line = (
+                f"{n:<3} {v1['rate'] / f['rate']:8.2f}  {v2['rate'] / f['rate']:8.2f}  "
+                f"{v2['cpu'] - v1['cpu']:+.3f}"
+            )
+            if anchors:
+                c = med[("vlmcsd", n)]
+                line += (
+                    f"                  {v2['rate'] / c['rate']:6.2f}  {v2['cpu'] / c['cpu']:13.2f}"
+                )
+            print(line)
+        print("goals: v2/floor >= 0.8; v2/vlmcsd rate >= 1.0, CPU <= 1.0")
+        total_failed = sum(r["failed"] for v in rows.values() for r in v)
         print(f"failed requests, all runs: {total_failed}")
-        print(f"reference: {C_EMULATOR}")
     finally:
         work.close()
 

@@ -62,39 +62,230 @@ def supervise(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-# -- the directory ------------------------------------------------------------------------------
+# -- the directory: three providers replicating with each other -------------------------------
+#: this server's ID in the replication group (the one with ID 1 holds the tree; the others
+#: join empty and receive it); unset: one server alone, with a self-signed certificate
+SERVER_ID = int(os.environ.get("ADBA_LDAP_SERVER_ID", "0") or 0)
+#: the name the other containers reach this server by (its certificate carries it)
+LDAP_NAME = os.environ.get("ADBA_LDAP_NAME", "ldap")
+#: the other providers, by service name
+LDAP_PEERS = [p for p in os.environ.get("ADBA_LDAP_PEERS", "").split(",") if p]
+#: what only the directory's servers share: the CA's key, the replication password
+PKI = Path(os.environ.get("ADBA_LDAP_PKI", "/pki"))
+REPLICATOR = f"cn=adba-replicator,{SUFFIX}"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def make_pki() -> None:
+    """At the group's first start (server 1): the CA that issues every server's certificate
+    and the replication identity's password. The others wait for them."""
+    import datetime
+    import secrets
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    PKI.mkdir(parents=True, exist_ok=True)
+    if not (PKI / "replicator.password").exists():
+        _write_private(PKI / "replicator.password", (secrets.token_urlsafe(18) + "\n").encode())
+    if (PKI / "ca.pem").exists():
+        return
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ADBA lab directory CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = serialization.PrivateFormat.PKCS8
+    _write_private(
+        PKI / "ca.key",
+        key.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption()),
+    )
+    _write_private(PKI / "ca.pem", cert.public_bytes(serialization.Encoding.PEM))  # last
+
+
+def issue(tls: Path, names: list[str]) -> None:
+    """This server's key and a certificate from the group's CA for ``names``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_cert = x509.load_pem_x509_certificate((PKI / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((PKI / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    *(x509.DNSName(n) for n in names),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    tls.mkdir(mode=0o700, exist_ok=True)
+    _write_private(
+        tls / "key.pem",
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    (tls / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    shutil.copyfile(PKI / "ca.pem", tls / "ca.pem")
+
+
+def _wait_tree(data: object, timeout: float = 120) -> None:
+    """Until replication has brought the tree (the admin group last of the lab's entries)."""
+    import ldap3
+
+    from adba.directory.connection import session
+    from adba.errors import AdbaError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with session(data) as conn:  # type: ignore[arg-type]
+                conn.search(f"cn=ADBA Admins,ou=Groups,{SUFFIX}", "(objectClass=*)", ldap3.BASE)
+                if conn.result["result"] == 0 and conn.response:
+                    return
+        except AdbaError as exc:
+            say(f"waiting for the tree: {exc.message}")
+        if time.monotonic() > deadline:
+            sys.exit(f"the tree did not arrive from {', '.join(LDAP_PEERS)} in {timeout:g} s")
+        time.sleep(0.5)
+
+
 def ldap() -> int:
-    from adba.directory import openldap
+    from adba.directory import openldap, replication
     from adba.directory.connection import ConnectionOptions
     from adba.lab import Slapd
 
-    lab = Slapd(
+    group = SERVER_ID > 0
+    holds_tree = SERVER_ID <= 1
+    if group and holds_tree:
+        make_pki()
+    elif group:
+        wait_for(PKI / "ca.pem")
+        wait_for(PKI / "replicator.password")
+
+    class Server(Slapd):
+        def _make_tls(self) -> None:
+            if not group:  # alone: a self-signed certificate, as before
+                super()._make_tls()
+                return
+            issue(self.dir / "tls", [LDAP_NAME, f"{LDAP_NAME}.{ZONE}"])
+
+        def slapadd(self, ldif: Path | str) -> None:
+            if holds_tree or Path(ldif).name != "dit.ldif":  # a joiner starts empty
+                super().slapadd(ldif)
+
+    lab = Server(
         directory=DATA,
         ports=(LDAP_PORT, LDAPS_PORT),
         listen="0.0.0.0",
-        tls_names=("ldap", f"ldap.{ZONE}"),
+        tls_names=(LDAP_NAME, f"{LDAP_NAME}.{ZONE}"),
     )
+    ca_file = str(DATA / "tls" / "ca.pem") if group else lab.ca_file
     first = not (DATA / ".adba-initialised").exists()
     lab.start()
     if first:
         data = ConnectionOptions(
-            uri=lab.uri, bind_dn=lab.root.dn, password=lab.root.password, ca_file=lab.ca_file
+            uri=lab.uri, bind_dn=lab.root.dn, password=lab.root.password, ca_file=ca_file
         )
-        openldap.init(
-            ConnectionOptions(uri=lab.ldapi_uri),
-            data,
-            root=lab.suffix,
-            admin_group=lab.admin_group,
-            computers=lab.computers,
-        )
+        config = ConnectionOptions(uri=lab.ldapi_uri)
+
+        def init() -> None:
+            openldap.init(
+                config, data, root=lab.suffix, admin_group=lab.admin_group, computers=lab.computers
+            )
+
+        if holds_tree:
+            init()
+        if group:
+            replication.replicate(
+                config,
+                data,
+                root=lab.suffix,
+                want=replication.Replication(
+                    role=replication.PROVIDER,
+                    peers=tuple(f"ldaps://{p}:{LDAPS_PORT}" for p in LDAP_PEERS),
+                    replicator_dn=REPLICATOR,
+                    replicator_password=(PKI / "replicator.password").read_text().strip(),
+                    peer_ca_file=ca_file,
+                    server_id=SERVER_ID,
+                    retry="2 60 10 +",
+                    timeout=2,
+                ),
+            )
+            say(f"provider {SERVER_ID}, replicating with {', '.join(LDAP_PEERS)}")
+        if not holds_tree:
+            _wait_tree(data)
+            init()  # its cn=config part: the tree came from the peers
         (DATA / ".adba-initialised").touch()
         say("schema, index, limits, ACLs and container in place")
-    for name in ("root", "adbaadmin", "computer"):
-        share(DATA / f"{name}.password", f"ldap-{name}.password")
-    share(Path(lab.ca_file), "ldap-ca.pem")
+    if holds_tree:
+        for name in ("root", "adbaadmin", "computer"):
+            share(DATA / f"{name}.password", f"ldap-{name}.password")
+        share(Path(ca_file), "ldap-ca.pem")
     say(f"serving ldap://0.0.0.0:{LDAP_PORT} and ldaps://0.0.0.0:{LDAPS_PORT}")
     assert lab.proc is not None
     return supervise(lab.proc)
+
+
+def check() -> int:
+    """`adba directory check` on this server as its root, replication included: every peer
+    reachable, contextCSNs in agreement, the replication identity's rights (exit 8 naming the
+    peer that is down or behind). Run it with ``docker exec``."""
+    from urllib.parse import quote
+
+    tls = DATA / "tls"
+    ca = tls / "ca.pem" if (tls / "ca.pem").exists() else tls / "cert.pem"
+    argv = ["directory", "check", "--config-uri", "ldapi://" + quote(str(DATA / "ldapi"), safe="")]
+    argv += ["-H", f"ldap://127.0.0.1:{LDAP_PORT}", "--ca-file", str(ca), "-b", SUFFIX]
+    argv += ["-D", f"cn=admin,{SUFFIX}", "--password-file", str(DATA / "root.password")]
+    res = adba(*argv, "--timeout", "2", check=False)
+    print(res.stdout + res.stderr, end="")
+    return res.returncode
 
 
 def dns() -> int:
@@ -218,13 +409,14 @@ def kms() -> int:
 
 # -- the directory admin: publish the lab's activation object once ------------------------------
 def conn_args(who: str) -> list[str]:
+    host = os.environ.get("ADBA_LDAP_HOST", "ldap")  # any provider: they replicate
     return [
         "-H",
-        f"ldap://ldap:{LDAP_PORT}",
+        f"ldap://{host}:{LDAP_PORT}",
         "--ca-file",
         str(SHARED / "ldap-ca.pem"),
         "--tls-name",
-        "ldap",
+        host,
         "-b",
         SUFFIX,
         "-D",
@@ -292,10 +484,13 @@ def client() -> int:
     os.chmod(password, 0o600)
     state = os.environ.get("ADBA_STATE", str(home / "state.json"))
     config = home / "agent.toml"
+    # every provider, in order: the agent fails over to the next when one is gone
+    hosts = [h for h in os.environ.get("ADBA_DC_HOSTS", "ldap").split(",") if h]
+    dcs = ", ".join(f'"ldap://{h}:{LDAP_PORT}"' for h in hosts)
     config.write_text(
         f'domain = "{ZONE}"\n'
         f'dns_servers = ["{os.environ.get("ADBA_DNS_SERVER", f"172.28.0.53:{DNS_PORT}")}"]\n'
-        f'dc_uris = ["ldap://ldap:{LDAP_PORT}"]\ntls_name = "ldap"\nbase = "{SUFFIX}"\n'
+        f'dc_uris = [{dcs}]\nbase = "{SUFFIX}"\n'
         f'ca_file = "{SHARED / "ldap-ca.pem"}"\nroot_key = "{SHARED / "root.pub"}"\n'
         f'state_path = "{state}"\nmachine_name = "{os.environ.get("ADBA_MACHINE", "client")}"\n'
         f'[machine]\ndn = "cn=KMSCLIENT1,ou=Computers,{SUFFIX}"\npassword_file = "{password}"\n'
@@ -310,6 +505,7 @@ def client() -> int:
 
 ROLES = {
     "ldap": ldap,
+    "check": check,
     "dns": dns,
     "authority": authority,
     "kms": kms,

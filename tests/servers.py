@@ -3,8 +3,10 @@ probe -> stop), kept on failure so the run directory and server log can be read.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+from collections.abc import Callable
 
 from adba.lab import Slapd
 
@@ -163,6 +165,8 @@ class TestNamed:
     __test__ = False
     zone = "lab.example.test"
     keyname = "adba-update."
+    #: a key the zone knows that may update one A record only (a key without rights)
+    limited_keyname = "adba-limited."
     named = "/usr/sbin/named"
     checkconf = "/usr/bin/named-checkconf"
 
@@ -187,6 +191,7 @@ class TestNamed:
     def gen_config(self) -> str:
         d = self.dir
         return f"""key "{self.keyname}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
+key "{self.limited_keyname}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
 options {{
     directory "{d}"; pid-file "{d}/named.pid"; session-keyfile "{d}/session.key";
     managed-keys-directory "{d}"; dump-file "{d}/cache.db"; statistics-file "{d}/stats";
@@ -198,7 +203,10 @@ options {{
 controls {{ }};
 zone "{self.zone}" {{
     type primary; file "{d}/zone.db"; journal "{d}/zone.db.jnl";
-    update-policy {{ grant {self.keyname} zonesub ANY; }};
+    update-policy {{
+        grant {self.keyname} zonesub ANY;
+        grant {self.limited_keyname} name nothing-else.{self.zone} A;
+    }};
 }};
 """
 
@@ -210,19 +218,9 @@ ns1  IN A   127.0.0.1
 """
 
     def _free_port(self) -> int:
-        import socket
+        from adba.lab import free_port
 
-        for _ in range(50):
-            with socket.socket() as tcp:
-                tcp.bind(("127.0.0.1", 0))
-                port: int = tcp.getsockname()[1]
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    try:
-                        udp.bind(("127.0.0.1", port))
-                    except OSError:
-                        continue
-            return port
-        raise RuntimeError("no port free on both UDP and TCP")
+        return free_port(udp=True)
 
     def start(self) -> TestNamed:
         import time
@@ -981,7 +979,11 @@ class TestCA:
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address(ip)), x509.DNSName("localhost")]
+                    [
+                        x509.IPAddress(ipaddress.ip_address(ip)),
+                        x509.DNSName("localhost"),
+                        x509.DNSName(f"*.{TestNamed.zone}"),  # SRV targets of the test DNS
+                    ]
                 ),
                 critical=False,
             )
@@ -1167,6 +1169,193 @@ def dead_port(host: str = "127.0.0.1") -> int:
     _held_ports.append(sock)
     port: int = sock.getsockname()[1]
     return port
+
+
+class SilentServer:
+    """A TCP listener that accepts every connection and never sends a byte (a hung DC or KMS
+    host); with ``trickle`` it sends one byte every ``trickle`` seconds instead."""
+
+    __test__ = False
+
+    def __init__(self, trickle: float | None = None) -> None:
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.trickle = trickle
+        self.held: list[socket.socket] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stopping.is_set():
+            try:
+                sock = self.listener.accept()[0]
+            except OSError:
+                continue
+            self.held.append(sock)
+            if self.trickle:
+                threading.Thread(target=self._drip, args=(sock,), daemon=True).start()
+
+    def _drip(self, sock: socket.socket) -> None:
+        while not self.stopping.wait(self.trickle):
+            try:
+                sock.sendall(b"\0")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        for sock in self.held:
+            sock.close()
+        self.listener.close()
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StallingProxy:
+    """A TCP proxy to a real server that relays its answers to the first ``answered`` client
+    requests (reads) of each connection and swallows every later one: a DC that binds, then
+    goes silent in the middle of the search."""
+
+    __test__ = False
+
+    def __init__(self, port: int, answered: int = 1) -> None:
+        import threading
+
+        self.target = port
+        self.answered = answered
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.socks: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stopping.is_set():
+            try:
+                client = self.listener.accept()[0]
+            except OSError:
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.socks += [client, server]
+            state = {"requests": 0}
+            threading.Thread(
+                target=self._pipe, args=(client, server, state, True), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pipe, args=(server, client, state, False), daemon=True
+            ).start()
+
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, state: dict[str, int], up: bool
+    ) -> None:
+        while not self.stopping.is_set():
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if up:
+                state["requests"] += 1
+            elif state["requests"] > self.answered:
+                continue  # swallowed: the client waits for an answer that never comes
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.listener.close()
+
+
+def _message_id(request: bytes) -> bytes:
+    """The messageID TLV of an LDAP request (ldap3 numbers messages across connections)."""
+    at = 2 + (request[1] & 0x7F if request[1] & 0x80 else 0)
+    return request[at : at + 2 + request[at + 1]]
+
+
+def ldap_reply(op: bytes) -> Callable[[bytes], bytes]:
+    """An answer carrying the request's messageID, then ``op`` (short-form lengths)."""
+
+    def reply(request: bytes) -> bytes:
+        body = _message_id(request) + op
+        return bytes([0x30, len(body)]) + body
+
+    return reply
+
+
+def raw_reply(data: bytes) -> Callable[[bytes], bytes]:
+    return lambda _request: data
+
+
+#: a bindResponse, success: what an LDAP server answers an anonymous bind
+LDAP_BIND_OK = ldap_reply(bytes.fromhex("61070a010004000400"))
+#: replies that are not LDAP, each making ldap3's decoder raise something else: an unknown
+#: protocolOp (KeyError), a message with no protocolOp (IndexError), bytes 0..255
+NOT_LDAP = {
+    "unknown-op": ldap_reply(bytes.fromhex("1400")),
+    "cut-short": ldap_reply(b""),
+    "noise": raw_reply(bytes(range(256))),
+}
+
+
+class GarbageServer:
+    """A TCP server on 127.0.0.1 that is not LDAP: each connection gets ``replies`` in turn,
+    one per request read, then is closed. ``with GarbageServer([...]) as port:``."""
+
+    def __init__(self, replies: list[Callable[[bytes], bytes]]) -> None:
+        import threading
+
+        self.replies = replies
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port: int = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                try:
+                    for reply in self.replies:
+                        request = conn.recv(65536)
+                        if not request:
+                            break
+                        conn.sendall(reply(request))
+                except OSError:
+                    pass
+
+    def __enter__(self) -> int:
+        self.thread.start()
+        return self.port
+
+    def __exit__(self, *_exc: object) -> None:
+        self.sock.close()
 
 
 class TestSshd(_ServerProcess):

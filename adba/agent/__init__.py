@@ -61,9 +61,9 @@ def run_agent(
     report = run_pass(settings, state, now=now, due_only=due_only)
     try:
         save_state(state_path, report.state)
-    except AdbaError:
-        for o in report.outcomes:  # what the pass learned stays in the log (journald)
-            log.error("%s: %s (not saved)", o.edition, o.message)
+    except AdbaError as exc:
+        _log_unsaved(report, state_path, now)
+        exc.context["report"] = report  # `agent run --json` still prints what the pass did
         raise
     if settings.report_textfile:  # imported only when configured
         from .report import write_textfile
@@ -75,6 +75,29 @@ def run_agent(
     return report
 
 
+def _log_unsaved(report: RunReport, state_path: str, now: int) -> None:
+    """What the pass learned, one WARNING line per product, for the log (journald) when the
+    state file cannot keep it: status, channel, expiry and the outcome."""
+    from ._status import derive
+
+    records = {rec.get("edition"): rec for rec in report.state["products"].values()}
+    for o in report.outcomes:
+        rec = records.get(o.edition, {})
+        status, _left = derive(rec, now)
+        expires = rec.get("expires_at")
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires)) if expires else "-"
+        channel = rec.get("channel") if status == "licensed" else None
+        log.warning(
+            "%s: %s, channel %s, expires %s: %s (not saved to %s)",
+            o.edition,
+            status,
+            channel or "-",
+            until,
+            o.message,
+            state_path,
+        )
+
+
 def save_state(state_path: str, state: dict[str, Any]) -> None:
     """:func:`write_state`, with a failure as :class:`StateNotSaved` naming the path."""
     from ..errors import StateNotSaved
@@ -82,11 +105,25 @@ def save_state(state_path: str, state: dict[str, Any]) -> None:
     try:
         write_state(state_path, state)
     except OSError as exc:
+        # the reason, never the temporary file's name (.state.json.<hex>) the error carries
+        parent = os.path.dirname(os.path.abspath(state_path))
+        blocked = next(
+            (p for p in _parents(parent) if os.path.lexists(p) and not os.path.isdir(p)), None
+        )
+        reason = f"{blocked} is not a directory" if blocked else exc.strerror or str(exc)
         raise StateNotSaved(
-            f"cannot save the agent state to {state_path}: {exc.strerror or exc}; check "
-            "state_path (ADBA_STATE) and that its directory is writable",
+            f"cannot save the agent state to {state_path}: {reason}; check state_path "
+            "(ADBA_STATE) and that its directory is writable",
             path=state_path,
         ) from exc
+
+
+def _parents(path: str) -> list[str]:
+    """``path`` and each directory above it, nearest first."""
+    out = [path]
+    while os.path.dirname(out[-1]) != out[-1]:
+        out.append(os.path.dirname(out[-1]))
+    return out
 
 
 def load_settings_and_state(

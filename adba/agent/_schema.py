@@ -28,6 +28,9 @@ class Intervals(_Model):
     renewal_days: Annotated[float, Field(gt=0, le=365)] = 7
     retry_minutes: Annotated[float, Field(ge=1, le=60 * 24 * 30)] = 120
     grace_days: Annotated[float, Field(ge=0, le=365)] = 30
+    #: every wait of the agent: each connect and each answer (LDAP, DNS, KMS); its older name
+    #: connect_timeout is still read
+    timeout: Annotated[float, Field(gt=0, le=60)] | None = None
     connect_timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
 
 
@@ -213,7 +216,7 @@ def validate(
         renewal=int(iv.renewal_days * 86400),
         retry=int(iv.retry_minutes * 60),
         grace=int(iv.grace_days * 86400),
-        connect_timeout=iv.connect_timeout,
+        connect_timeout=iv.timeout if iv.timeout is not None else iv.connect_timeout,
         products=products,
         kms_host=model.kms_host,
         kms_domains=tuple(model.kms_domains),
@@ -225,6 +228,7 @@ def validate(
         principal=m.principal,
         krb5_config=m.krb5_config,
         retired_keys=retired,
+        from_env=dict(src.from_env),
         report_textfile=model.report.textfile,
     )
 

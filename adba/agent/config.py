@@ -37,7 +37,8 @@ Example ``agent.toml``::
     renewal_days = 7
     retry_minutes = 120
     grace_days = 30
-    connect_timeout = 2.0
+    timeout = 2.0                           # s, every wait: each connect and each answer
+                                            # of LDAP, DNS and KMS (older name: connect_timeout)
 
     [[products]]
     edition = "Nimbus Server Standard"
@@ -53,7 +54,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -155,11 +156,18 @@ class Settings:
     krb5_config: str | None = None
     #: hex ids of the signing keys the pinned retirement file (``retired_keys``) retires
     retired_keys: tuple[str, ...] = ()
+    #: key ("machine.password_file") -> the ADBA_* variable that set it
+    from_env: dict[str, str] = field(default_factory=dict)
     #: ``[report] textfile``: a Prometheus textfile written after each pass (None: off)
     report_textfile: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def where(self, key: str) -> str:
+        """Where ``key`` was set, for an error: the variable, or the file and key."""
+        var = self.from_env.get(key)
+        return var if var else f"{self.source}: {key}"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:

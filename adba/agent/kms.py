@@ -106,6 +106,18 @@ class _Hosts:
         return bool(self._first) or bool(self._srv)
 
 
+def _kept_certificate(state: dict[str, Any], address: str, port: int, cls: Any) -> Any:
+    """The certificate the host at (address, port) answered with last time, if any (the
+    client verifies it again under the root key before sealing to it)."""
+    kept = state.get("kms") or {}
+    if kept.get("address") != address or int(kept.get("port") or 0) != port:
+        return None
+    try:
+        return cls.from_bytes(bytes.fromhex(kept.get("certificate") or ""))
+    except (ValueError, KmsError):
+        return None
+
+
 def kms_step(
     settings: Settings,
     state: dict[str, Any],
@@ -115,8 +127,8 @@ def kms_step(
     fail: Callable[..., Outcome | None],
 ) -> list[Outcome | None]:
     from ..kms.cache import Thresholds
-    from ..kms.client import KmsUnreachable, RogueHost, ask
-    from ..kms.protocol import KIND_CLIENT, KIND_SERVER
+    from ..kms.client import KmsClockSkew, KmsUnreachable, RogueHost, ask
+    from ..kms.protocol import KIND_CLIENT, KIND_SERVER, HostCertificate
     from .run import Outcome
 
     hosts = _Hosts(settings, state)
@@ -132,6 +144,7 @@ def kms_step(
         problems: list[str] = []
         code = adba_code
         answer = None
+        skewed = False
         for address, port, label in hosts:
             try:
                 answer = ask(
@@ -146,6 +159,7 @@ def kms_step(
                     root_public_key=root,
                     csvlk_skus=product.csvlk_skus,
                     timeout=settings.connect_timeout,
+                    certificate=_kept_certificate(state, address, port, HostCertificate),
                 )
             except KmsUnreachable as exc:
                 hosts.dead.add((address, port))
@@ -158,12 +172,28 @@ def kms_step(
                 problems.append(exc.message)
                 code = exc.code
                 continue
+            except KmsClockSkew as exc:  # our clock: another host may judge it so too
+                problems.append(exc.message)
+                skewed = True
+                continue
             except KmsError as exc:  # this host cannot activate this product: try the next
                 problems.append(exc.message)
                 code = exc.code
                 continue
-            state["kms"] = {"address": address, "port": port, "name": label}
+            state["kms"] = {
+                "address": address,
+                "port": port,
+                "name": label,
+                # the key the next request is sealed to (no hello needed while it holds)
+                "certificate": answer.response.certificate.to_bytes().hex(),
+            }
             break
+        if answer is None and skewed:
+            detail = "; ".join(problems) + " (set this machine's clock)"
+            outcomes.append(
+                fail(rec, product, settings, "kms-clock-skew", f"{adba_message}; {detail}", now)
+            )
+            continue
         if answer is None:
             if not hosts.any:  # nothing to try: the ADBA reason stays the one that matters
                 where = ", ".join(hosts.searched) or "none configured"

@@ -42,7 +42,11 @@ from ..errors import (
     AuthenticationFailed,
     ConfigError,
     DiscoveryError,
+    InvalidInput,
     LicenseError,
+    ObjectIncomplete,
+    ObjectNotFound,
+    ServerNotAnswering,
     ServerUnavailable,
     TlsError,
     WrongForest,
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
 
     import ldap3
 
+    from ..directory.connection import ConnectionOptions
     from ..directory.store import ActivationObject
 
 __all__ = ["Outcome", "RunReport", "next_step", "run_pass", "stable_code"]
@@ -110,18 +115,20 @@ def _password(settings: Settings) -> str | None:
         return None
     from ..directory.connection import read_password_file
 
+    where = settings.where("machine.password_file")
     try:
         info = os.stat(settings.password_file)
     except OSError as exc:
-        raise ConfigError(
-            f"machine.password_file {settings.password_file}: {exc.strerror}"
-        ) from exc
+        raise ConfigError(f"{where}: {settings.password_file}: {exc.strerror}") from exc
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
-            f"machine.password_file {settings.password_file} is readable by others: "
+            f"{where}: {settings.password_file} is readable by others: "
             f"chmod 600 {settings.password_file}"
         )
-    return read_password_file(settings.password_file)
+    try:
+        return read_password_file(settings.password_file)
+    except InvalidInput as exc:  # unreadable or empty: a configuration error, named
+        raise ConfigError(f"{where}: {exc.message}") from exc
 
 
 def _candidates(settings: Settings, directory: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
@@ -146,19 +153,30 @@ def _candidates(settings: Settings, directory: dict[str, Any]) -> Iterator[tuple
                 yield uri, target.host
 
 
-def _connect(
-    settings: Settings, directory: dict[str, Any]
-) -> tuple[ldap3.Connection, str, str | None]:
+#: the directory step tries domain controllers for at most this many timeouts in all, then
+#: leaves the products to KMS: many silent DCs cannot hold the boot past its unit's limit
+_DC_BUDGET = 8
+
+
+def _dcs(
+    settings: Settings, directory: dict[str, Any], tried: list[str]
+) -> Iterator[tuple[ldap3.Connection, ConnectionOptions, str | None]]:
+    """Bound connections to the domain controllers, one after the other in the order to try
+    them, for as long as the caller asks for the next; each DC that failed is logged and
+    appended to ``tried`` with its reason (not answering, unreachable, TLS)."""
     from ..directory.connection import ConnectionOptions, connect
 
     password = _password(settings)
     if settings.krb5_config:
-        import os
-
         os.environ["KRB5_CONFIG"] = settings.krb5_config  # read by the Kerberos library
-    tried = []
+    budget = _DC_BUDGET * settings.connect_timeout
+    started = time.monotonic()
     try:
         for uri, name in _candidates(settings, directory):
+            if tried and time.monotonic() - started > budget:
+                log.warning("domain controllers tried for %.1f s: the rest are skipped", budget)
+                tried.append(f"the others skipped after {budget:g} s")
+                return
             opts = ConnectionOptions(
                 uri=uri,
                 bind_dn=None if settings.keytab else settings.machine_dn,
@@ -171,17 +189,22 @@ def _connect(
                 tls_name=name,
             )
             try:
-                return connect(opts), uri, name
+                conn = connect(opts)
             except (ServerUnavailable, TlsError) as exc:
-                log.warning("domain controller %s failed: %s; trying the next", uri, exc.message)
-                tried.append(uri)
+                _tried(tried, uri, exc)
+                continue
             except AuthenticationFailed as exc:
                 raise _Failure("auth-failed", f"{uri} rejected the machine credentials") from exc
+            yield conn, opts, name
     except DiscoveryError as exc:
         raise _Failure("no-dc", f"cannot locate a domain controller: {exc.message}") from exc
-    if not tried:
-        raise _Failure("no-dc", f"no domain controller found in DNS for {settings.domain}")
-    raise _Failure("no-dc", f"no domain controller answered (tried {', '.join(tried)})")
+
+
+def _tried(tried: list[str], uri: str, exc: AdbaError) -> None:
+    """Log a DC that failed, and keep why: a silent DC is *not answering*, not unreachable."""
+    why = "not answering" if isinstance(exc, ServerNotAnswering) else exc.code
+    log.warning("domain controller %s failed: %s; trying the next", uri, exc.message)
+    tried.append(f"{uri}: {why}")
 
 
 #: a verified object is verified again after this long, whatever its license says
@@ -335,6 +358,11 @@ def _check(
 ) -> None:
     """Raise :class:`LicenseError` with the reason when ``ao`` may not activate ``product``."""
     _eligible(ao, product)
+    if ao.issuance_license is None and "msSPP-PhoneLicense" not in ao.licenses:
+        raise ObjectIncomplete(
+            "incomplete: it carries no license attribute (half-replicated to this DC, or the "
+            "replication identity cannot read licenses)"
+        )
     forest = (directory["root"], directory.get("forest_guid"))
     digest = _digest(ao, forest, settings.root_key)
     if _fresh(verified.get(digest), now):
@@ -403,39 +431,25 @@ def _fetch(
     return found, stopped
 
 
-def _lookup(
-    settings: Settings, state: dict[str, Any], products: list[ProductSettings], now: int
-) -> tuple[dict[str, ActivationObject | _Failure], str]:
-    from ..directory import schema, store
-
-    directory = state["directory"]
-    conn, uri, name = _connect(settings, directory)
-    try:
-        if directory.get("dc") != uri or "root" not in directory:
-            # cold: learn the forest once, keep it for warm boots (bind, search, unbind)
-            root = settings.base or store.read_forest_root(conn)
-            guid = store.read_forest_guid(conn, root)
-            directory.clear()
-            directory.update(
-                root=root,
-                container=schema.container_dn(root),
-                forest_guid=str(guid) if guid else None,
-            )
-        directory.update(dc=uri, tls_name=name)
-        groups = sorted({uuid.UUID(p.group) for p in products})
-        found, stopped = _fetch(conn, directory["container"], groups)
-    except AdbaError as exc:
-        raise _Failure(stable_code(exc), f"{uri}: {exc.message}") from exc
-    finally:
-        with contextlib.suppress(Exception):
-            conn.unbind()
+def _choose(
+    found: list[ActivationObject],
+    stopped: str | None,
+    products: list[ProductSettings],
+    settings: Settings,
+    state: dict[str, Any],
+    directory: dict[str, Any],
+    verified: dict[str, Any],
+    used: set[str],
+    now: int,
+) -> tuple[dict[str, ActivationObject | _Failure], set[str]]:
+    """The first valid object for each product among ``found``, else the reason; and the
+    products for which another DC may hold better: an object was incomplete here."""
     found.sort(key=lambda o: (o.dn or "").lower())
-    verified: dict[str, Any] = state["verified"]
     # every candidate's retirement statement first, then verification
     retired = _read_retirements(found, settings, state)
     _forget_retired(verified, retired)
-    used: set[str] = set()
     result: dict[str, ActivationObject | _Failure] = {}
+    elsewhere: set[str] = set()
     for product in products:
         # a warm boot first takes an object verified before (no cryptography at all)
         hit = None
@@ -455,6 +469,8 @@ def _lookup(
                         if len(reasons) < _LOGGED_REJECTIONS:
                             log.warning("%s: rejected %s: %s", product.edition, ao.dn, exc.message)
                         reasons.append(f"{ao.dn}: {exc.message}")
+                        if isinstance(exc, ObjectIncomplete):
+                            elsewhere.add(product.sku)
                     continue
                 hit = ao
                 break
@@ -477,13 +493,98 @@ def _lookup(
             result[product.sku] = _Failure(
                 "no-object", f"no activation object for {product.group_name}"
             )
+    return result, elsewhere
+
+
+def _lookup(
+    settings: Settings, state: dict[str, Any], products: list[ProductSettings], now: int
+) -> tuple[dict[str, ActivationObject | _Failure], dict[str, str], str | None]:
+    """Results per product, the DC each one came from, and the DC to remember.
+
+    One bind, one search, one unbind at the first DC that answers. The next DC is asked only
+    for the products that found no valid object where an object was incomplete (a replica
+    that received it half: no license attribute yet, or without its container), and when a
+    DC stops answering mid-search."""
+    from ldap3.core.exceptions import LDAPException
+
+    from ..directory import schema, store
+    from ..directory.connection import operation_error
+
+    directory = state["directory"]
+    verified: dict[str, Any] = state["verified"]
+    used: set[str] = set()
+    tried: list[str] = []
+    result: dict[str, ActivationObject | _Failure] = {}
+    source: dict[str, str] = {}
+    answered: dict[str, Any] | None = None
+    todo = list(products)
+    for conn, opts, name in _dcs(settings, directory, tried):
+        uri = opts.uri
+        info = directory if directory.get("dc") == uri and "root" in directory else None
+        try:
+            try:
+                if info is None:
+                    # cold: learn the forest once, keep it for warm boots (bind, search, unbind)
+                    root = settings.base or store.read_forest_root(conn)
+                    guid = store.read_forest_guid(conn, root)
+                    info = {
+                        "root": root,
+                        "container": schema.container_dn(root),
+                        "forest_guid": str(guid) if guid else None,
+                    }
+                groups = sorted({uuid.UUID(p.group) for p in todo})
+                found, stopped = _fetch(conn, info["container"], groups)
+            except LDAPException as exc:
+                raise operation_error(exc, opts, conn) from exc
+        except ServerUnavailable as exc:  # silent or gone in the middle: the next DC
+            _tried(tried, uri, exc)
+            continue
+        except ObjectNotFound as exc:  # the container has not replicated here (yet)
+            log.warning("%s: %s; trying the next domain controller", uri, exc.message)
+            for p in todo:
+                result[p.sku] = _Failure(stable_code(exc), f"{uri}: {exc.message}")
+            answered = {**info, "dc": uri, "tls_name": name} if info else answered
+            continue
+        except AdbaError as exc:
+            failure = _Failure(stable_code(exc), f"{uri}: {exc.message}")
+            for p in todo:
+                result[p.sku] = failure
+            break
+        finally:
+            with contextlib.suppress(Exception):
+                conn.unbind()
+        here, elsewhere = _choose(found, stopped, todo, settings, state, info, verified, used, now)
+        result.update(here)
+        for sku, hit in here.items():
+            if not isinstance(hit, _Failure):
+                source[sku] = uri
+        answered = {**info, "dc": uri, "tls_name": name}
+        todo = [p for p in todo if p.sku in elsewhere]
+        if not todo:
+            break
+        log.warning(
+            "%s holds incomplete objects only (half-replicated?) for %s: trying the next "
+            "domain controller",
+            uri,
+            ", ".join(p.edition for p in todo),
+        )
+    if answered is not None:
+        directory.clear()
+        directory.update(answered)
+    if not result:
+        if not tried:
+            raise _Failure("no-dc", f"no domain controller found in DNS for {settings.domain}")
+        raise _Failure("no-dc", f"no domain controller answered (tried {'; '.join(tried)})")
+    for p in products:  # every DC failed for some: their reason
+        result.setdefault(
+            p.sku, _Failure("no-dc", f"no domain controller answered (tried {'; '.join(tried)})")
+        )
     # keep what this pass used, then the newest others, within a bound
     keep = {d: verified[d] for d in used}
     for d in list(verified)[-_MAX_VERIFIED:]:
         keep.setdefault(d, verified[d])
     state["verified"] = keep
-    learn_retired(state, retired)
-    return result, uri
+    return result, source, directory.get("dc")
 
 
 # -- bookkeeping -----------------------------------------------------------------------------
@@ -566,9 +667,9 @@ def run_pass(
     dc = None
     if adba_todo:
         try:
-            found, dc = _lookup(settings, state, adba_todo, now)
+            found, source, dc = _lookup(settings, state, adba_todo, now)
         except _Failure as failure:
-            found = {p.sku: failure for p in adba_todo}
+            found, source = {p.sku: failure for p in adba_todo}, {}
         for product in adba_todo:
             rec = state["products"][product.sku]
             hit = found[product.sku]
@@ -576,11 +677,12 @@ def run_pass(
                 kms_todo.append((product, hit.code, hit.message))
                 continue
             expires = now + settings.validity
+            via = source.get(product.sku, dc)
             rec.update(
                 channel="ADBA",
                 object_dn=hit.dn,
                 csvlk_pid=hit.pid,
-                dc=dc,
+                dc=via,
                 activated_at=now,
                 expires_at=expires,
                 last_attempt=now,
@@ -588,7 +690,7 @@ def run_pass(
                 last_error=None,
             )
             until = time.strftime("%Y-%m-%d", time.gmtime(expires))
-            message = f"activated by {hit.dn} (PID {hit.pid}) via {dc}, valid until {until}"
+            message = f"activated by {hit.dn} (PID {hit.pid}) via {via}, valid until {until}"
             log.info("%s: %s", product.edition, message)
             outcomes.append(Outcome(product.edition, True, "activated", message, True))
     if kms_todo:

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import resource
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from typing import Any
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ..errors import AuthorityError, InvalidInput
 
 __all__ = ["LOG_EVERY", "Limits", "serve"]
 
@@ -243,6 +246,8 @@ def serve(
         access_log=True,
         server_header=False,
     )
+    _load(config, ssl_certfile, ssl_keyfile)
+    sock = _listen(host, port)
     server = _Server(config, quiet)
     for name in ("uvicorn.error", "asyncio"):
         logging.getLogger(name).addFilter(_QuietLog(quiet))
@@ -254,5 +259,64 @@ def serve(
         per_source,
         limits.request_timeout,
     )
-    server.run()
+    bound = sock.getsockname()
+    logging.getLogger("uvicorn.error").info(
+        "serving on %s://%s:%d (Ctrl-C to quit)",
+        "https" if ssl_certfile else "http",
+        f"[{bound[0]}]" if ":" in bound[0] else bound[0],
+        bound[1],
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 130 if signal.SIGINT in server.signals else 0
+
+
+def _load(config: uvicorn.Config, certfile: str | None, keyfile: str | None) -> None:
+    """The TLS files read (uvicorn would exit with a traceback): a bad one is bad input."""
+    import ssl
+
+    for flag, name in (("--tls-cert", certfile), ("--tls-key", keyfile)):
+        if name is not None:
+            try:
+                with open(name, "rb"):
+                    pass
+            except OSError as exc:
+                raise InvalidInput(f"{flag} {name}: {exc.strerror or exc}", path=name) from exc
+    try:
+        config.load()
+    except ssl.SSLError as exc:
+        raise InvalidInput(
+            f"--tls-cert {certfile} / --tls-key {keyfile}: not a PEM certificate chain and its "
+            f"private key ({exc.reason or exc})"
+        ) from exc
+    except OSError as exc:
+        name = exc.filename or f"{certfile} or {keyfile}"
+        raise InvalidInput(
+            f"--tls-cert/--tls-key: {name}: {exc.strerror or exc}", path=str(name)
+        ) from exc
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts: a name that does not resolve is
+    bad input (2), an address in use or not ours is :class:`AuthorityError` (13), each one
+    line (uvicorn would log it and exit 1 or 3)."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise InvalidInput(f"--listen {host!r}: not an address to listen on ({reason})") from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise AuthorityError(
+            f"the authority cannot listen on {host} port {port}: {exc.strerror or exc}"
+        ) from exc
+    sock.set_inheritable(True)
+    return sock

@@ -199,7 +199,11 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="allow a password bind without TLS on ldap:// (never do this on a network)",
     )
     g.add_argument(
-        "--timeout", type=timeout, default=5.0, metavar="S", help="connect timeout (default 5 s)"
+        "--timeout",
+        type=timeout,
+        default=5.0,
+        metavar="S",
+        help="longest wait for each connect step and each answer (default 5 s)",
     )
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidInput
-from ._common import add_connection_options, add_json, connection_options, emit_json, root_dn
+from ._common import (
+    add_connection_options,
+    add_json,
+    connection_options,
+    emit_json,
+    ldapi_uri,
+    pick,
+    root_dn,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,7 +51,12 @@ def register(nouns: Any) -> None:
     p = nouns.add_parser("acl", help="who may publish and delete activation objects (AD)")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     show = verbs.add_parser("show", help="the container's security descriptor", description=SHOW)
-    show.add_argument("--config-uri", metavar="LDAPI", help="OpenLDAP: ldapi:// of cn=config")
+    show.add_argument(
+        "--config-uri",
+        type=ldapi_uri,
+        metavar="LDAPI",
+        help="OpenLDAP: ldapi:// of cn=config (ADBA_CONFIG_URI)",
+    )
     add_connection_options(show)
     add_json(show)
     show.set_defaults(func=cmd_show)
@@ -65,7 +78,7 @@ def _openldap_rules(args: argparse.Namespace, opts: Any, root: str) -> int:
     from ..directory import openldap
     from ..directory.connection import ConnectionOptions, session
 
-    uri = getattr(args, "config_uri", None) or openldap.DEFAULT_LDAPI
+    uri = pick(args, "config_uri") or openldap.DEFAULT_LDAPI
     with session(ConnectionOptions(uri=uri)) as conn:
         rules = openldap.access_rules(conn, root)
     if args.json:

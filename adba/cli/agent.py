@@ -135,9 +135,16 @@ def _when(ts: int | None) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..agent import DEFAULT_CONFIG, run_agent
-    from ..errors import NotActivated
+    from ..errors import NotActivated, StateNotSaved
 
-    report = run_agent(args.config or DEFAULT_CONFIG, due_only=args.if_due)
+    try:
+        report = run_agent(args.config or DEFAULT_CONFIG, due_only=args.if_due)
+    except StateNotSaved as exc:
+        if args.json:  # what the pass did, though the state file could not keep it
+            done = exc.context["report"]
+            outcomes = [o.to_dict() for o in done.outcomes]
+            emit_json({"dc": done.dc, "outcomes": outcomes, "error": exc.to_dict()})
+        raise
     if args.json:
         emit_json({"dc": report.dc, "outcomes": [o.to_dict() for o in report.outcomes]})
     else:

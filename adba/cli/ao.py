@@ -1,4 +1,4 @@
-"""``adba ao publish|list|show|delete`` -- activation objects."""
+"""``adba ao publish|list|show|delete|history`` -- activation objects."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ example:
 
 
 def register(nouns: Any) -> None:
-    p = nouns.add_parser("ao", help="activation objects: publish, list, show, delete")
+    p = nouns.add_parser("ao", help="activation objects: publish, list, show, delete, history")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     pub = verbs.add_parser(
@@ -114,6 +114,7 @@ def register(nouns: Any) -> None:
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     add_connection_options(delete)
     delete.set_defaults(func=cmd_delete)
+    _register_history(verbs)
 
 
 def _read_options(p: argparse.ArgumentParser) -> None:
@@ -340,4 +341,47 @@ def cmd_delete(args: argparse.Namespace) -> int:
     confirm(f"Delete activation object {args.dn}?", args.yes)
     delete_object(opts, root=root, dn=args.dn)
     print(f"deleted {args.dn}")
+    return 0
+
+
+# -- history -----------------------------------------------------------------------------------
+HISTORY = f"""\
+Who published or deleted which activation object, and when. OpenLDAP: from the audit log
+`directory init` sets up (the bound DN, the times, slapd's connection number; the admin group
+and the root DN may read it). AD / Samba AD: each object's creation time and owner, and the
+deleted objects (tombstones) that were under the container; AD does not record who deleted.
+
+example:
+  adba ao history --since 7d --json {ADMIN}
+"""
+
+
+def _register_history(verbs: Any) -> None:
+    hist = verbs.add_parser(
+        "history",
+        help="who published or deleted which object, when",
+        description=HISTORY,
+        formatter_class=Formatter,
+    )
+    hist.add_argument(
+        "--since", metavar="WHEN", help="from this ISO date or time, or a span back (7d, 12h, 30m)"
+    )
+    add_connection_options(hist)
+    add_json(hist)
+    hist.set_defaults(func=cmd_history)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from ..directory.audit import history, parse_since
+
+    since = parse_since(args.since)
+    opts = connection_options(args)
+    events = history(opts, root=root_dn(args, opts), since=since)
+    if args.json:
+        emit_json([e.to_dict() for e in events])
+    elif events:
+        rows = [[e.when, e.action, e.dn, e.who or "(not recorded)", e.source] for e in events]
+        print(table(rows, ["WHEN", "ACTION", "DN", "WHO", "SOURCE"]))
+    else:
+        print("no publish or delete recorded")
     return 0

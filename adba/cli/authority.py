@@ -7,7 +7,17 @@ import time
 from typing import Any
 
 from ..errors import InvalidInput
-from ._common import Formatter, add_json, catalog, emit_json, pick
+from ._common import (
+    Formatter,
+    add_json,
+    catalog,
+    emit_json,
+    non_negative_int,
+    pick,
+    port,
+    positive_int,
+    timeout,
+)
 
 INIT = """\
 Creates an activation authority in DIR: an Ed25519 root key, a signing key with a
@@ -46,7 +56,10 @@ def register(nouns: Any) -> None:
     mint.add_argument("--product", required=True, help="CSVLK product (csvlk) or edition (mak)")
     mint.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
     mint.add_argument(
-        "--count", type=int, metavar="N", help="machines a MAK activates (MAKs only; default 1)"
+        "--count",
+        type=positive_int,
+        metavar="N",
+        help="machines a MAK activates (MAKs only; default 1)",
     )
     add_json(mint)
     mint.set_defaults(func=cmd_mint)
@@ -56,27 +69,27 @@ def register(nouns: Any) -> None:
     serve.add_argument(
         "--listen", default="127.0.0.1", metavar="ADDR", help="address (default 127.0.0.1)"
     )
-    serve.add_argument("--port", type=int, default=8443, help="TCP port (default 8443)")
+    serve.add_argument("--port", type=port, default=8443, help="TCP port (default 8443)")
     serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain (TLS)")
     serve.add_argument("--tls-key", metavar="PEM", help="private key of the certificate")
     serve.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
     serve.add_argument(
         "--request-timeout",
-        type=float,
+        type=timeout,
         default=10.0,
         metavar="S",
         help="seconds a client has to send a whole request (default 10)",
     )
     serve.add_argument(
         "--max-connections",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="open connections at most (default: from the file-descriptor limit)",
     )
     serve.add_argument(
         "--max-per-address",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="open connections per client address (default: an eighth of the maximum)",
@@ -99,7 +112,7 @@ def register(nouns: Any) -> None:
     key = grant.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-file", metavar="FILE", help="file holding the KMS key (CSVLK)")
     key.add_argument("--key", help="the KMS key itself")
-    grant.add_argument("--hosts", type=int, required=True, help="how many more hosts")
+    grant.add_argument("--hosts", type=positive_int, required=True, help="how many more hosts")
     grant.set_defaults(func=cmd_grant)
 
     rotate = verbs.add_parser(
@@ -131,7 +144,7 @@ def register(nouns: Any) -> None:
 def _cert_days_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cert-days",
-        type=int,
+        type=positive_int,
         default=730,
         metavar="DAYS",
         help="validity of the signing certificate (default 730); rotate before it ends",
@@ -243,12 +256,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InvalidInput("give both --tls-cert and --tls-key (or neither)")
-    if not 0 <= args.port <= 65535:
-        raise InvalidInput(f"--port must be 0 to 65535, not {args.port}")
-    if not 0.1 <= args.request_timeout <= 3600:
+    if args.request_timeout < 0.1:
         raise InvalidInput("--request-timeout must be 0.1 to 3600 seconds")
-    if args.max_connections < 0 or args.max_per_address < 0:
-        raise InvalidInput("--max-connections and --max-per-address cannot be negative")
     app = create_app(LocalAuthority.open(_path(args)), catalog(args))
     return serve(
         app,

@@ -375,6 +375,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             step("the admin deletes it", ["ao", "delete", "--yes", dn, *as_admin])
             step("nothing left", ["ao", "list", *as_admin])
             step(
+                "the audit trail: who published and who deleted it, and when (accesslog)",
+                ["ao", "history", *as_admin],
+                require="delete",
+            )
+            step(
                 "the next boot finds no object: still licensed until the 180 days run out",
                 ["agent", "run", "--once", *agent_cfg],
                 require="still licensed until",

@@ -5,12 +5,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import Formatter, add_connection_options, add_json, emit_json, pick, say
+from ._common import (
+    Formatter,
+    add_connection_options,
+    add_json,
+    emit_json,
+    ldap_uri,
+    ldapi_uri,
+    pick,
+    positive_int,
+    say,
+)
 
 INIT_EXAMPLE = """\
 Loads the msSPP schema into a running slapd over ldapi (SASL EXTERNAL, as root), indexes
-msSPP-KMSIds, raises the size limits for 5 MiB licenses, installs the access rules and
-creates the activation-objects container. Safe to run again.
+msSPP-KMSIds, raises the size limits for 5 MiB licenses, installs the access rules, records
+who publishes and deletes activation objects (the accesslog overlay, 90 days; --no-audit:
+not) and creates the activation-objects container. Safe to run again.
 
 example:
   sudo adba directory init -b dc=example,dc=test \\
@@ -39,6 +50,11 @@ def register(nouns: Any) -> None:
         formatter_class=Formatter,
     )
     _config_options(init)
+    init.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="do not record who publishes and deletes objects (the accesslog overlay)",
+    )
     add_connection_options(init)
     add_json(init)
     init.set_defaults(func=cmd_init)
@@ -60,6 +76,7 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("slapd configuration")
     g.add_argument(
         "--config-uri",
+        type=ldapi_uri,
         metavar="LDAPI",
         help="ldapi:// URI of slapd's cn=config (default ldapi://%%2Fvar%%2Frun%%2Fslapd%%2Fldapi)",
     )
@@ -118,6 +135,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         admin_group=admin_group,
         computers=computers,
         progress=None if args.json else (lambda step: say(f"init: {step}")),
+        audit=not args.no_audit,
     )
     _print_report(report, args.json)
     return 0
@@ -188,11 +206,12 @@ def _register_replicate(verbs: Any) -> None:
         "--role", choices=["provider", "consumer"], default="provider", help="default provider"
     )
     g.add_argument(
-        "--server-id", type=int, metavar="N", help="provider: unique in the group, 1-4095"
+        "--server-id", type=positive_int, metavar="N", help="provider: unique in the group, 1-4095"
     )
     g.add_argument(
         "--peer",
         action="append",
+        type=ldap_uri,
         metavar="URI",
         help="provider: each other provider; consumer: each provider (repeat; ldaps:// or ldap://)",
     )
@@ -216,9 +235,12 @@ def _register_replicate(verbs: Any) -> None:
     g.add_argument(
         "--retry", help='retry schedule (default "5 10 60 +": 10 tries 5 s apart, then each minute)'
     )
-    g.add_argument("--update-ref", metavar="URI", help="consumer: where writes are referred")
+    g.add_argument(
+        "--update-ref", type=ldap_uri, metavar="URI", help="consumer: where writes are referred"
+    )
     rep.add_argument(
         "--config-uri",
+        type=ldapi_uri,
         metavar="LDAPI",
         help="ldapi:// URI of slapd's cn=config (default ldapi://%%2Fvar%%2Frun%%2Fslapd%%2Fldapi)",
     )

@@ -514,7 +514,7 @@ def _run_host(host: Any, args: argparse.Namespace, publish: Any) -> None:
     import logging
 
     from ..errors import AdbaError
-    from ..kms.host import default_addresses
+    from ..kms.host import default_addresses, run_loop
 
     log = logging.getLogger("adba.kms")
 
@@ -541,7 +541,7 @@ def _run_host(host: Any, args: argparse.Namespace, publish: Any) -> None:
             if task:
                 task.cancel()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 def _published_json(results: Any) -> str:

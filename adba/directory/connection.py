@@ -8,8 +8,10 @@ raised to 1 MiB, else reading a 5 MiB license is quadratic (seconds instead of ~
 
 Time: ``connect_timeout`` bounds every step of opening -- the TCP connect, the TLS handshake
 (LDAPS or StartTLS), the StartTLS answer and the bind -- so a server that accepts and never
-answers costs about that, not ldap3's receive timeout; afterwards each read may wait
-``receive_timeout`` (a large search on a busy DC). TLS failures say which check failed: the
+answers costs about that, not ldap3's receive timeout; afterwards each read of an answer waits
+at most ``receive_timeout`` (default: ``connect_timeout`` too). A server that accepted the
+connection and then went silent is :class:`ServerNotAnswering` ("not answering"), one that
+could not be reached at all :class:`ServerUnavailable`. TLS failures say which check failed: the
 certificate's name, its CA, its dates, or no TLS at all.
 """
 
@@ -37,9 +39,11 @@ from ..errors import (
     DirectoryError,
     InvalidDN,
     InvalidInput,
+    NotLdap,
     ObjectNotFound,
     ReadOnlyReplica,
     SchemaMissing,
+    ServerNotAnswering,
     ServerUnavailable,
     TlsError,
 )
@@ -49,13 +53,81 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-__all__ = ["Connection", "ConnectionOptions", "connect", "raise_for_result", "read_password_file"]
+__all__ = [
+    "Connection",
+    "ConnectionOptions",
+    "connect",
+    "operation_error",
+    "raise_for_result",
+    "read_password_file",
+]
 
 log = logging.getLogger(__name__)
 
 set_config_parameter("SOCKET_SIZE", 1 << 20)
 
-Connection = ldap3.Connection
+
+class Connection(ldap3.Connection):  # type: ignore[misc]
+    """ldap3's connection whose every operation raises our errors, never a stray one: a
+    server that is not LDAP (or replies garbage) makes ldap3's decoder raise ``KeyError``,
+    ``IndexError``..., here :class:`NotLdap` naming the server."""
+
+    def __init__(self, server: Any, *, adba_opts: ConnectionOptions, **kwargs: Any) -> None:
+        super().__init__(server, **kwargs)
+        self.adba_opts = adba_opts
+        strategy_open: Any = self.__dict__["open"]  # ldap3 sets open() on the instance
+
+        def open_(*args: Any, **kw: Any) -> Any:
+            return self._guard(strategy_open, args, kw)
+
+        self.open = open_
+
+    def _guard(self, operation: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            return operation(*args, **kwargs)
+        except AdbaError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("gssapi"):
+                raise  # connect() names a Kerberos failure
+            timeout = self.adba_opts.receive_timeout if self.bound else None
+            raise _wrap(exc, self.adba_opts, self, timeout=timeout) from exc
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().start_tls, args, kwargs)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().bind, args, kwargs)
+
+    def rebind(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().rebind, args, kwargs)
+
+    def unbind(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().unbind, args, kwargs)
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().search, args, kwargs)
+
+    def compare(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().compare, args, kwargs)
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().add, args, kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().delete, args, kwargs)
+
+    def modify(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().modify, args, kwargs)
+
+    def modify_dn(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().modify_dn, args, kwargs)
+
+    def abandon(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().abandon, args, kwargs)
+
+    def extended(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(super().extended, args, kwargs)
 
 
 # eq/repr/frozen off: each generated method costs ~0.1 ms of import at every boot
@@ -76,7 +148,8 @@ class ConnectionOptions:
     #: use StartTLS on ldap:// even without a password
     start_tls: bool = False
     connect_timeout: float = 5.0
-    receive_timeout: int = 30
+    #: the longest wait for each read of an answer after the bind (None: connect_timeout)
+    receive_timeout: float | None = None
     #: the name the server certificate must carry, when the URI holds an address (SRV targets
     #: are resolved by ADBA's own resolver, then verified by name)
     tls_name: str | None = None
@@ -89,6 +162,10 @@ class ConnectionOptions:
     @property
     def scheme(self) -> str:
         return self.uri.split("://", 1)[0].lower() if "://" in self.uri else ""
+
+    @property
+    def answer_timeout(self) -> float:
+        return self.connect_timeout if self.receive_timeout is None else self.receive_timeout
 
     def __repr__(self) -> str:  # never the password
         return f"ConnectionOptions({self.describe()!r})"
@@ -198,17 +275,25 @@ def _host(uri: str) -> str:
 def _wrap(
     exc: Exception, opts: ConnectionOptions, conn: Any = None, timeout: float | None = None
 ) -> AdbaError:
-    """Turn an ldap3 exception into our family; branch on classes, never on text."""
+    """Turn an ldap3 exception (or any other one, raised while talking to ``opts.uri``) into
+    our family; branch on classes, never on text. One of ours is already wrapped."""
+    if isinstance(exc, AdbaError):
+        return exc
     ssl = sys.modules.get("ssl")  # imported only when TLS was set up
     if isinstance(exc, TimeoutError):  # ldap3 raises classes mixing its own with the cause
         waited = f"{timeout if timeout is not None else opts.connect_timeout:g} s"
+        bound = bool(getattr(conn, "adba_bound", False))  # ldap3 unbinds on a socket error
         if isinstance(exc, lexc.LDAPSocketOpenError) and not getattr(conn, "adba_handshake", False):
             text = f"{opts.uri} did not accept a connection within {waited}"
+            return ServerUnavailable(text, uri=opts.uri)
+        if bound:
+            text = "no answer to a request"
         elif getattr(conn, "adba_handshake", False) and not getattr(conn, "tls_started", False):
-            text = f"{opts.uri} accepted the connection but did not finish TLS within {waited}"
+            text = "it accepted the connection but did not finish TLS"
         else:
-            text = f"{opts.uri} accepted the connection but did not answer within {waited}"
-        return ServerUnavailable(text, uri=opts.uri)
+            text = "it accepted the connection but did not answer"
+        text = f"{opts.uri} is not answering: {text} within {waited}"
+        return ServerNotAnswering(text, uri=opts.uri)
     tls_failure = getattr(conn, "adba_tls_error", None)
     if (
         tls_failure is not None
@@ -226,9 +311,29 @@ def _wrap(
         )
     if isinstance(exc, lexc.LDAPInvalidDnError | lexc.LDAPInvalidDNSyntaxResult):
         return InvalidDN(f"malformed DN: {exc}")
-    if isinstance(exc, lexc.LDAPResponseTimeoutError | lexc.LDAPSessionTerminatedByServerError):
-        return ServerUnavailable(f"{opts.uri} stopped answering", uri=opts.uri)
-    return DirectoryError(f"directory error from {opts.uri}: {type(exc).__name__}", uri=opts.uri)
+    if isinstance(exc, lexc.LDAPResponseTimeoutError):
+        return ServerNotAnswering(
+            f"{opts.uri} is not answering: it stopped answering", uri=opts.uri
+        )
+    if isinstance(exc, lexc.LDAPSessionTerminatedByServerError):
+        return ServerUnavailable(
+            f"{opts.uri} closed the connection without an LDAP answer (is it an LDAP server?)",
+            uri=opts.uri,
+        )
+    if isinstance(exc, lexc.LDAPException):
+        return DirectoryError(
+            f"directory error from {opts.uri}: {type(exc).__name__}", uri=opts.uri
+        )
+    if isinstance(exc, OSError):
+        return ServerUnavailable(
+            f"{opts.uri} broke the connection: {exc.strerror or type(exc).__name__}", uri=opts.uri
+        )
+    # ldap3's decoder meeting bytes that are not LDAP: KeyError, IndexError, PyAsn1Error...
+    return NotLdap(
+        f"{opts.uri} did not answer in LDAP (is that port another service?): the reply could "
+        f"not be decoded ({type(exc).__name__})",
+        uri=opts.uri,
+    )
 
 
 def _close(conn: ldap3.Connection) -> None:
@@ -237,7 +342,7 @@ def _close(conn: ldap3.Connection) -> None:
     if sock is not None:
         with suppress(OSError):
             sock.close()
-    with suppress(lexc.LDAPException):
+    with suppress(lexc.LDAPException, AdbaError):
         conn.unbind()
 
 
@@ -299,25 +404,24 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
         kwargs.update(authentication=ldap3.SASL, sasl_mechanism=ldap3.EXTERNAL, sasl_credentials="")
     else:
         kwargs.update(authentication=ldap3.ANONYMOUS)
-    conn = ldap3.Connection(server, auto_referrals=False, **kwargs)  # never re-send credentials
+    # never re-send credentials: no referral is followed
+    conn = Connection(server, adba_opts=opts, auto_referrals=False, **kwargs)
     try:
         conn.open(read_server_info=False)
         if use_starttls and not conn.start_tls(read_server_info=False):
             raise _tls_error(None, opts)
         ok = conn.bind(read_server_info=False)
+    except AdbaError:
+        _close(conn)
+        raise
     except Exception as exc:
+        _close(conn)
         if type(exc).__module__.startswith("gssapi"):  # a Kerberos failure while binding
-            _close(conn)
             raise AuthenticationFailed(
                 f"Kerberos bind to {opts.uri} as {opts.principal} failed: does the DC have the "
                 f"service principal ldap/{opts.tls_name or server.host}?",
                 uri=opts.uri,
             ) from exc
-        if not isinstance(exc, lexc.LDAPException | TlsError):
-            raise
-        _close(conn)
-        if isinstance(exc, TlsError):
-            raise
         raise _wrap(exc, opts, conn) from exc
     if not ok:
         code = conn.result.get("result")
@@ -333,7 +437,8 @@ def connect(opts: ConnectionOptions) -> ldap3.Connection:
             raise InvalidDN(f"malformed bind DN: {opts.bind_dn}")
         raise_for_result(conn.result, what=f"bind to {opts.uri}")
     with suppress(OSError, AttributeError):
-        conn.socket.settimeout(opts.receive_timeout)
+        conn.socket.settimeout(opts.answer_timeout)
+    conn.adba_bound = True
     log.debug("bound to %s", opts.describe())
     return conn
 
@@ -370,6 +475,12 @@ def raise_for_result(result: dict[str, Any], *, what: str, dn: str | None = None
     raise DirectoryError(text, dn=dn, code=code)
 
 
+def operation_error(exc: Exception, opts: ConnectionOptions, conn: Any) -> AdbaError:
+    """An ldap3 exception raised by an operation on a bound ``conn`` as one of our errors
+    (a read that waited ``opts.answer_timeout`` for nothing is :class:`ServerNotAnswering`)."""
+    return _wrap(exc, opts, conn, timeout=opts.answer_timeout)
+
+
 @contextmanager
 def session(opts: ConnectionOptions) -> Iterator[ldap3.Connection]:
     """``with session(opts) as conn:`` -- bound connection, always unbound afterwards."""
@@ -377,7 +488,7 @@ def session(opts: ConnectionOptions) -> Iterator[ldap3.Connection]:
     try:
         yield conn
     except lexc.LDAPException as exc:
-        raise _wrap(exc, opts, conn, timeout=opts.receive_timeout) from exc
+        raise _wrap(exc, opts, conn, timeout=opts.answer_timeout) from exc
     finally:
-        with suppress(lexc.LDAPException):
+        with suppress(lexc.LDAPException, AdbaError):
             conn.unbind()

@@ -250,6 +250,10 @@ def _view(
     )
 
 
+#: why a GVLK or MAK is refused (InvalidKey, exit 11) where a forest's key is expected
+_NEEDS_CSVLK = "activation objects need a CSVLK (a KMS host key), not a client key"
+
+
 def check_name(name: str) -> str:
     """An object name (cn) the directory will take: 1-64 characters, no control characters,
     no '?' or '%'."""
@@ -310,11 +314,7 @@ def publish_csvlk(
     from ..keys import KeyType, parse_key
 
     say = progress or (lambda _m: None)
-    parsed = parse_key(key)
-    if parsed.type is not KeyType.CSVLK:
-        raise InvalidInput(
-            f"{parsed.type.name} keys are not published: activation objects need a CSVLK"
-        )
+    parsed = parse_key(key, expect=KeyType.CSVLK, purpose=_NEEDS_CSVLK)
     now = int(time.time()) if now is None else now
     product = catalog.csvlk_by_code(parsed.code)
     cn = check_name(name if name is not None else f"{product.name} {parsed.partial}")
@@ -342,9 +342,9 @@ def publish_csvlk(
 def forest_installation(opts: ConnectionOptions, *, root: str, key: str) -> Any:
     """The installation ID for activating ``key`` (a CSVLK) for this forest by telephone."""
     from ..confirmation import KIND_CSVLK_FOREST, Installation, forest_binding
-    from ..keys import parse_key
+    from ..keys import KeyType, parse_key
 
-    parsed = parse_key(key)
+    parsed = parse_key(key, expect=KeyType.CSVLK, purpose=_NEEDS_CSVLK)
     with session(opts) as conn:
         forest = forest_identity(conn, root)
     return Installation.of(KIND_CSVLK_FOREST, parsed, forest_binding(forest.dn, forest.guid))
@@ -375,11 +375,7 @@ def publish_confirmed(
     from ..keys import KeyType, parse_key
     from ..license import make_pid
 
-    parsed = parse_key(key)
-    if parsed.type is not KeyType.CSVLK:
-        raise InvalidInput(
-            f"{parsed.type.name} keys are not published: activation objects need a CSVLK"
-        )
+    parsed = parse_key(key, expect=KeyType.CSVLK, purpose=_NEEDS_CSVLK)
     confirmation = Confirmation.parse(confirmation_id)
     product = catalog.csvlk_by_code(parsed.code)
     cn = check_name(name if name is not None else f"{product.name} {parsed.partial}")

@@ -114,7 +114,14 @@ def _database(conn: ldap3.Connection, root: str) -> dict:  # type: ignore[type-a
         "cn=config",
         flt,
         ldap3.LEVEL,
-        attributes=["olcAccess", "olcDbIndex", "olcDbMaxSize", "olcLimits", "olcSizeLimit"],
+        attributes=[
+            "olcAccess",
+            "olcDbIndex",
+            "olcDbMaxSize",
+            "olcLimits",
+            "olcSizeLimit",
+            "olcRootDN",
+        ],
     )
     if conn.result["result"] in (32, 50) or (conn.result["result"] == 0 and not conn.response):
         if conn.result["result"] == 0:
@@ -198,8 +205,10 @@ def init(
     admin_group: str,
     computers: str,
     progress: Callable[[str], None] | None = None,
+    audit: bool = True,
 ) -> Report:
-    """Load the schema, index, limits and ACLs into cn=config, then create the container chain."""
+    """Load the schema, index, limits and ACLs into cn=config, the audit trail (unless
+    ``audit`` is False), then create the container chain."""
     say = progress or (lambda _msg: None)
     report = Report(root, schema.container_dn(root))
     say("names")
@@ -292,6 +301,21 @@ def init(
             report.add(
                 "acl", True, f"ADBA access rules installed for {admin_group} and {computers}"
             )
+        say("audit")
+        from . import audit as trail
+
+        if audit:
+            root_dns = attrs.get("olcRootDN") or []
+            root_dn = str(root_dns[0] if isinstance(root_dns, list) else root_dns) or None
+            report.add(
+                "audit",
+                True,
+                trail.configure(
+                    conn, db_dn, root=root, root_dn=root_dn, admin_group=admin_group
+                ),
+            )
+        else:
+            report.add("audit", True, "not configured (--no-audit)", skipped=True)
         shadow = replication.shadow_of(conn, db_dn)
 
     if shadow is not None:  # a read-only consumer: the data tree is the providers' to write
@@ -446,13 +470,16 @@ def check(
                     acl_ok = any(_is_adba_rule(r, root) for r in rules)
                     detail = "ADBA access rules present" if acl_ok else "no ADBA access rules"
                 report.add("acl", acl_ok, detail, "" if acl_ok else fix_init)
+                from . import audit as trail
+
+                trail.report(report, conn, db["dn"], root=root)
             replication.report(report, config, data, root=root)
         except DirectoryError as exc:
             report.add(
                 "config", False, f"cn=config not checked: {exc.message}", "run as root over ldapi"
             )
     else:
-        for name in ("index", "limits", "size-limits", "acl"):
+        for name in ("index", "limits", "size-limits", "acl", "audit"):
             report.add(
                 name,
                 True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "ACCESSLOG_SUFFIX",
     "ACTIVATION_OBJECT",
     "ATTRIBUTES",
     "CLASSES",
@@ -35,6 +36,10 @@ OCTET = "1.3.6.1.4.1.1466.115.121.1.40"
 DSTRING = "1.3.6.1.4.1.1466.115.121.1.15"
 MAX_LICENSE_BYTES = 5 * 1024 * 1024
 SCHEMA_CN = "adba"
+
+#: the suffix of the audit trail's database on OpenLDAP (:mod:`adba.directory.audit`); the root
+#: DSE announces it beside the forest root, which :func:`store.read_forest_root` skips
+ACCESSLOG_SUFFIX = "cn=adba-accesslog"
 
 #: the container chain below the forest root, outermost first
 CONTAINER_RDNS = ("cn=Configuration", "cn=Services", "cn=Microsoft SPP", "cn=Activation Objects")

@@ -377,7 +377,7 @@ def delete(conn: ldap3.Connection, container: str, dn: str) -> None:
 
 def read_forest_root(conn: ldap3.Connection) -> str:
     """The forest root DN from the root DSE: AD's rootDomainNamingContext, else the single
-    naming context an OpenLDAP server announces."""
+    naming context an OpenLDAP server announces (besides ADBA's audit log database)."""
     conn.search(
         "", "(objectClass=*)", ldap3.BASE, attributes=["namingContexts", "rootDomainNamingContext"]
     )
@@ -386,7 +386,10 @@ def read_forest_root(conn: ldap3.Connection) -> str:
         raw = {k.lower(): v for k, v in entry["raw_attributes"].items()}
         if raw.get("rootdomainnamingcontext"):
             return str(raw["rootdomainnamingcontext"][0].decode())
-        contexts = [c.decode() for c in raw.get("namingcontexts", []) if c]
+        skip = schema.ACCESSLOG_SUFFIX  # the audit trail's database, not a forest
+        contexts = [
+            c.decode() for c in raw.get("namingcontexts", []) if c and c.decode().lower() != skip
+        ]
         if len(contexts) == 1:
             return str(contexts[0])
         raise DirectoryError(

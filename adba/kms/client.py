@@ -1,6 +1,8 @@
 """The agent's side of KMS: send one request to one host and verify the answer.
 
-A response is trusted only when the host certificate verifies under the pinned root key and
+Version 2 by default (the request sealed to the host's certified key, see
+:mod:`adba.kms.protocol`): with the certificate the caller kept from an earlier answer, else
+after a hello that returns it. A response is trusted only when the host certificate verifies under the pinned root key and
 has not expired, the host signature over (request, response) verifies under the certified
 key, the nonce is ours, and the host's CSVLK covers the product. Anything else is a rogue
 host (:class:`RogueHost`): rejected and logged by the caller, and the next host is tried.
@@ -10,21 +12,38 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import KmsError
 from .protocol import (
+    MAX_SKEW,
     RESPONSE_SIZE,
+    STATUS_CLOCK_SKEW,
+    STATUS_KEY,
     STATUS_OK,
+    STATUS_REPLAYED,
+    VERSION,
+    VERSION_2,
+    HostCertificate,
     Request,
     Response,
     certificate_message,
+    pack_hello,
     parse_response,
     response_message,
 )
 
-__all__ = ["KmsAnswer", "KmsUnreachable", "RogueHost", "ask", "hostport"]
+__all__ = [
+    "KmsAnswer",
+    "KmsClockSkew",
+    "KmsUnreachable",
+    "RogueHost",
+    "ask",
+    "hello",
+    "hostport",
+]
 
 
 class KmsUnreachable(KmsError):
@@ -37,6 +56,12 @@ class RogueHost(KmsError):
     """The KMS host's answer does not verify: not a host activated by our authority."""
 
     code = "kms-rogue-host"
+
+
+class KmsClockSkew(KmsError):
+    """The KMS host refused the request: our clock is more than 4 hours from its own."""
+
+    code = "kms-clock-skew"
 
 
 def hostport(address: str, port: int) -> str:
@@ -56,47 +81,44 @@ class KmsAnswer:
 
 
 def _exchange(address: str, port: int, payload: bytes, timeout: float) -> bytes:
+    """Send ``payload`` and read the answer: the connect waits at most ``timeout``, and so does
+    the whole answer (a deadline, not per read: a host trickling bytes gains nothing)."""
+    import time
+
+    where = hostport(address, port)
+    connected = False
     try:
         with socket.create_connection((address, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
+            connected = True
+            deadline = time.monotonic() + timeout
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
             data = b""
             while len(data) <= RESPONSE_SIZE:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
                 chunk = sock.recv(RESPONSE_SIZE + 1 - len(data))
                 if not chunk:
                     break
                 data += chunk
             return data
+    except TimeoutError as exc:
+        text = "is not answering: no answer" if connected else "did not accept a connection"
+        raise KmsUnreachable(f"KMS host {where} {text} within {timeout:g} s") from exc
     except OSError as exc:
-        raise KmsUnreachable(
-            f"KMS host {address}:{port} did not answer ({exc.strerror or exc})"
-        ) from exc
+        raise KmsUnreachable(f"KMS host {where} did not answer ({exc.strerror or exc})") from exc
 
 
-def ask(
-    address: str,
-    port: int,
-    *,
-    cmid: uuid.UUID,
-    sku: uuid.UUID,
-    kms_id: uuid.UUID,
-    kind: int,
-    machine: str,
-    now: int,
-    root_public_key: bytes,
-    csvlk_skus: frozenset[str] | tuple[str, ...],
-    timeout: float = 2.0,
-) -> KmsAnswer:
-    """One activation request; returns the verified answer or raises
-    :class:`KmsUnreachable`, :class:`RogueHost` or :class:`KmsError`."""
+def _verify(
+    where: str, payload: bytes, data: bytes, nonce: bytes, version: int, root_public_key: bytes
+) -> Response:
+    """Parse and verify one answer to ``payload``: certificate under the root, host
+    signature over (request, response), our nonce, the version we spoke."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    request = Request(kind, cmid, sku, kms_id, now, os.urandom(16), machine[:63])
-    payload = request.encode()
-    data = _exchange(address, port, payload, timeout)
-    where = hostport(address, port)
     try:
         response = parse_response(data)
     except KmsError as exc:
@@ -115,8 +137,117 @@ def ask(
         )
     except (InvalidSignature, ValueError) as exc:
         raise RogueHost(f"KMS host {where} sent an answer its key did not sign") from exc
-    if response.nonce != request.nonce:
+    if response.nonce != nonce:
         raise RogueHost(f"KMS host {where} replayed an old answer (nonce mismatch)")
+    if response.version != version:
+        raise RogueHost(f"KMS host {where} answered in protocol version {response.version}")
+    return response
+
+
+def _certified(cert: HostCertificate, root_public_key: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(root_public_key).verify(
+            cert.signature,
+            certificate_message(cert.public_key, cert.epid, cert.csvlk_sku, cert.not_after),
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _skew(where: str, sent_at: int, response: Response) -> KmsClockSkew:
+    off = sent_at - response.host_time
+    return KmsClockSkew(
+        f"KMS host {where} refused our clock: it is {abs(off)} s "
+        f"{'ahead of' if off > 0 else 'behind'} the host's (more than {MAX_SKEW // 3600} h)"
+    )
+
+
+def hello(
+    address: str,
+    port: int,
+    *,
+    root_public_key: bytes,
+    sent_at: int | None = None,
+    timeout: float = 2.0,
+) -> HostCertificate:
+    """Ask a host for its certificate (the key v2 requests are sealed to), verified."""
+    sent_at = int(time.time()) if sent_at is None else sent_at
+    nonce = os.urandom(16)
+    payload = pack_hello(sent_at, nonce)
+    where = hostport(address, port)
+    response = _verify(
+        where,
+        payload,
+        _exchange(address, port, payload, timeout),
+        nonce,
+        VERSION_2,
+        root_public_key,
+    )
+    if response.status != STATUS_KEY:
+        raise RogueHost(f"KMS host {where} answered a hello with status {response.status}")
+    if abs(sent_at - response.host_time) > MAX_SKEW:
+        raise _skew(where, sent_at, response)
+    return response.certificate
+
+
+def ask(
+    address: str,
+    port: int,
+    *,
+    cmid: uuid.UUID,
+    sku: uuid.UUID,
+    kms_id: uuid.UUID,
+    kind: int,
+    machine: str,
+    now: int,
+    root_public_key: bytes,
+    csvlk_skus: frozenset[str] | tuple[str, ...],
+    timeout: float = 2.0,
+    version: int = VERSION_2,
+    certificate: HostCertificate | None = None,
+    sent_at: int | None = None,
+) -> KmsAnswer:
+    """One activation request; returns the verified answer or raises
+    :class:`KmsUnreachable`, :class:`RogueHost`, :class:`KmsClockSkew` or :class:`KmsError`.
+
+    Version 2 (the default) seals the request to ``certificate`` (a certificate the caller
+    kept from an earlier answer), else to the one a hello returns; ``sent_at`` is the client
+    time the request carries (default: this machine's clock, which the host judges; ``now``
+    is the caller's time for the certificate's expiry). Version 1 sends in clear."""
+    where = hostport(address, port)
+    sent_at = int(time.time()) if sent_at is None else sent_at
+    request = Request(kind, cmid, sku, kms_id, sent_at, os.urandom(16), machine[:63])
+    if version == VERSION:
+        payload = request.encode()
+        data = _exchange(address, port, payload, timeout)
+        response = _verify(where, payload, data, request.nonce, VERSION, root_public_key)
+    else:
+        from .envelope import seal
+
+        if certificate is None or not _certified(certificate, root_public_key):
+            certificate = hello(
+                address, port, root_public_key=root_public_key, sent_at=sent_at, timeout=timeout
+            )
+        for attempt in range(2):
+            payload = seal(request, certificate)
+            data = _exchange(address, port, payload, timeout)
+            response = _verify(where, payload, data, request.nonce, VERSION_2, root_public_key)
+            if response.status != STATUS_KEY or attempt:
+                break
+            # sealed to a key the host no longer has: its answer carries the one it has now
+            certificate = response.certificate
+            request = replace(request, nonce=os.urandom(16))
+        if response.status == STATUS_CLOCK_SKEW:
+            raise _skew(where, sent_at, response)
+        if response.status == STATUS_REPLAYED:
+            raise KmsError(f"KMS host {where} refused our request as a replay")
+        if response.status == STATUS_KEY:
+            raise RogueHost(f"KMS host {where} refused the key it certified")
+    cert = response.certificate
     if cert.not_after < now:
         raise RogueHost(f"KMS host {where} presents an expired certificate")
     if response.status != STATUS_OK:

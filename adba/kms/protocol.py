@@ -38,6 +38,48 @@ Response, 244 bytes::
 A client trusts a response only if the certificate verifies under the pinned root key, the
 host signature verifies under the certified key, and the nonce is its own: a rogue host (own
 key, altered or replayed response) activates nobody.
+
+Version 2: the CMID, SKU, KMS ID and machine name sealed to the host
+---------------------------------------------------------------------
+
+Version 1 sends the CMID and the machine name in clear. Version 2 seals them to the host the
+client addresses, so a passive observer learns neither (nor the edition).
+
+The key sealed to is the host's certified key itself: its Ed25519 key, mapped to its X25519
+form (the Edwards-to-Montgomery map u = (1+y)/(1-y); the host's X25519 private scalar is the
+one its Ed25519 seed expands to, as in libsodium's ``crypto_sign_ed25519_*_to_curve25519``).
+The root key certifies the Ed25519 key, so it certifies the X25519 key with it: certificates
+are unchanged (v1 and phone-activated ones included).
+
+How the client learns the key before its first request: it asks. A **hello** (32 bytes: the
+v2 header up to the nonce, kind 2) is answered with a signed v2 response of status 4 ("key":
+count 0) that carries the host certificate, as every response does; the client verifies it
+as any response (root, host signature, nonce) and keeps the certificate (the agent saves it
+with the host in its state) so that the renewals skip the hello. A host that was re-keyed
+answers a request sealed to an old key (key ID mismatch) with status 4 and its new
+certificate; the client retries once. A v2 client never falls back to v1 (no downgrade).
+
+Request, v2, 200 bytes::
+
+    0   4  magic "ADBK"
+    4   1  version (2)
+    5   1  kind: 0 client, 1 server, 2 hello (a hello is bytes 0..32 only)
+    6   2  flags (0)
+    8   8  client time, seconds since the epoch (signed)
+   16  16  nonce (random)
+   32   8  key ID: the first 8 bytes of the host's certified Ed25519 key
+   40  32  ephemeral X25519 public key, fresh for each request
+   72 128  sealed: ChaCha20-Poly1305, associated data bytes 0..72, 12-byte zero nonce,
+           key HKDF-SHA256(salt "ADBA-KMS-V2", X25519(ephemeral, host),
+           info ephemeral public || host X25519 public) -- a key used once
+           plaintext (112): CMID 16, SKU 16, KMS ID 16, name length 1, name 63 (as in v1)
+
+Any change to a byte of the header or of the ciphertext fails the tag: the host closes the
+connection without an answer. The response is v1's layout with version 2 and more statuses:
+2 clock skew (the client time is more than 4 hours from the host's, checked before anything
+else; the host time in the response tells by how much), 3 replayed (the nonce was seen
+within the time window: :class:`~adba.kms.replay.ReplayCache`), 4 key (above). The host
+signature covers the exact request bytes, ciphertext included.
 """
 
 from __future__ import annotations
@@ -49,27 +91,46 @@ from dataclasses import dataclass
 from ..errors import KmsError, ProtocolError
 
 __all__ = [
+    "HELLO_SIZE",
     "KIND_CLIENT",
+    "KIND_HELLO",
     "KIND_SERVER",
+    "MAX_SKEW",
+    "REQUEST2_SIZE",
     "REQUEST_SIZE",
     "RESPONSE_SIZE",
+    "SEALED_HEADER_SIZE",
+    "STATUS_CLOCK_SKEW",
+    "STATUS_KEY",
     "STATUS_NOT_COVERED",
     "STATUS_OK",
+    "STATUS_REPLAYED",
     "HostCertificate",
     "Request",
     "Response",
+    "SealedHeader",
     "binding_certificate_message",
     "certificate_message",
+    "pack_hello",
+    "pack_sealed_header",
     "parse_request",
     "parse_response",
+    "parse_sealed_header",
+    "plaintext_of",
+    "request_of_plaintext",
+    "response_body",
     "response_message",
 ]
 
 VERSION = 1
+VERSION_2 = 2
 REQUEST_MAGIC = b"ADBK"
 RESPONSE_MAGIC = b"ADBR"
-KIND_CLIENT, KIND_SERVER = 0, 1
+KIND_CLIENT, KIND_SERVER, KIND_HELLO = 0, 1, 2
 STATUS_OK, STATUS_NOT_COVERED = 0, 1
+STATUS_CLOCK_SKEW, STATUS_REPLAYED, STATUS_KEY = 2, 3, 4  # version 2 only
+#: the host refuses a v2 request whose client time is further than this from its own
+MAX_SKEW = 4 * 3600
 NAME_MAX = 63
 EPID_SIZE = 24
 
@@ -78,6 +139,18 @@ _RESP_BODY = struct.Struct(">4sBB16sHIIq32s24s16sI64s")
 REQUEST_SIZE = _REQ.size
 RESPONSE_SIZE = _RESP_BODY.size + 64
 assert REQUEST_SIZE == 144 and RESPONSE_SIZE == 244
+
+_HELLO = struct.Struct(">4sBBHq16s")
+_SEALED_HEAD = struct.Struct(">4sBBHq16s8s32s")
+_PLAIN = struct.Struct(">16s16s16sB63s")
+TAG_SIZE = 16
+HELLO_SIZE = _HELLO.size
+SEALED_HEADER_SIZE = _SEALED_HEAD.size
+PLAINTEXT_SIZE = _PLAIN.size
+REQUEST2_SIZE = SEALED_HEADER_SIZE + PLAINTEXT_SIZE + TAG_SIZE
+#: the longest request of any version (the host cuts a connection sending more)
+MAX_REQUEST = max(REQUEST_SIZE, REQUEST2_SIZE)
+assert HELLO_SIZE == 32 and SEALED_HEADER_SIZE == 72 and REQUEST2_SIZE == 200
 
 
 @dataclass(frozen=True)
@@ -91,9 +164,7 @@ class Request:
     machine: str
 
     def encode(self) -> bytes:
-        name = self.machine.encode()
-        if len(name) > NAME_MAX or not self.machine.isprintable():
-            raise ProtocolError("machine name must be printable and at most 63 bytes")
+        name = _name_bytes(self.machine)
         if self.kind not in (KIND_CLIENT, KIND_SERVER) or len(self.nonce) != 16:
             raise ProtocolError("bad request fields")
         return _REQ.pack(
@@ -122,14 +193,7 @@ def parse_request(data: bytes) -> Request:
         raise ProtocolError(f"unsupported protocol version {version}")
     if kind not in (KIND_CLIENT, KIND_SERVER) or flags != 0:
         raise ProtocolError("bad kind or flags")
-    if nlen > NAME_MAX or any(name[nlen:]):
-        raise ProtocolError("bad machine name length or padding")
-    try:
-        machine = name[:nlen].decode()
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("machine name is not UTF-8") from exc
-    if not machine.isprintable():
-        raise ProtocolError("machine name is not printable")
+    machine = _machine_of(nlen, name)
     if cmid == bytes(16):
         raise ProtocolError("empty CMID")
     return Request(
@@ -139,6 +203,94 @@ def parse_request(data: bytes) -> Request:
         uuid.UUID(bytes=kms),
         when,
         nonce,
+        machine,
+    )
+
+
+def _name_bytes(machine: str) -> bytes:
+    name = machine.encode()
+    if len(name) > NAME_MAX or not machine.isprintable():
+        raise ProtocolError("machine name must be printable and at most 63 bytes")
+    return name
+
+
+def _machine_of(nlen: int, name: bytes) -> str:
+    if nlen > NAME_MAX or any(name[nlen:]):
+        raise ProtocolError("bad machine name length or padding")
+    try:
+        machine = name[:nlen].decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("machine name is not UTF-8") from exc
+    if not machine.isprintable():
+        raise ProtocolError("machine name is not printable")
+    return machine
+
+
+@dataclass(frozen=True)
+class SealedHeader:
+    """The clear part of a v2 request (a hello is all header: no key ID, no ephemeral)."""
+
+    kind: int
+    time: int
+    nonce: bytes
+    key_id: bytes = b""
+    ephemeral: bytes = b""
+
+
+def pack_hello(time: int, nonce: bytes) -> bytes:
+    if len(nonce) != 16:
+        raise ProtocolError("bad hello fields")
+    return _HELLO.pack(REQUEST_MAGIC, VERSION_2, KIND_HELLO, 0, time, nonce)
+
+
+def pack_sealed_header(
+    kind: int, time: int, nonce: bytes, key_id: bytes, ephemeral: bytes
+) -> bytes:
+    if kind not in (KIND_CLIENT, KIND_SERVER) or len(nonce) != 16:
+        raise ProtocolError("bad request fields")
+    if len(key_id) != 8 or len(ephemeral) != 32:
+        raise ProtocolError("bad key ID or ephemeral key")
+    return _SEALED_HEAD.pack(REQUEST_MAGIC, VERSION_2, kind, 0, time, nonce, key_id, ephemeral)
+
+
+def parse_sealed_header(data: bytes) -> SealedHeader:
+    """Strict: a hello of exactly 32 bytes or a sealed request of exactly 200."""
+    if len(data) == HELLO_SIZE:
+        magic, version, kind, flags, when, nonce = _HELLO.unpack(data)
+        if magic != REQUEST_MAGIC or version != VERSION_2 or kind != KIND_HELLO or flags:
+            raise ProtocolError("not an ADBA KMS hello")
+        return SealedHeader(kind, when, nonce)
+    if len(data) != REQUEST2_SIZE:
+        raise ProtocolError(f"v2 request is {len(data)} bytes, expected {REQUEST2_SIZE}")
+    magic, version, kind, flags, when, nonce, key_id, eph = _SEALED_HEAD.unpack_from(data)
+    if magic != REQUEST_MAGIC or version != VERSION_2:
+        raise ProtocolError("not an ADBA KMS v2 request")
+    if kind not in (KIND_CLIENT, KIND_SERVER) or flags != 0:
+        raise ProtocolError("bad kind or flags")
+    return SealedHeader(kind, when, nonce, key_id, eph)
+
+
+def plaintext_of(request: Request) -> bytes:
+    """What a v2 request seals: the 112 bytes that identify the machine and the product."""
+    name = _name_bytes(request.machine)
+    return _PLAIN.pack(request.cmid.bytes, request.sku.bytes, request.kms_id.bytes, len(name), name)
+
+
+def request_of_plaintext(header: SealedHeader, plain: bytes) -> Request:
+    """The request a v2 header and its opened plaintext make (validated as v1's fields)."""
+    if len(plain) != PLAINTEXT_SIZE:
+        raise ProtocolError("bad sealed plaintext size")
+    cmid, sku, kms, nlen, name = _PLAIN.unpack(plain)
+    machine = _machine_of(nlen, name)
+    if cmid == bytes(16):
+        raise ProtocolError("empty CMID")
+    return Request(
+        header.kind,
+        uuid.UUID(bytes=cmid),
+        uuid.UUID(bytes=sku),
+        uuid.UUID(bytes=kms),
+        header.time,
+        header.nonce,
         machine,
     )
 
@@ -212,12 +364,13 @@ class Response:
     host_time: int
     certificate: HostCertificate
     signature: bytes = b""
+    version: int = VERSION
 
     def body(self) -> bytes:
         c = self.certificate
         return _RESP_BODY.pack(
             RESPONSE_MAGIC,
-            VERSION,
+            self.version,
             self.status,
             self.nonce,
             self.count,
@@ -230,6 +383,36 @@ class Response:
             c.not_after,
             c.signature,
         )
+
+
+_RESP_HEAD = struct.Struct(">4sBB16sHIIq")
+assert _RESP_HEAD.size + 140 == _RESP_BODY.size
+
+
+def response_body(
+    version: int,
+    status: int,
+    nonce: bytes,
+    count: int,
+    renewal_minutes: int,
+    retry_minutes: int,
+    host_time: int,
+    certificate_bytes: bytes,
+) -> bytes:
+    """:meth:`Response.body` for a host that packed its certificate once (the hot path)."""
+    return (
+        _RESP_HEAD.pack(
+            RESPONSE_MAGIC,
+            version,
+            status,
+            nonce,
+            count,
+            renewal_minutes,
+            retry_minutes,
+            host_time,
+        )
+        + certificate_bytes
+    )
 
 
 def response_message(request: bytes, body: bytes) -> bytes:
@@ -257,13 +440,13 @@ def parse_response(data: bytes) -> Response:
         not_after,
         cert_sig,
     ) = _RESP_BODY.unpack(body)
-    if magic != RESPONSE_MAGIC or version != VERSION:
-        raise ProtocolError("not an ADBA KMS response of version 1")
-    if status not in (STATUS_OK, STATUS_NOT_COVERED):
+    if magic != RESPONSE_MAGIC or version not in (VERSION, VERSION_2):
+        raise ProtocolError("not an ADBA KMS response of version 1 or 2")
+    if status > (STATUS_NOT_COVERED if version == VERSION else STATUS_KEY):
         raise ProtocolError(f"unknown status {status}")
     try:
         epid_text = epid.rstrip(b"\0").decode("ascii")
     except UnicodeDecodeError as exc:
         raise ProtocolError("ePID is not ASCII") from exc
     cert = HostCertificate(pub, epid_text, uuid.UUID(bytes=sku), not_after, cert_sig)
-    return Response(status, nonce, count, renewal, retry, host_time, cert, signature)
+    return Response(status, nonce, count, renewal, retry, host_time, cert, signature, version)

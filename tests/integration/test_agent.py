@@ -214,6 +214,36 @@ def test_object_deleted_after_activation_stays_licensed_until_expiry(
     assert agent.status(now=NOW + 180 * DAY + 1)["status"] == "notification"
 
 
+@pytest.mark.parametrize("reply", ["unknown-op", "cut-short", "noise"])
+def test_a_dc_that_does_not_answer_in_ldap_fails_over_to_the_next(
+    slapd: TestSlapd,
+    authority_dir: Path,
+    tmp_path: Path,
+    ao_name: str,
+    janitor: list[str],
+    caplog: pytest.LogCaptureFixture,
+    reply: str,
+) -> None:
+    """A first DC that answers garbage (ldap3's decoder raised KeyError/IndexError out of
+    the pass) is skipped with a warning naming it; the second activates."""
+    from tests.servers import NOT_LDAP, GarbageServer
+
+    publish(slapd, authority_dir, SERVER_CSVLK, ao_name, janitor)
+    with GarbageServer([NOT_LDAP[reply]] * 3) as port:
+        garbage = f"ldap://127.0.0.1:{port}"
+        agent = Agent(tmp_path, slapd, authority_dir, dc_uris=[garbage, slapd.uri])
+        with caplog.at_level("WARNING", logger="adba.agent.run"):
+            report = agent.run()
+    assert report.outcomes[0].activated
+    assert report.dc == slapd.uri
+    # noise has no complete message in it: ldap3 waits for the rest, then the timeout says so
+    words = "did not answer within" if reply == "noise" else "did not answer in LDAP"
+    assert any(
+        f"domain controller {garbage} failed" in r.getMessage() and words in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
+
+
 def test_dc_located_by_srv_fails_over_to_the_second(
     slapd: TestSlapd,
     named: TestNamed,

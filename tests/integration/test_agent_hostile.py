@@ -364,5 +364,22 @@ def test_a_state_that_cannot_be_saved_is_a_clean_error_naming_the_path(
     assert main(["agent", "run", "--config", str(agent.path)]) == 15
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # after the log lines: what this pass did, not saved
-    assert last.startswith("adba: error: cannot save the agent state to " + str(state)), err
-    assert "Traceback" not in err and "(not saved)" in err
+    assert last == (
+        f"adba: error: cannot save the agent state to {state}: {blocker} is not a directory; "
+        "check state_path (ADBA_STATE) and that its directory is writable"
+    ), err
+    assert "Traceback" not in err and ".state.json." not in err  # never the temporary file
+    # what the pass learned: one WARNING line per product, with status, channel and expiry
+    [learned] = [line for line in err.splitlines() if "(not saved to" in line]
+    assert "WARNING" in learned and f"(not saved to {state})" in learned, learned
+    found = re.search(r"Nimbus Server Standard: licensed, channel ADBA, expires (\S+) ", learned)
+    assert found and f"valid until {found.group(1)}" in learned, learned  # run at real time
+
+    # with --json the report is on stdout all the same, with the error in it
+    assert main(["agent", "run", "--json", "--config", str(agent.path)]) == 15
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    [outcome] = data["outcomes"]
+    assert outcome["activated"] and outcome["edition"] == "Nimbus Server Standard"
+    assert data["error"]["error"] == "state-not-saved" and data["error"]["exit_code"] == 15
+    assert str(state) in data["error"]["message"] and data["error"]["message"] in err

@@ -1,6 +1,8 @@
 """The compose stack end to end: up, healthy, a client activated by ADBA, the object kept across
-an LDAP container restart, a second `up` idempotent, the object deleted, clients activated by
-KMS, health checks that turn unhealthy when slapd or the KMS host stops answering, down with
+an LDAP container restart, a second `up` idempotent, the object replicated to the other two
+providers, the first provider stopped and a client still activated by ADBA through the next,
+the object deleted on another provider while the first is down and the first converging once
+started again, clients activated by KMS, health checks that turn unhealthy when slapd or the KMS host stops answering, down with
 nothing left. Needs a Docker engine and the images (compose/docker-engine.sh start)."""
 
 from __future__ import annotations
@@ -107,16 +109,71 @@ class Stack:
 
     def client(self, name: str) -> dict[str, object]:
         out = self.compose(
-            "run", "--rm", "-e", f"ADBA_MACHINE={name}", "-e", "ADBA_WAIT_PUBLISHED=", "client"
+            "run",
+            "--rm",
+            "--no-deps",  # a provider the test stopped stays stopped
+            "-e",
+            f"ADBA_MACHINE={name}",
+            "-e",
+            "ADBA_WAIT_PUBLISHED=",
+            "client",
         )
         status: dict[str, object] = json.loads(out[out.index("{") :])
         [product] = status["products"]  # type: ignore[misc]
         return dict(product)
 
-    def objects(self) -> list[dict[str, object]]:
-        out = self.compose("run", "--rm", "--entrypoint", "adba-entrypoint", "admin", "objects")
-        data: list[dict[str, object]] = json.loads(out[out.index("[") :])
+    def objects(self, server: str = "ldap") -> list[dict[str, object]]:
+        """The activation objects as the directory admin reads them on one provider."""
+        res = subprocess.run(
+            [
+                *("docker", "exec", "-e", f"ADBA_LDAP_HOST={server}", self.container(server)),
+                *("adba-entrypoint", "objects"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise AssertionError(f"objects on {server}: {res.stdout}{res.stderr}")
+        data: list[dict[str, object]] = json.loads(res.stdout[res.stdout.index("[") :])
         return data
+
+    def admin(self, role: str, server: str = "ldap") -> None:
+        self.compose(
+            "run",
+            "--rm",
+            "--no-deps",
+            "-e",
+            f"ADBA_LDAP_HOST={server}",
+            "--entrypoint",
+            "adba-entrypoint",
+            "admin",
+            role,
+        )
+
+    def check(self, server: str) -> tuple[int, str]:
+        """`adba directory check` on ``server``, replication included: (exit code, output)."""
+        res = subprocess.run(
+            ["docker", "exec", self.container(server), "adba-entrypoint", "check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return res.returncode, res.stdout + res.stderr
+
+    def converged(self, want: int, servers: tuple[str, ...], timeout: float = 30) -> None:
+        """Until every server in ``servers`` holds ``want`` objects, the same ones."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = {s: sorted(str(o["dn"]) for o in self.objects(s)) for s in servers}
+            first = seen[servers[0]]
+            if len(first) == want and all(v == first for v in seen.values()):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"providers did not converge in {timeout} s: {seen}")
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +186,7 @@ def stack() -> Iterator[Stack]:
     s = Stack()
     try:
         s.compose("up", "-d")
-        for service in ("ldap", "dns", "authority", "kms"):
+        for service in ("ldap", "ldap2", "ldap3", "dns", "authority", "kms"):
             s.wait(service, "healthy")
         deadline = time.monotonic() + 90
         while not s.objects():  # the admin's one-shot publish
@@ -155,10 +212,29 @@ def test_the_stack_activates_by_adba_then_by_kms(stack: Stack) -> None:
     out = stack.compose("up", "-d")
     assert "Recreating" not in out
     stack.settle()
-    assert len(stack.objects()) == 1
+    # published once on ldap, the object is on the other two providers as well
+    stack.converged(1, ("ldap", "ldap2", "ldap3"))
+    code, out = stack.check("ldap2")
+    assert code == 0, out
+    assert "ldaps://ldap:1636 answers as cn=adba-replicator" in out
+    assert "3 servers agree on every contextCSN" in out
 
-    stack.compose("run", "--rm", "--entrypoint", "adba-entrypoint", "admin", "unpublish")
-    assert stack.objects() == []
+    # the first provider the clients try is stopped: they activate through the next
+    stack.compose("stop", "ldap")
+    started = time.monotonic()
+    product = stack.client("pc-failover")
+    took = time.monotonic() - started
+    assert (product["status"], product["channel"]) == ("licensed", "ADBA")
+    assert took < 60, f"a client with its first DC stopped took {took:.1f} s"
+    code, out = stack.check("ldap2")  # the replication check names the provider that is down
+    assert code == 8, out
+    assert "[FAIL] replication-peer: ldaps://ldap:1636 not reachable" in out
+    # deleted on ldap3 while ldap is down; ldap, started again, converges on the deletion
+    stack.admin("unpublish", server="ldap3")
+    stack.compose("start", "ldap")
+    stack.wait("ldap", "healthy")
+    stack.converged(0, ("ldap", "ldap2", "ldap3"))
+
     results = [stack.client(f"pc{i}") for i in range(1, 6)]
     assert [r["status"] for r in results[:4]] == ["grace"] * 4
     assert [r["kms_count"] for r in results] == [1, 2, 3, 4, 5]

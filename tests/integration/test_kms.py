@@ -16,7 +16,7 @@ import pytest
 
 from adba.agent import run_agent, status
 from adba.cli import main
-from adba.kms.protocol import REQUEST_SIZE, Request
+from adba.kms.protocol import HELLO_SIZE, REQUEST_SIZE, Request
 from adba.lab import free_port
 from tests.conftest import NOW
 from tests.servers import TestKmsHost, TestNamed, dead_port
@@ -231,9 +231,10 @@ class Proxy:
                         reply += chunk
                 if self.mode == "alter":
                     reply = reply[:22] + bytes([reply[22] ^ 0xFF]) + reply[23:]  # the count
-                elif self.mode == "replay":
-                    self.recorded = self.recorded or reply
-                    reply = self.recorded
+                elif self.mode == "replay":  # the first answer to a request (not a hello)
+                    if len(data) != HELLO_SIZE:
+                        self.recorded = self.recorded or reply
+                    reply = self.recorded or reply
                 conn.sendall(reply)
 
     def close(self) -> None:

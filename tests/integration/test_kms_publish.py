@@ -209,18 +209,52 @@ def test_server_that_never_answers(named: TestNamed, key: TsigKey) -> None:
             )
 
 
-@pytest.mark.parametrize("domain", ["other.test", f"sub.{TestNamed.zone}"])
-def test_domain_the_key_may_not_update(named: TestNamed, key: TsigKey, domain: str) -> None:
-    with pytest.raises(DiscoveryError, match="publish the SRV record manually") as info:
+def test_zone_the_server_does_not_serve(named: TestNamed, key: TsigKey) -> None:
+    with pytest.raises(DiscoveryError, match="does not serve a zone holding") as info:
         publish_kms(
-            [PublishEntry(domain)],
+            [PublishEntry("other.test")],
             host=f"kms-x.{named.zone}",
             port=KMS_PORT,
             addresses=[],
             server=named.nameserver,
             key=key,
         )
-    assert f"_vlmcs._tcp.{domain}" in str(info.value)
+    assert "_vlmcs._tcp.other.test" in str(info.value) and "no rights" not in str(info.value)
+
+
+def test_key_without_rights(named: TestNamed, tmp_path: Path) -> None:
+    path = tmp_path / "limited.key"
+    path.write_text(
+        f'key "{named.limited_keyname}" {{ algorithm hmac-sha256; secret "{named.secret}"; }};\n'
+    )
+    with pytest.raises(DiscoveryError, match="no rights for this key") as info:
+        publish_kms(
+            [PublishEntry(named.zone)],
+            host=f"kms-x.{named.zone}",
+            port=KMS_PORT,
+            addresses=[],
+            server=named.nameserver,
+            key=load_tsig_key(str(path)),
+        )
+    assert f"serves the zone {named.zone}" in str(info.value)
+
+
+def test_subdomain_publishes_into_the_enclosing_zone(
+    named: TestNamed, key: TsigKey, srv_janitor: list[str]
+) -> None:
+    """``--publish branch.example.test`` where only example.test is a zone: the SRV record
+    goes into example.test's zone (found by an SOA query), as RFC 2136 clients do."""
+    srv_janitor.append("_vlmcs._tcp.sub")
+    publish_kms(
+        [PublishEntry(f"sub.{named.zone}", 10, 50)],
+        host=f"kms-x.{named.zone}",
+        port=KMS_PORT,
+        addresses=[],
+        server=named.nameserver,
+        key=key,
+    )
+    targets = locate(kms_srv_names(f"sub.{named.zone}"), make_resolver([named.nameserver]))
+    assert [(t.host, t.priority, t.weight) for t in targets] == [(f"kms-x.{named.zone}", 10, 50)]
 
 
 def test_weighted_order_of_published_records(named: TestNamed, srv_janitor: list[str]) -> None:

@@ -430,3 +430,125 @@ def test_a_write_on_a_consumer_names_the_referral_and_sends_nothing_there(
         assert not _gone(consumer, dn)  # and nothing happened on the consumer
     finally:
         _delete(p1, dn)
+
+
+# -- the agent on the replicated directory ------------------------------------------------------
+def _agent(tmp_path: Path, node: ClusterSlapd, authority_dir: Path, uris: list[str]) -> Any:
+    from tests.integration.test_agent import Agent
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return Agent(tmp_path, node, authority_dir, dc_uris=uris)
+
+
+def _db_dn(node: ClusterSlapd) -> str:
+    with session(ConnectionOptions(uri=node.ldapi_uri)) as conn:
+        conn.search("cn=config", "(olcSuffix=*)", ldap3.LEVEL, attributes=["1.1"])
+        return str(conn.response[0]["dn"])
+
+
+def test_a_half_replicated_object_is_rejected_and_the_next_dc_activates(
+    cluster: TestSlapdCluster,
+    authority_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """p1 hides the licenses from the replication identity: the consumer receives the object
+    without them. The agent rejects it there with the reason and activates through p1."""
+    import logging
+
+    p1, consumer = cluster.providers[0], cluster.consumers[0]
+    rule = (
+        "{0}to attrs=msSPP-IssuanceLicense,msSPP-PhoneLicense "
+        f'by dn.exact="{cluster.replicator_dn}" none by * break'
+    )
+    db = _db_dn(p1)
+    with session(ConnectionOptions(uri=p1.ldapi_uri)) as conn:
+        conn.modify(db, {"olcAccess": [(ldap3.MODIFY_ADD, [rule])]})
+        assert conn.result["result"] == 0, conn.result
+    dn = ""
+    try:
+        dn = p1.publish_csvlk(authority_dir, PRODUCT, _name("half"), NOW)
+        _within(VISIBLE_WITHIN, lambda: not _gone(consumer, dn))
+        with session(consumer.options(consumer.admin)) as conn:  # half: no license there
+            conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["msSPP-IssuanceLicense"])
+            assert not conn.response[0]["raw_attributes"].get("msSPP-IssuanceLicense")
+        caplog.set_level(logging.WARNING, logger="adba.agent")
+        alone = _agent(tmp_path / "alone", consumer, authority_dir, [consumer.uri])
+        [outcome] = alone.run().outcomes
+        assert (outcome.activated, outcome.code) == (False, "objects-rejected")
+        assert "incomplete: it carries no license attribute" in outcome.message
+        agent = _agent(tmp_path / "both", consumer, authority_dir, [consumer.uri, p1.uri])
+        report = agent.run()
+        assert report.outcomes[0].activated, report.outcomes[0].message
+        assert report.dc == p1.uri and agent.status()["dc"] == p1.uri  # the DC that answered
+        assert f"{consumer.uri} holds incomplete objects only" in caplog.text
+        # the next boot goes to the cached DC first: one DC, no failover
+        report = agent.run(now=NOW + 60)
+        assert report.outcomes[0].activated and report.dc == p1.uri
+    finally:
+        with session(ConnectionOptions(uri=p1.ldapi_uri)) as conn:
+            conn.modify(db, {"olcAccess": [(ldap3.MODIFY_DELETE, ["{0}"])]})
+            assert conn.result["result"] == 0, conn.result
+        if dn:
+            _delete(p1, dn)
+        cluster.wait_converged(timeout=30)
+
+
+def test_the_same_csvlk_published_on_two_providers_at_once_leaves_valid_objects_only(
+    cluster: TestSlapdCluster, authority_dir: Path, root_key: bytes, tmp_path: Path
+) -> None:
+    """Two admins publish the same key, under the same name, on p1 and p2 at the same moment:
+    the servers converge on one valid object or two valid ones, never a broken one, and the
+    agent activates on every server."""
+    from adba.authority import LocalAuthority
+    from adba.catalog import load_catalog
+    from adba.directory.objects import publish_csvlk
+    from adba.errors import AdbaError
+    from adba.keys import KeyType
+
+    auth = LocalAuthority.open(str(authority_dir))
+    cat = load_catalog()
+    key = auth.mint(KeyType.CSVLK, PRODUCT, cat, now=NOW)
+    name = _name("twice")
+    p1, p2 = cluster.providers[:2]
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def publish(node: ClusterSlapd) -> None:
+        barrier.wait()
+        try:
+            outcomes[node.uri] = publish_csvlk(
+                node.options(node.admin),
+                root=node.suffix,
+                key=key.text,
+                activator=auth,
+                catalog=cat,
+                name=name,
+                now=NOW,
+            )[0]
+        except AdbaError as exc:  # the other's object already arrived: refused, nothing written
+            outcomes[node.uri] = exc
+
+    threads = [threading.Thread(target=publish, args=(n,)) for n in (p1, p2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    published = [v for v in outcomes.values() if isinstance(v, str)]
+    try:
+        assert published, outcomes
+        tree = cluster.wait_converged(timeout=30)
+        ours = sorted(dn for dn, _u, _c in tree if name.lower() in dn)
+        assert 1 <= len(ours) <= 2, ours
+        for node in cluster.servers:
+            for dn in ours:
+                assert _verified(node, dn, root_key), (node.uri, dn)  # never a broken one
+        for i, node in enumerate(cluster.servers):
+            agent = _agent(tmp_path / str(i), node, authority_dir, [node.uri])
+            report = agent.run()
+            assert report.outcomes[0].activated, (node.uri, report.outcomes[0].message)
+    finally:
+        for dn in {d for d in published}:
+            with session(p1.options(p1.admin)) as conn:
+                conn.delete(dn)
+        cluster.wait_converged(timeout=30)

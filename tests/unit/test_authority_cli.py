@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,52 @@ def test_init_where_the_user_may_not_write() -> None:
         assert not target.exists()
     finally:
         shutil.rmtree(base)
+
+
+def _serve_cases() -> list[object]:
+    return [
+        pytest.param(lambda t: ["--path", str(t / "missing" / "x")], 13, id="missing-path"),
+        pytest.param(lambda t: ["--path", str(t / "empty")], 13, id="empty-dir"),
+        pytest.param(lambda t: ["--path", str(t / "a-file" / "x")], 13, id="path-under-a-file"),
+        pytest.param(
+            lambda t: ["--tls-cert", str(t / "no.pem"), "--tls-key", str(t / "a-file")],
+            2,
+            id="tls-file-missing",
+        ),
+        pytest.param(
+            lambda t: ["--tls-cert", str(t / "a-file"), "--tls-key", str(t / "a-file")],
+            2,
+            id="tls-file-not-pem",
+        ),
+        pytest.param(lambda t: ["--listen", "999.1.1.1"], 2, id="listen-no-address"),
+        pytest.param(lambda t: ["--listen", "192.0.2.1"], 13, id="listen-not-ours"),
+        pytest.param(lambda t: ["--port", "@BUSY@"], 13, id="port-in-use"),
+    ]
+
+
+@pytest.mark.parametrize(("extra", "code"), _serve_cases())
+def test_serve_refuses_before_it_binds(path: Path, tmp_path: Path, extra: Any, code: int) -> None:
+    """Every bad option of `authority serve` is one line and a table code, before anything
+    listens (uvicorn would exit 1 or 3, or serve a path that is no authority)."""
+    import socket
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("not PEM\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = [str(busy.getsockname()[1]) if a == "@BUSY@" else a for a in extra(tmp_path)]
+        if "--path" not in args:
+            args += ["--path", str(path)]
+        if "--port" not in args:  # a port nobody listens on (a bug that served would hang)
+            with socket.socket() as free:
+                free.bind(("127.0.0.1", 0))
+                args += ["--port", str(free.getsockname()[1])]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+        argv = [sys.executable, "-m", "adba", "authority", "serve", *args]
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == code, result.stderr
+    assert result.stderr.startswith("adba: error: ") and result.stderr.count("\n") == 1, (
+        result.stderr
+    )
+    assert "serving on" not in result.stderr

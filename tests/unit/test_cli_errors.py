@@ -178,6 +178,7 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
         ("ADBA_BASE", "dc=x,,", "malformed DN"),
         ("ADBA_BIND_DN", "not a dn", "malformed DN"),
         ("ADBA_INSECURE", "maybe", "is not one of"),
+        ("ADBA_CONFIG_URI", "ldap://127.0.0.1", "not an ldapi URI"),
     ],
 )
 def test_admin_variables_are_named(
@@ -259,6 +260,35 @@ def test_agent_variable_is_named(
     assert line.startswith("adba: error: ADBA_DNS_SERVERS: ") and "not-an-ip" in line
 
 
+@pytest.mark.parametrize("problem", ["missing", "readable-by-others", "empty"])
+@pytest.mark.parametrize("by_variable", [False, True], ids=["file", "variable"])
+def test_machine_password_file_errors_name_their_source(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    problem: str,
+    by_variable: bool,
+) -> None:
+    """The agent's password file errors name agent.toml and the key, or the variable."""
+    cfg = _agent_toml(tmp_path, 'dc_uris = ["ldap://127.0.0.1:1"]')
+    password = tmp_path / "machine.password"
+    if problem != "missing":
+        password.write_text("" if problem == "empty" else "secret\n")
+        password.chmod(0o644 if problem == "readable-by-others" else 0o600)
+    if by_variable:
+        monkeypatch.setenv("ADBA_MACHINE_PASSWORD_FILE", str(password))
+        cfg.write_text(cfg.read_text() + '[machine]\ndn = "cn=pc1,dc=x"\n')
+    else:
+        cfg.write_text(
+            cfg.read_text() + f'[machine]\ndn = "cn=pc1,dc=x"\npassword_file = "{password}"\n'
+        )
+    assert main(["agent", "run", "--once", "--config", str(cfg)]) == 15
+    line = _one_error_line(capsys.readouterr().err)
+    where = "ADBA_MACHINE_PASSWORD_FILE: " if by_variable else f"{cfg}: machine.password_file: "
+    assert line.startswith(f"adba: error: {where}"), line
+    assert str(password) in line
+
+
 def test_unknown_edition_in_agent_toml_is_12(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -277,6 +307,19 @@ def test_unknown_edition_in_agent_toml_is_12(
         (["ao", "list", "-H", "ldap://a b"], "no spaces"),
         (["ao", "list", "-H", "ldap://127.0.0.1", "--timeout", "0"], "more than 0"),
         (["ao", "list", "-H", "ldap://127.0.0.1", "--timeout", "nan"], "finite"),
+        (["directory", "check", "--config-uri", "ldap://127.0.0.1"], "not an ldapi URI"),
+        (["directory", "init", "--config-uri", "/var/run/ldapi"], "not an ldapi URI"),
+        (["directory", "replicate", "--config-uri", "ldaps://x"], "not an ldapi URI"),
+        (["acl", "show", "--config-uri", "ldap://127.0.0.1"], "not an ldapi URI"),
+        (["directory", "replicate", "--peer", "ldaps://x:0"], "port must be 1-65535"),
+        (["directory", "replicate", "--update-ref", "http://x"], "not an LDAP URI"),
+        (["directory", "replicate", "--server-id", "0"], "must be 1 or more"),
+        (["authority", "mint", "--count", "0"], "must be 1 or more"),
+        (["authority", "grant-hosts", "--hosts", "-1"], "must be 1 or more"),
+        (["authority", "init", "--cert-days", "0"], "must be 1 or more"),
+        (["authority", "serve", "--port", "99999"], "port must be 1-65535"),
+        (["authority", "serve", "--request-timeout", "inf"], "finite"),
+        (["authority", "serve", "--max-connections", "-1"], "must be 0 or more"),
     ],
 )
 def test_addresses_and_numbers_are_checked_where_parsed(
@@ -302,3 +345,49 @@ def test_ao_publish_with_a_gvlk_or_mak_is_invalid_key(
     assert main(argv) == 11
     line = _one_error_line(capsys.readouterr().err)
     assert f"this is a {kind}" in line and "need a CSVLK" in line
+
+
+@pytest.mark.parametrize("kind", ["GVLK", "MAK"])
+@pytest.mark.parametrize("workflow", ["publish_csvlk", "forest_installation", "publish_confirmed"])
+def test_the_library_refuses_a_gvlk_or_mak_as_invalid_key(kind: str, workflow: str) -> None:
+    """Every workflow taking a forest's key: InvalidKey (11) before any connection (the
+    directory here refuses connections: reaching it would be ServerUnavailable)."""
+    from adba.catalog import load_catalog
+    from adba.directory import objects
+    from adba.directory.connection import ConnectionOptions
+    from adba.errors import InvalidKey
+    from adba.keys import KeyType, make_key
+
+    cat = load_catalog(None)
+    edition = cat.edition("Nimbus Server Standard")
+    key = edition.gvlk if kind == "GVLK" else make_key(KeyType.MAK, edition.code, 1, 0).text
+    opts = ConnectionOptions(uri="ldap://127.0.0.1:1", connect_timeout=0.5)
+    extra: dict[str, object] = {
+        "publish_csvlk": {"activator": None, "catalog": cat},
+        "forest_installation": {},
+        "publish_confirmed": {
+            "confirmation_id": "0" * 7,
+            "catalog": cat,
+            "root_public_key": b"\0" * 32,
+        },
+    }[workflow]
+    with pytest.raises(InvalidKey, match=f"this is a {kind}.*need a CSVLK") as caught:
+        getattr(objects, workflow)(opts, root="dc=example,dc=test", key=key, **extra)
+    assert caught.value.exit_code == 11
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["at-bind", "at-search"])
+@pytest.mark.parametrize("reply", ["unknown-op", "cut-short", "noise"])
+def test_a_server_that_is_not_ldap_is_named_and_exit_6(
+    capsys: pytest.CaptureFixture[str], reply: str, bound: bool
+) -> None:
+    """ldap3's decoder raising KeyError/IndexError on garbage was "unexpected failure", 1."""
+    from tests.servers import LDAP_BIND_OK, NOT_LDAP, GarbageServer
+
+    replies = [LDAP_BIND_OK, NOT_LDAP[reply]] if bound else [NOT_LDAP[reply]]
+    with GarbageServer(replies) as port:
+        uri = f"ldap://127.0.0.1:{port}"
+        code = main(["ao", "list", "-H", uri, "--insecure", "-b", "dc=x", "--timeout", "2"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 6, line
+    assert f"{uri} did not answer in LDAP" in line

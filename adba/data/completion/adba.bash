@@ -14,7 +14,7 @@ _adba() {
     case "$noun/$verb" in
         "directory/") subs="init check replicate" ;;
         "directory/init")
-            opts="--admin-group --base --bind-dn --ca-file --computers --config-uri --help --insecure --json --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--config-uri --admin-group --computers -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            opts="--admin-group --base --bind-dn --ca-file --computers --config-uri --help --insecure --json --no-audit --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--config-uri --admin-group --computers -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
             ;;
         "directory/check")
             opts="--admin-group --base --bind-dn --ca-file --computers --config-uri --help --insecure --json --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--config-uri --admin-group --computers -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
@@ -25,7 +25,7 @@ _adba() {
                 --role) COMPREPLY=($(compgen -W "provider consumer" -- "$cur")); return ;;
             esac
             ;;
-        "ao/") subs="publish list show delete" ;;
+        "ao/") subs="publish list show delete history" ;;
         "ao/publish")
             opts="--apply-cid --authority --authority-ca-file --base --bind-dn --ca-file --catalog --get-iid --help --insecure --json --key --key-file --name --online --password-file --root-key --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--key-file --key --name --online --authority --apply-cid --authority-ca-file --root-key --catalog -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
             ;;
@@ -37,6 +37,9 @@ _adba() {
             ;;
         "ao/delete")
             opts="--base --bind-dn --ca-file --help --insecure --password-file --timeout --tls-name --uri --verbose --yes -D -H -b -v -y"; valued="-H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
+            ;;
+        "ao/history")
+            opts="--base --bind-dn --ca-file --help --insecure --json --password-file --since --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--since -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout"
             ;;
         "acl/") subs="show grant revoke" ;;
         "acl/show")

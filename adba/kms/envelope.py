@@ -1,0 +1,121 @@
+"""Sealing a v2 request to the host's certified key (layout: :mod:`adba.kms.protocol`).
+
+The host's X25519 key is its certified Ed25519 key in Montgomery form, so the authority's
+certificate covers it: the client maps the certified public key (u = (1+y)/(1-y) mod p), the
+host expands its Ed25519 seed (SHA-512, first half: the X25519 scalar). Each request has an
+ephemeral X25519 key of its own; the shared secret goes through HKDF-SHA256 into a
+ChaCha20-Poly1305 key used for that one message (so its nonce is zero), with the clear header
+as associated data.
+
+:class:`Opener` is the host's side, built once per host: the private key object and the
+constants live as long as the host, a request costs one exchange, two HMACs and one AEAD.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import TYPE_CHECKING
+
+from ..errors import ProtocolError
+from .protocol import (
+    SEALED_HEADER_SIZE,
+    HostCertificate,
+    Request,
+    pack_sealed_header,
+    plaintext_of,
+)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+__all__ = ["Opener", "key_id", "seal", "x25519_public_of"]
+
+_P = 2**255 - 19
+_SALT = b"ADBA-KMS-V2"
+_ZERO_NONCE = bytes(12)
+
+
+def key_id(ed25519_public: bytes) -> bytes:
+    """Which host key a request is sealed to: the first 8 bytes of the certified key."""
+    return ed25519_public[:8]
+
+
+def x25519_public_of(ed25519_public: bytes) -> bytes:
+    """The X25519 public key of an Ed25519 public key (the birational map to Montgomery)."""
+    if len(ed25519_public) != 32:
+        raise ProtocolError("an Ed25519 public key is 32 bytes")
+    y = int.from_bytes(ed25519_public, "little") & ((1 << 255) - 1)
+    if y >= _P or y == 1:
+        raise ProtocolError("not a usable Ed25519 public key")
+    u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
+    return u.to_bytes(32, "little")
+
+
+def _aead_key(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869), 32 bytes: one extract, one expand block."""
+    prk = hmac.digest(_SALT, shared, "sha256")
+    return hmac.digest(prk, ephemeral + recipient + b"\x01", "sha256")
+
+
+def seal(request: Request, certificate: HostCertificate) -> bytes:
+    """The 200-byte v2 request for ``request``, readable only by the certificate's host."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    recipient = x25519_public_of(certificate.public_key)
+    ephemeral = X25519PrivateKey.generate()
+    eph_public = ephemeral.public_key().public_bytes_raw()
+    try:
+        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
+    except ValueError as exc:  # a low-order point: no certified key maps to one
+        raise ProtocolError("the host key cannot be sealed to") from exc
+    header = pack_sealed_header(
+        request.kind, request.time, request.nonce, key_id(certificate.public_key), eph_public
+    )
+    sealed = ChaCha20Poly1305(_aead_key(shared, eph_public, recipient)).encrypt(
+        _ZERO_NONCE, plaintext_of(request), header
+    )
+    return header + sealed
+
+
+class Opener:
+    """The host's side: opens requests sealed to its key (one per host, reused)."""
+
+    __slots__ = ("_chacha", "_exchange", "_public_of", "key_id", "public")
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import (
+            X25519PrivateKey,
+            X25519PublicKey,
+        )
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        seed = private_key.private_bytes_raw()
+        x_private = X25519PrivateKey.from_private_bytes(hashlib.sha512(seed).digest()[:32])
+        ed_public = private_key.public_key().public_bytes_raw()
+        self.public = x_private.public_key().public_bytes_raw()
+        if self.public != x25519_public_of(ed_public):  # the map and the expansion agree
+            raise ProtocolError("the host's X25519 key does not match its certified key")
+        self.key_id = key_id(ed_public)
+        self._exchange = x_private.exchange
+        self._public_of = X25519PublicKey.from_public_bytes
+        self._chacha = ChaCha20Poly1305
+
+    def open(self, data: bytes) -> bytes:
+        """The plaintext of a 200-byte v2 request; :class:`ProtocolError` if it does not
+        open (wrong key, any byte changed, a low-order ephemeral key)."""
+        from cryptography.exceptions import InvalidTag
+
+        header = data[:SEALED_HEADER_SIZE]
+        ephemeral = data[40:72]
+        try:
+            shared = self._exchange(self._public_of(ephemeral))
+            return self._chacha(_aead_key(shared, ephemeral, self.public)).decrypt(
+                _ZERO_NONCE, data[SEALED_HEADER_SIZE:], header
+            )
+        except (InvalidTag, ValueError) as exc:
+            raise ProtocolError("the sealed request does not open (altered or not for us)") from exc
