@@ -1356,3 +1356,77 @@ class GarbageServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.sock.close()
+
+
+class TestSshd(_ServerProcess):
+    """A real OpenSSH server (Debian's openssh-server, ``/usr/sbin/sshd -D``) on 127.0.0.1 and
+    a free port, with its own host key; it lets ``user_key`` (a public key file) in as the
+    user running the tests, and runs ``command`` whatever the client asks (ForceCommand): a
+    machine's state made by pointing it at a status script or a real ``adba agent status``."""
+
+    __test__ = False
+
+    SSHD = "/usr/sbin/sshd"
+
+    def __init__(self, user_key: object, command: str, *, max_startups: int = 500) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from adba.lab import free_port
+
+        self.dir = Path(tempfile.mkdtemp(prefix="adba-sshd-", dir="/tmp"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.keep = False
+        self.host_key = self.dir / "host_key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
+            check=True,
+            capture_output=True,
+        )
+        (self.dir / "authorized_keys").write_text(Path(str(user_key)).read_text())
+        (self.dir / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
+            f"PidFile none\nAuthorizedKeysFile {self.dir}/authorized_keys\nStrictModes no\n"
+            "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\nPrintMotd no\nLogLevel ERROR\n"
+            f"MaxStartups {max_startups}\nPerSourceMaxStartups none\n"
+            f"ForceCommand {command}\n"
+        )
+
+    @property
+    def known_hosts_line(self) -> str:
+        """This server's line for a known_hosts file."""
+        kind, key = (self.dir / "host_key.pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {kind} {key}\n"
+
+    @property
+    def log_path(self):  # type: ignore[no-untyped-def]
+        return self.dir / "sshd.log"
+
+    def start(self) -> TestSshd:
+        import os
+
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        check = subprocess.run(
+            [self.SSHD, "-t", "-f", str(self.dir / "sshd_config")], capture_output=True, text=True
+        )
+        if check.returncode:
+            raise RuntimeError(f"sshd -t: {check.stderr}")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [self.SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        wait_for_port(self.port, self.proc, "sshd", self.log_tail)
+        return self
+
+    def destroy(self) -> None:
+        import shutil
+
+        self.stop()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)

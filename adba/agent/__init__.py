@@ -65,6 +65,13 @@ def run_agent(
         _log_unsaved(report, state_path, now)
         exc.context["report"] = report  # `agent run --json` still prints what the pass did
         raise
+    if settings.report_textfile:  # imported only when configured
+        from .report import write_textfile
+
+        try:
+            write_textfile(settings.report_textfile, report.state, now)
+        except OSError as exc:  # the pass is done and saved: a report that fails is a warning
+            log.warning("cannot write the report %s: %s", settings.report_textfile, exc)
     return report
 
 

@@ -40,6 +40,11 @@ class Product(_Model):
     mak_key: str | None = None
 
 
+class Report(_Model):
+    #: node_exporter textfile collector file, written atomically after each pass
+    textfile: str | None = Field(default=None, min_length=1, pattern=r"^/.*\.prom$")
+
+
 class AgentFile(_Model):
     domain: str | None = None
     dc_uris: list[str] = []
@@ -59,6 +64,7 @@ class AgentFile(_Model):
     machine_name: str | None = Field(None, max_length=63)
     machine: Machine = Machine()
     intervals: Intervals = Intervals()
+    report: Report = Report()
     products: list[Product] = Field(min_length=1)
 
     @field_validator("kms_host")
@@ -223,6 +229,7 @@ def validate(
         krb5_config=m.krb5_config,
         retired_keys=retired,
         from_env=dict(src.from_env),
+        report_textfile=model.report.textfile,
     )
 
 

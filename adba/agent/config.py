@@ -44,6 +44,9 @@ Example ``agent.toml``::
     edition = "Nimbus Server Standard"
     # key = "..."                           # default: the edition's GVLK (or a MAK)
     # mak_key = "..."                       # a MAK to fall back to after ADBA and KMS
+
+    # [report]                              # for node_exporter's textfile collector
+    # textfile = "/var/lib/node_exporter/textfile/adba.prom"
 """
 
 from __future__ import annotations
@@ -155,6 +158,8 @@ class Settings:
     retired_keys: tuple[str, ...] = ()
     #: key ("machine.password_file") -> the ADBA_* variable that set it
     from_env: dict[str, str] = field(default_factory=dict)
+    #: ``[report] textfile``: a Prometheus textfile written after each pass (None: off)
+    report_textfile: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

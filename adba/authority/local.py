@@ -1001,6 +1001,50 @@ class LocalAuthority:
             "keys": out,
         }
 
+    def key_status(self, key: str, catalog: Catalog) -> dict[str, Any]:
+        """What the owner of ``key`` may know about it (the key proves ownership): a MAK's
+        activations left, a KMS host key's host slots left. Records nothing."""
+        parsed = parse_key(key)
+        if parsed.type not in (KeyType.MAK, KeyType.CSVLK):
+            raise InvalidInput(f"a {parsed.type.name} has no activation count: give a MAK or a CSVLK")
+        parsed = self._tagged(parsed, parsed.type, parsed.type.name)
+        digest = key_sha256(parsed)
+        status: dict[str, Any] = {
+            "key_sha256": digest,
+            "partial_key": parsed.partial,
+            "type": parsed.type.name,
+        }
+        with self._records() as db:
+            if parsed.type is KeyType.MAK:
+                row = db.execute(
+                    "SELECT allowed FROM mak_keys WHERE key_sha256 = ?", (digest,)
+                ).fetchone()
+                (used,) = db.execute(
+                    "SELECT COUNT(*) FROM mak_activations WHERE key_sha256 = ?", (digest,)
+                ).fetchone()
+                allowed = int(row[0]) if row else 0
+                status.update(
+                    product=catalog.edition_by_code(parsed.code).name,
+                    mak_allowed=allowed,
+                    mak_used=int(used),
+                    mak_left=max(0, allowed - int(used)),
+                )
+            else:
+                row = db.execute(
+                    "SELECT host_limit FROM kms_keys WHERE key_sha256 = ?", (digest,)
+                ).fetchone()
+                (hosts,) = db.execute(
+                    "SELECT COUNT(*) FROM kms_hosts WHERE key_sha256 = ?", (digest,)
+                ).fetchone()
+                limit = int(row[0]) if row else KMS_HOST_LIMIT
+                status.update(
+                    product=catalog.csvlk_by_code(parsed.code).name,
+                    kms_host_limit=limit,
+                    kms_hosts_used=int(hosts),
+                    kms_hosts_left=max(0, limit - int(hosts)),
+                )
+        return status
+
     # -- records -------------------------------------------------------------------------------
     def minted(self) -> list[tuple[KeyType, int, int, int]]:
         """Minted keys as (type, product code, serial, created_at), oldest first."""

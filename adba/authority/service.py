@@ -9,6 +9,8 @@ same id and the same body gets the first answer again; the same id with another 
 - ``POST /v1/kms-hosts/activations`` KMS host key on a host -> host certificate
 - ``POST /v1/confirmations``        installation ID -> confirmation ID (MAK, or any offline kind)
 - ``POST /v1/mak/proxy``            many installation IDs in one request -> a result for each
+- ``POST /v1/keys/status``         a MAK or CSVLK -> activations / KMS host slots left (the key
+  proves ownership; read-only: no ``request_id``, nothing recorded)
 - ``GET  /v1/health``
 
 Every error, whatever produced it, is ``{"error": <stable code>, "message": <what to do>}``:
@@ -107,6 +109,11 @@ class ProxyIn(_In):
     installation_ids: list[str] = Field(min_length=1, max_length=1000)
 
 
+class KeyStatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str = Field(max_length=64)
+
+
 class ProxyResult(BaseModel):
     installation_id: str
     confirmation_id: str | None = None
@@ -141,7 +148,13 @@ _HTTP_CODES = {
 }
 _POST_PATHS = frozenset(
     f"{API}/{p}"
-    for p in ("csvlk/activations", "kms-hosts/activations", "confirmations", "mak/proxy")
+    for p in (
+        "csvlk/activations",
+        "kms-hosts/activations",
+        "confirmations",
+        "mak/proxy",
+        "keys/status",
+    )
 )
 
 
@@ -373,6 +386,10 @@ def create_app(
             return ProxyOut(results=results)
 
         return _once("proxy", body, answer)
+
+    @app.post(f"{API}/keys/status")
+    def key_status(body: KeyStatusIn) -> Any:
+        return authority.key_status(body.key, catalog)
 
     return _Guard(app, max_body)
 

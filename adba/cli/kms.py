@@ -203,6 +203,15 @@ def register(nouns: Any) -> None:
         "-q", "--quiet", action="store_true", help="log warnings only (not every request)"
     )
     _publish_options(serve, required=False)
+    api = serve.add_argument_group("clients API (read-only, for `adba inventory import --kms`)")
+    api.add_argument(
+        "--clients-api", type=port_type, metavar="PORT", help="serve GET /v1/clients on this port"
+    )
+    api.add_argument(
+        "--clients-token-file", metavar="FILE", help="bearer token clients must send (first line)"
+    )
+    api.add_argument("--clients-tls-cert", metavar="PEM", help="certificate chain (TLS)")
+    api.add_argument("--clients-tls-key", metavar="PEM", help="its private key")
     serve.set_defaults(func=cmd_serve)
 
     probe = verbs.add_parser(
@@ -449,6 +458,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     root.setLevel(logging.WARNING if args.quiet else logging.INFO)
     identity = HostIdentity.load(args.state_dir)
     publish = _publisher(args, args.port)
+    api = _clients_api(args)
     lock = StateLock(args.state_dir)
     try:
         store = KmsStore(Path(args.state_dir) / RECORDS)
@@ -462,12 +472,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 max_per_source=args.max_per_source,
                 log_interval=args.log_interval,
             )
+            if api is not None:
+                api.start()
             _run_host(host, args, publish)
         finally:
+            if api is not None:
+                api.stop()
             store.close()
     finally:
         lock.release()
     return 130 if host.signal == signal.SIGINT else 0
+
+
+def _clients_api(args: argparse.Namespace) -> Any:
+    """The read-only clients API the options ask for (not started), or None."""
+    from ..errors import InvalidInput
+
+    if args.clients_api is None:
+        if args.clients_token_file or args.clients_tls_cert or args.clients_tls_key:
+            raise InvalidInput("--clients-token-file and --clients-tls-* need --clients-api PORT")
+        return None
+    if not args.clients_token_file:
+        raise InvalidInput("--clients-api needs --clients-token-file (the API is authenticated)")
+    if bool(args.clients_tls_cert) != bool(args.clients_tls_key):
+        raise InvalidInput("give both --clients-tls-cert and --clients-tls-key (or neither)")
+    from ..kms.clients_api import ClientsApi, read_token
+
+    address = (args.listen or ["0.0.0.0"])[0]
+    return ClientsApi(
+        args.state_dir,
+        address,
+        args.clients_api,
+        read_token(args.clients_token_file),
+        tls_cert=args.clients_tls_cert,
+        tls_key=args.clients_tls_key,
+    )
 
 
 def _run_host(host: Any, args: argparse.Namespace, publish: Any) -> None:

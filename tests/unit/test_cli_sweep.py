@@ -126,6 +126,8 @@ def _good_values(tmp: Path) -> dict[str, str]:
         "installation_id": "0000000",
         "confirmation_id": "0000000",
         "files": str(iid),
+        "--db": str(tmp / "inventory.sqlite"),
+        "names": "pc1",
     }
 
 

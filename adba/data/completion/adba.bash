@@ -9,7 +9,7 @@ _adba() {
         if [[ -z $noun ]]; then noun=$w; elif [[ -z $verb ]]; then verb=$w; break; fi
     done
     case "$noun" in
-        "") COMPREPLY=($(compgen -W "directory ao acl authority agent kms mak demo completion --help --verbose --version -h -v" -- "$cur")); return ;;
+        "") COMPREPLY=($(compgen -W "directory ao acl authority agent kms mak inventory demo completion --help --verbose --version -h -v" -- "$cur")); return ;;
     esac
     case "$noun/$verb" in
         "directory/") subs="init check replicate" ;;
@@ -100,7 +100,7 @@ _adba() {
             opts="--apply-cid --authority --authority-ca-file --catalog --get-iid --help --host-id --json --key --key-file --online --reactivate --root-key --state-dir --verbose -v"; valued="--state-dir --key-file --key --online --authority --apply-cid --authority-ca-file --root-key --host-id --catalog"
             ;;
         "kms/serve")
-            opts="--address --deadline --dns-server --first-byte-deadline --help --host-name --listen --log-interval --max-connections --max-per-source --metrics-port --port --publish --quiet --state-dir --tsig-key-file --verbose -q -v"; valued="--state-dir --listen --port --metrics-port --deadline --first-byte-deadline --max-connections --max-per-source --log-interval --publish --dns-server --tsig-key-file --host-name --address"
+            opts="--address --clients-api --clients-tls-cert --clients-tls-key --clients-token-file --deadline --dns-server --first-byte-deadline --help --host-name --listen --log-interval --max-connections --max-per-source --metrics-port --port --publish --quiet --state-dir --tsig-key-file --verbose -q -v"; valued="--state-dir --listen --port --metrics-port --deadline --first-byte-deadline --max-connections --max-per-source --log-interval --publish --dns-server --tsig-key-file --host-name --address --clients-api --clients-token-file --clients-tls-cert --clients-tls-key"
             ;;
         "kms/probe")
             opts="--help --timeout --verbose -v"; valued="--timeout"
@@ -120,6 +120,37 @@ _adba() {
         "mak/") subs="proxy" ;;
         "mak/proxy")
             opts="--authority-ca-file --help --json --online --out --verbose -v"; valued="--online --authority-ca-file --out"
+            ;;
+        "inventory/") subs="discover add collect import list summary history export" ;;
+        "inventory/discover")
+            opts="--base --bind-dn --ca-file --computers --db --help --insecure --json --password-file --timeout --tls-name --uri --verbose -D -H -b -v"; valued="--db -H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout --computers"
+            ;;
+        "inventory/add")
+            opts="--address --db --help --verbose -v"; valued="--db --address"
+            ;;
+        "inventory/collect")
+            opts="--command --concurrency --db --help --identity --json --known-hosts --port --quiet --ssh-config --timeout --user --verbose -q -v"; valued="--db --known-hosts --user --identity --ssh-config --port --command --timeout --concurrency"
+            ;;
+        "inventory/import")
+            opts="--authority --ca-file --db --help --json --key-file --kms --kms-token-file --verbose -v"; valued="--db --kms --authority --kms-token-file --key-file --ca-file"
+            ;;
+        "inventory/list")
+            opts="--db --help --json --status --verbose --what -v"; valued="--db --status --what"
+            case "$prev" in
+                --what) COMPREPLY=($(compgen -W "machines kms-clients keys scans" -- "$cur")); return ;;
+            esac
+            ;;
+        "inventory/summary")
+            opts="--db --help --json --verbose -v"; valued="--db"
+            ;;
+        "inventory/history")
+            opts="--by-status --db --help --json --limit --verbose -v"; valued="--db --limit"
+            ;;
+        "inventory/export")
+            opts="--db --format --help --output --verbose -o -v"; valued="--db --format --output -o"
+            case "$prev" in
+                --format) COMPREPLY=($(compgen -W "csv json" -- "$cur")); return ;;
+            esac
             ;;
         "demo/*")
             opts="--help --keep --verbose -v"; valued=""
