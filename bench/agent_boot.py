@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -50,8 +51,9 @@ def main() -> None:
     lab = prepared_slapd(debug_level=256)
     try:
         cat = load_catalog()
-        auth = LocalAuthority.init(work / "authority", now=1_700_000_000)
-        key = auth.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", cat, now=1_700_000_000)
+        now = int(time.time())  # the publish and the agent read the real clock
+        auth = LocalAuthority.init(work / "authority", now=now)
+        key = auth.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", cat, now=now)
         publish_csvlk(
             lab.options(lab.admin),
             root=lab.suffix,
