@@ -493,6 +493,7 @@ class TestSambaDC:
         forest_prep: bool = True,
         fix_sd: bool = True,
         services: str = "ldap kdc",
+        replication: bool = False,
     ) -> None:
         import os
         import shutil
@@ -509,12 +510,19 @@ class TestSambaDC:
                 "samba-ad-provision samba-dsdb-modules python3-markdown ldb-tools"
             )
         self.ip = ip
-        self.services = services
+        #: DRS replication with other DCs (see `TestSambaReplica`): the services a join and
+        #: the replication daemon need, one process per task (in ``-M single`` a DC that asks
+        #: its own KDC for a ticket waits on itself), and a private /etc/hosts (the DCs find
+        #: each other by ``<NTDS GUID>._msdcs.<forest>``) in a mount namespace of its own
+        self.replication = replication
+        self.services = f"{services} cldap rpc drepl kcc" if replication else services
         self.forest_prep, self.fix_sd = forest_prep, fix_sd
         self.dir = Path(tempfile.mkdtemp(prefix="adba-samba-", dir="/tmp"))
         self.dc = self.dir / "dc"
         self.conf = self.dc / "etc" / "smb.conf"
         self.sam = self.dc / "private" / "sam.ldb"
+        self.hosts = self.dir / "hosts"
+        self.krb5 = self.dir / "krb5.conf"
         self.keep = False
         self.tls_name = f"{self.host_name}.{self.realm.lower()}"
         self.computers = f"CN=Computers,{self.suffix}"
@@ -641,6 +649,68 @@ class TestSambaDC:
         )
         self._tool("samba-tool", "group", "add", "ADBA Admins", *tool)
         self._tool("samba-tool", "group", "addmembers", "ADBA Admins", "adbaadmin", *tool)
+        if self.replication:
+            # the DRS service principal other DCs ask a ticket for (Samba's dnsupdate
+            # service would add it; it does not run here)
+            spn = f"E3514235-4B06-11D1-AB04-00C04FC2DCD2/{self.ntds_guid()}/{self.realm.lower()}"
+            self._tool("samba-tool", "spn", "add", spn, f"{self.host_name.upper()}$", *tool)
+
+    def ntds_guid(self) -> str:
+        """The objectGUID of this DC's NTDS Settings object (read offline from sam.ldb)."""
+        res = subprocess.run(
+            [
+                "ldbsearch",
+                "-H",
+                str(self.sam),
+                "-s",
+                "base",
+                "-b",
+                f"CN=NTDS Settings,CN={self.host_name.upper()},CN=Servers,"
+                f"CN=Default-First-Site-Name,CN=Sites,CN=Configuration,{self.suffix}",
+                "objectGUID",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        guids = [
+            ln.split(": ", 1)[1] for ln in res.stdout.splitlines() if ln.startswith("objectGUID: ")
+        ]
+        if not guids:
+            raise RuntimeError(f"no NTDS Settings in {self.sam}: {res.stderr.strip()[-300:]}")
+        return guids[0]
+
+    def _launch(self) -> None:
+        if not self.replication:
+            self._tool("samba", "-s", str(self.conf), "-M", "single")
+            return
+        import os
+        from pathlib import Path
+
+        realm = self.realm
+        self.krb5.write_text(
+            f"[libdefaults]\n default_realm = {realm}\n dns_lookup_kdc = false\n"
+            f" dns_lookup_realm = false\n[realms]\n"
+            # service principals name the realm in lower case (<service>/<host>/<domain>)
+            f" {realm} = {{\n  kdc = {self.ip}\n }}\n {realm.lower()} = {{\n  kdc = {self.ip}\n }}\n"
+        )
+        if not self.hosts.exists():
+            self.hosts.write_text(Path("/etc/hosts").read_text())
+        self.add_host(self.ip, self.tls_name, f"{self.ntds_guid()}._msdcs.{realm.lower()}")
+        script = 'mount --bind "$1" /etc/hosts && exec samba -s "$2" -M standard'
+        argv = ["unshare", "-m", "sh", "-c", script, "sh", str(self.hosts), str(self.conf)]
+        env = {**os.environ, "KRB5_CONFIG": str(self.krb5)}
+        res = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+        if res.returncode != 0:
+            raise RuntimeError(f"samba in a mount namespace failed: {res.stderr.strip()[-500:]}")
+
+    def add_host(self, ip: str, *names: str) -> None:
+        """Append names to the hosts file the DC sees (in place: its bind mount follows)."""
+        have = self.hosts.read_text() if self.hosts.exists() else ""
+        line = f"{ip} {' '.join(names)}"
+        if line not in have.splitlines():
+            with self.hosts.open("a") as f:
+                f.write(line + "\n")
 
     def start(self) -> TestSambaDC:
         import socket
@@ -653,7 +723,7 @@ class TestSambaDC:
                     raise RuntimeError(f"something already answers on {self.ip}:{port}")
         if not self.sam.exists():
             self.provision()
-        self._tool("samba", "-s", str(self.conf), "-M", "single")
+        self._launch()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._ready():
@@ -742,6 +812,65 @@ class TestSambaDC:
         self.stop()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TestSambaReplica(TestSambaDC):
+    """A second Samba AD DC joined to ``primary``'s domain (``samba-tool domain join ... DC``
+    over DRS from the primary's address), on its own loopback address, run dir and smb.conf.
+
+    ``primary`` must run with ``replication=True``. Both DCs share one hosts file, which maps
+    each DC's DNS name and ``<NTDS GUID>._msdcs.<forest>`` to its address (no DNS here); after
+    the join the two replicate by themselves (change notification), both directions.
+    """
+
+    __test__ = False
+    host_name = "labdc2"
+
+    def __init__(self, primary: TestSambaDC, ip: str = "127.0.0.5") -> None:
+        super().__init__(ip, replication=True)
+        self.primary = primary
+        self.hosts = primary.hosts
+        self.join_seconds: float | None = None
+
+    def provision(self) -> None:
+        import time
+
+        t0 = time.monotonic()
+        self._tool(
+            "samba-tool",
+            "domain",
+            "join",
+            self.realm,
+            "DC",
+            f"-U{self.domain}\\Administrator%{self.admin_password}",
+            f"--server={self.primary.ip}",
+            f"--targetdir={self.dc}",
+            "--dns-backend=NONE",
+            f"--option=netbios name = {self.host_name.upper()}",
+            f"--option=workgroup = {self.domain}",
+            f"--option=interfaces = {self.ip}/8",
+            "--option=bind interfaces only = yes",
+        )
+        self.join_seconds = time.monotonic() - t0
+        for sub in ("etc", "run", "log", "cache"):
+            (self.dc / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(self.gen_config())
+
+    def start(self) -> TestSambaReplica:
+        super().start()
+        # the primary learns to pull from its new partner when its KCC runs (every 5 min):
+        # run it now, so that changes made here replicate back at once
+        for dc in (self.primary, self):
+            self._tool(
+                "samba-tool",
+                "drs",
+                "kcc",
+                dc.ip,
+                "-s",
+                str(dc.conf),
+                f"-U{self.domain}\\Administrator%{self.admin_password}",
+            )
+        return self
 
 
 class DockerSlapd:
