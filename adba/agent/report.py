@@ -15,7 +15,6 @@ Metrics, one series per product (labels ``edition``, ``sku``)::
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from ._status import derive
@@ -88,18 +87,8 @@ def render(state: dict[str, Any], now: int) -> str:
 def write_textfile(path: str, state: dict[str, Any], now: int) -> None:
     """Replace ``path`` atomically (the collector reads the old file or the new, never a mix).
     The temp file is hidden and does not end in ``.prom``, so the collector never reads it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
-    data = render(state, now).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from pathlib import Path
+
+    from .state import replace_file
+
+    replace_file(Path(os.path.abspath(path)), render(state, now).encode(), temp_suffix=".tmp")

@@ -135,8 +135,13 @@ def write_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    data = json.dumps(state, sort_keys=True, indent=1).encode() + b"\n"
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
+    replace_file(path, json.dumps(state, sort_keys=True, indent=1).encode() + b"\n")
+
+
+def replace_file(path: Path, data: bytes, *, temp_suffix: str = "") -> None:
+    """Write ``data`` to a hidden temp file beside ``path`` (``.NAME.HEX`` + ``temp_suffix``),
+    fsync it, make it 0644, rename it over ``path`` and fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}{temp_suffix}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
