@@ -19,6 +19,19 @@ def docker_backend() -> bool:
     return os.environ.get("ADBA_TEST_LDAP") == "docker"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ADBA_TEST_LDAP=docker only the tests that use the session's ``slapd`` run: the
+    others (their own servers, sshd, Samba, KMS host, authority) ran in the local stage and
+    would test nothing new against the container."""
+    if not docker_backend():
+        return
+    keep = [i for i in items if "slapd" in getattr(i, "fixturenames", ())]
+    dropped = [i for i in items if "slapd" not in getattr(i, "fixturenames", ())]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def slapd(request: pytest.FixtureRequest) -> Iterator[TestSlapd]:
     """One real slapd for the session, prepared with `adba directory init`: a local process,
