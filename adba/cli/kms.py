@@ -649,24 +649,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
-    from ..catalog import load_catalog
-    from ..kms.host import cache_view
+    from ..kms.host import client_rows
 
-    clients = list(cache_view(args.state_dir).entries.values())
-    cat = load_catalog()
-    rows = [
-        {
-            "machine": c.machine,
-            "cmid": str(c.cmid),
-            "edition": cat.sku_name(c.sku) or str(c.sku),
-            "kind": "server" if c.kind else "client",
-            "activation_group": cat.group_name(c.kms_id),
-            "first_seen": c.first_seen,
-            "last_seen": c.last_seen,
-            "state": "activated" if c.activated else "waiting",
-        }
-        for c in clients
-    ]
+    rows = client_rows(args.state_dir)
     if args.json:
         emit_json(rows)
     elif rows:

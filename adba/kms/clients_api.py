@@ -42,24 +42,10 @@ def read_token(path: str) -> str:
 
 
 def clients_document(state_dir: str) -> dict[str, Any]:
-    from ..catalog import load_catalog
-    from .host import cache_view, status_view
+    from .host import client_rows, status_view
 
-    cat = load_catalog()
     view = status_view(state_dir)
-    clients = [
-        {
-            "machine": c.machine,
-            "cmid": str(c.cmid),
-            "edition": cat.sku_name(c.sku) or str(c.sku),
-            "kind": "server" if c.kind else "client",
-            "activation_group": cat.group_name(c.kms_id),
-            "first_seen": c.first_seen,
-            "last_seen": c.last_seen,
-            "state": "activated" if c.activated else "waiting",
-        }
-        for c in cache_view(state_dir).entries.values()
-    ]
+    clients = client_rows(state_dir)
     return {"epid": view["epid"], "count": view["count"], "clients": clients}
 
 

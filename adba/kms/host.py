@@ -72,6 +72,7 @@ __all__ = [
     "Metrics",
     "StateLock",
     "cache_view",
+    "client_rows",
     "loop_name",
     "run_loop",
     "serving",
@@ -887,6 +888,26 @@ def cache_view(
     """The host's cache as its files hold it (what ``adba kms clients`` lists)."""
     now = int(time.time()) if now is None else now
     return _read_state(Path(state_dir), now, thresholds or Thresholds())[2]
+
+
+def client_rows(state_dir: str | Path) -> list[dict[str, Any]]:
+    """The machines the host counts, as ``kms clients --json`` and the clients API show them."""
+    from ..catalog import load_catalog
+
+    cat = load_catalog()
+    return [
+        {
+            "machine": c.machine,
+            "cmid": str(c.cmid),
+            "edition": cat.sku_name(c.sku) or str(c.sku),
+            "kind": "server" if c.kind else "client",
+            "activation_group": cat.group_name(c.kms_id),
+            "first_seen": c.first_seen,
+            "last_seen": c.last_seen,
+            "state": "activated" if c.activated else "waiting",
+        }
+        for c in cache_view(state_dir).entries.values()
+    ]
 
 
 def status_view(
