@@ -134,6 +134,24 @@ def _database(conn: ldap3.Connection, root: str) -> dict:  # type: ignore[type-a
     return dict(conn.response[0])
 
 
+def load_schema(conn: ldap3.Connection) -> bool:
+    """Load the msSPP schema into cn=config unless it is there; whether it was loaded."""
+    if _schema_dn(conn) is not None:
+        return False
+    conn.add(
+        f"cn={schema.SCHEMA_CN},cn=schema,cn=config",
+        attributes={
+            "objectClass": ["olcSchemaConfig"],
+            "cn": schema.SCHEMA_CN,
+            "olcAttributeTypes": [a.definition() for a in schema.ATTRIBUTES],
+            "olcObjectClasses": [c.definition() for c in schema.CLASSES],
+            "olcDitContentRules": [schema.CONTENT_RULE],
+        },
+    )
+    raise_for_result(conn.result, what="load the msSPP schema")
+    return True
+
+
 def _schema_dn(conn: ldap3.Connection) -> str | None:
     conn.search(
         "cn=schema,cn=config", "(objectClass=olcSchemaConfig)", ldap3.LEVEL, attributes=["cn"]
@@ -226,18 +244,7 @@ def init(
         attrs = db["attributes"]
 
         say("schema")
-        if _schema_dn(conn) is None:
-            conn.add(
-                f"cn={schema.SCHEMA_CN},cn=schema,cn=config",
-                attributes={
-                    "objectClass": ["olcSchemaConfig"],
-                    "cn": schema.SCHEMA_CN,
-                    "olcAttributeTypes": [a.definition() for a in schema.ATTRIBUTES],
-                    "olcObjectClasses": [c.definition() for c in schema.CLASSES],
-                    "olcDitContentRules": [schema.CONTENT_RULE],
-                },
-            )
-            raise_for_result(conn.result, what="load the msSPP schema")
+        if load_schema(conn):
             report.add("schema", True, "msSPP schema loaded")
         else:
             report.add("schema", True, "msSPP schema already loaded")

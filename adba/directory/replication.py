@@ -370,18 +370,7 @@ def _schema(conn: ldap3.Connection, db_dn: str) -> str:
     from . import openldap
 
     done = []
-    if openldap._schema_dn(conn) is None:
-        conn.add(
-            f"cn={schema.SCHEMA_CN},cn=schema,cn=config",
-            attributes={
-                "objectClass": ["olcSchemaConfig"],
-                "cn": schema.SCHEMA_CN,
-                "olcAttributeTypes": [a.definition() for a in schema.ATTRIBUTES],
-                "olcObjectClasses": [c.definition() for c in schema.CLASSES],
-                "olcDitContentRules": [schema.CONTENT_RULE],
-            },
-        )
-        raise_for_result(conn.result, what="load the msSPP schema")
+    if openldap.load_schema(conn):
         done.append("msSPP schema loaded")
     size = _first(conn, db_dn, ["olcDbMaxSize"])
     if openldap._int(_values(size, "olcDbMaxSize")) < openldap.MIN_DB_MAXSIZE:
