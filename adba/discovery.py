@@ -124,40 +124,53 @@ def _addresses(resolver: dns.resolver.Resolver, host: str, glue: dict[str, list[
     return found
 
 
-#: the selection weight of a weight-0 record: RFC 2782 gives it "a very small chance"
-_ZERO_WEIGHT = 0.01
-
-
 def order_targets(
     targets: Sequence[ServiceTarget], rng: random.Random | None = None
 ) -> list[ServiceTarget]:
-    """RFC 2782 order: by priority, lowest first; within a priority, a weighted random draw
-    without replacement (a target with weight ``w`` comes first with probability ``w/sum``).
+    """RFC 2782 order: by priority, lowest first; within a priority, the RFC's weighted draw
+    without replacement, repeated until the priority's records are all ordered.
+
+    Each draw arranges the records not yet ordered with those of weight 0 first (in random
+    order), picks an integer ``n`` uniformly in ``0..W`` (``W`` the sum of their weights)
+    and takes the first record whose running sum of weights is ``>= n``. A weight-0 record
+    is thus taken only when ``n`` is 0 -- chance ``1/(W + 1)``, RFC 2782's "very small
+    chance" -- and when all weights are 0 the order is uniformly random. With no record of
+    weight 0, ``n`` is drawn from ``1..W``: a 0 would give whichever record the arrangement
+    put first an extra ``1/(W + 1)`` (weights 3 and 1 would share 70/30, not 75/25), so a
+    record of weight ``w`` comes first with a chance of exactly ``w/W``.
 
     Pure, so the order can be drawn repeatedly from one answer; ``rng`` makes it repeatable.
     """
-    draw = rng.random if rng is not None else random.random
+    rng = rng if rng is not None else random.Random()
     ordered: list[ServiceTarget] = []
     for priority in sorted({t.priority for t in targets}):
         pool = [t for t in targets if t.priority == priority]
         while pool:
-            weights = [t.weight or _ZERO_WEIGHT for t in pool]
-            point = draw() * sum(weights)
-            chosen = len(pool) - 1  # float rounding can leave ``point`` at the very end
-            for i, weight in enumerate(weights):
-                if point < weight:
-                    chosen = i
+            zeros = [t for t in pool if t.weight == 0]
+            rng.shuffle(zeros)
+            pool = zeros + [t for t in pool if t.weight != 0]
+            total = sum(t.weight for t in pool)
+            point = rng.randint(0 if zeros else 1, total)
+            running = 0
+            for i, target in enumerate(pool):
+                running += target.weight
+                if running >= point:
+                    ordered.append(pool.pop(i))
                     break
-                point -= weight
-            ordered.append(pool.pop(chosen))
     return ordered
 
 
-def locate(names: Sequence[str], resolver: dns.resolver.Resolver) -> list[ServiceTarget]:
+def locate(
+    names: Sequence[str],
+    resolver: dns.resolver.Resolver,
+    *,
+    rng: random.Random | None = None,
+) -> list[ServiceTarget]:
     """Targets of the first name that has SRV records, in RFC 2782 order.
 
     A name with no records (NXDOMAIN, no answer) moves on to the next; a single ``.``
-    target means "decidedly not available here" (RFC 2782) and yields nothing.
+    target means "decidedly not available here" (RFC 2782) and yields nothing. ``rng`` draws
+    the weighted order (see :func:`order_targets`).
     """
     import dns.exception
     import dns.rdatatype
@@ -200,7 +213,7 @@ def locate(names: Sequence[str], resolver: dns.resolver.Resolver) -> list[Servic
         for target in targets:
             if not target.addresses:
                 log.warning("%s: target %s has no A/AAAA record: skipped", name, target.host)
-        targets = order_targets(targets)
+        targets = order_targets(targets, rng)
         log.info("%s: %s", name, ", ".join(t.describe() for t in targets))
         return targets
     return []
@@ -236,11 +249,12 @@ class TsigKey(NamedTuple):
 
 
 class PublishEntry(NamedTuple):
-    """One domain of the publish list, with the SRV priority and weight to publish there."""
+    """One domain of the publish list, with the SRV priority and weight to publish there
+    (by default 0 and 0, as Windows' ``SrvPriority`` and ``SrvWeight``)."""
 
     domain: str
     priority: int = 0
-    weight: int = 100
+    weight: int = 0
 
 
 class PublishResult(NamedTuple):
@@ -323,8 +337,9 @@ def _check_domain(text: str, what: str) -> str:
     return domain
 
 
-def parse_publish_entry(text: str) -> PublishEntry:
-    """``"example.test"`` or ``"example.test,10,50"`` (domain[,priority[,weight]])."""
+def parse_publish_entry(text: str, *, priority: int = 0, weight: int = 0) -> PublishEntry:
+    """``"example.test"`` or ``"example.test,10,50"`` (domain[,priority[,weight]]); the
+    values an entry does not give are ``priority`` and ``weight``."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) > 3:
         raise InvalidInput(f"invalid publish entry {text!r}: expected domain[,priority[,weight]]")
@@ -336,7 +351,10 @@ def parse_publish_entry(text: str) -> PublishEntry:
                 f"invalid {label} {part!r} in publish entry {text!r}: expected 0..65535"
             )
         numbers.append(int(part))
-    return PublishEntry(domain, *numbers)
+    for label, value in (("priority", priority), ("weight", weight)):
+        if not 0 <= value <= 65535:
+            raise InvalidInput(f"invalid SRV {label} {value}: expected 0..65535")
+    return PublishEntry(domain, *numbers, *(priority, weight)[len(numbers) :])
 
 
 def publish_kms(

@@ -19,9 +19,9 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from ..errors import AdbaError, KmsError
+from ..errors import KmsError
 from .config import ProductSettings, Settings
 
 TYPE_CHECKING = False
@@ -36,74 +36,22 @@ log = logging.getLogger("adba.agent")
 DEFAULT_PORT = 1688
 
 
-def _split(hostport: str) -> tuple[str, int]:
+def _hosts(settings: Settings, state: dict[str, Any]) -> Any:
+    """The candidate hosts of this pass (:class:`adba.kms.client.KmsHosts`)."""
     from ..discovery import parse_nameserver
+    from ..kms.client import Candidate, KmsHosts
 
-    return parse_nameserver(hostport, default_port=DEFAULT_PORT)
-
-
-class _Hosts:
-    """Candidate hosts in the order to try: the static host (then only it), else the host
-    that answered last time, and only when that one does not do, DNS SRV -- a dead DNS
-    server costs nothing while the cached host answers."""
-
-    def __init__(self, settings: Settings, state: dict[str, Any]) -> None:
-        self.settings, self.state = settings, state
-        self.dead: set[tuple[str, int]] = set()
-        self._first: list[tuple[str, int, str]] | None = None
-        self._srv: list[tuple[str, int, str]] | None = None
-        self.searched: list[str] = []
-
-    def _known(self) -> list[tuple[str, int, str]]:
-        s = self.settings
-        if s.kms_host:
-            host, port = _split(s.kms_host)
-            return [(host, port, "static")]
-        cached = self.state.get("kms") or {}
-        if cached.get("address"):
-            return [(cached["address"], int(cached["port"]), cached.get("name") or "cached")]
-        return []
-
-    def _discover(self) -> list[tuple[str, int, str]]:
-        s = self.settings
-        found: list[tuple[str, int, str]] = []
-        domains = [d for d in (s.domain, *s.kms_domains) if d]
-        if s.kms_host or not domains:
-            return found
-        from ..discovery import locate, make_resolver
-
-        known = {(a, p) for a, p, _ in self._first or ()}
-        resolver = make_resolver(s.dns_servers, timeout=s.connect_timeout)
-        for domain in domains:
-            name = f"_vlmcs._tcp.{domain.strip('.')}"
-            self.searched.append(name)
-            try:
-                targets = locate([name], resolver)
-            except AdbaError as exc:
-                log.warning("KMS discovery in %s failed: %s", domain, exc.message)
-                continue
-            for t in targets:
-                for address in t.addresses:
-                    if (address, t.port) not in known:
-                        known.add((address, t.port))
-                        found.append((address, t.port, t.host))
-        return found
-
-    def __iter__(self) -> Iterator[tuple[str, int, str]]:
-        if self._first is None:
-            self._first = self._known()
-        for h in self._first:
-            if (h[0], h[1]) not in self.dead:
-                yield h
-        if self._srv is None:
-            self._srv = self._discover()
-        for h in self._srv:
-            if (h[0], h[1]) not in self.dead:
-                yield h
-
-    @property
-    def any(self) -> bool:
-        return bool(self._first) or bool(self._srv)
+    s = settings
+    cached = state.get("kms") or {}
+    return KmsHosts(
+        static=parse_nameserver(s.kms_host, default_port=DEFAULT_PORT) if s.kms_host else None,
+        cached=Candidate(cached["address"], int(cached["port"]), cached.get("name") or "cached")
+        if cached.get("address")
+        else None,
+        domains=[d for d in (s.domain, *s.kms_domains) if d],
+        dns_servers=s.dns_servers,
+        timeout=s.connect_timeout,
+    )
 
 
 def _kept_certificate(state: dict[str, Any], address: str, port: int, cls: Any) -> Any:
@@ -127,11 +75,11 @@ def kms_step(
     fail: Callable[..., Outcome | None],
 ) -> list[Outcome | None]:
     from ..kms.cache import Thresholds
-    from ..kms.client import KmsClockSkew, KmsUnreachable, RogueHost, ask
+    from ..kms.client import ask_first
     from ..kms.protocol import KIND_CLIENT, KIND_SERVER, HostCertificate
     from .run import Outcome
 
-    hosts = _Hosts(settings, state)
+    hosts = _hosts(settings, state)
     cmid = uuid.UUID(state.setdefault("cmid", str(uuid.uuid4())))
     machine = (settings.machine_name or socket.gethostname())[:63]
     root = bytes.fromhex(settings.root_key)
@@ -141,45 +89,25 @@ def kms_step(
         rec = state["products"][product.sku]
         kind = KIND_SERVER if product.kind == "server" else KIND_CLIENT
         threshold = thresholds.for_kind(kind)
-        problems: list[str] = []
-        code = adba_code
-        answer = None
-        skewed = False
-        for address, port, label in hosts:
-            try:
-                answer = ask(
-                    address,
-                    port,
-                    cmid=cmid,
-                    sku=uuid.UUID(product.sku),
-                    kms_id=uuid.UUID(product.group),
-                    kind=kind,
-                    machine=machine,
-                    now=now,
-                    root_public_key=root,
-                    csvlk_skus=product.csvlk_skus,
-                    timeout=settings.connect_timeout,
-                    certificate=_kept_certificate(state, address, port, HostCertificate),
-                )
-            except KmsUnreachable as exc:
-                hosts.dead.add((address, port))
-                problems.append(exc.message)
-                code = exc.code
-                continue
-            except RogueHost as exc:
-                log.warning("%s: rogue KMS host rejected: %s", product.edition, exc.message)
-                hosts.dead.add((address, port))
-                problems.append(exc.message)
-                code = exc.code
-                continue
-            except KmsClockSkew as exc:  # our clock: another host may judge it so too
-                problems.append(exc.message)
-                skewed = True
-                continue
-            except KmsError as exc:  # this host cannot activate this product: try the next
-                problems.append(exc.message)
-                code = exc.code
-                continue
+        attempt = ask_first(
+            hosts,
+            certificate_for=lambda a, p: _kept_certificate(state, a, p, HostCertificate),
+            cmid=cmid,
+            sku=uuid.UUID(product.sku),
+            kms_id=uuid.UUID(product.group),
+            kind=kind,
+            machine=machine,
+            now=now,
+            root_public_key=root,
+            csvlk_skus=product.csvlk_skus,
+            timeout=settings.connect_timeout,
+        )
+        for message in attempt.rogues:
+            log.warning("%s: rogue KMS host rejected: %s", product.edition, message)
+        answer, problems, skewed = attempt.answer, attempt.problems, attempt.skewed
+        code = attempt.code or adba_code
+        if answer is not None and attempt.candidate is not None:
+            address, port, label = attempt.candidate
             state["kms"] = {
                 "address": address,
                 "port": port,
@@ -187,7 +115,6 @@ def kms_step(
                 # the key the next request is sealed to (no hello needed while it holds)
                 "certificate": answer.response.certificate.to_bytes().hex(),
             }
-            break
         if answer is None and skewed:
             detail = "; ".join(problems) + " (set this machine's clock)"
             outcomes.append(

@@ -30,10 +30,12 @@ IPv4 and IPv6, port 1688 by default. At most 512 connections at once, 64 from on
 (or IPv6 /64); a request's first byte within 1 s, all of it within 2 s. One host per state
 dir. Logs one key=value line per event on stdout (rejections in aggregate). With
 --publish, registers the _vlmcs._tcp SRV record (and the host's A/AAAA records) by DNS
-dynamic update (RFC 2136, TSIG) at start and daily.
+dynamic update (RFC 2136, TSIG) at start and daily, with --priority and --weight (default
+0 and 0, as Windows). Several hosts publish into one domain side by side: each update
+touches only this host's own records. Each host keeps its own counts.
 
 example:
-  adba kms serve --state-dir {STATE} --metrics-port 9688 \\
+  adba kms serve --state-dir {STATE} --metrics-port 9688 --weight 60 \\
       --publish example.test --publish branch.example.test,10,50 \\
       --dns-server 192.0.2.53 --tsig-key-file /etc/adba/kms-update.key --host-name kms1.example.test
 """
@@ -61,11 +63,13 @@ example:
 """
 PUBLISH = """\
 Publishes (or removes) this host's _vlmcs._tcp SRV record and its A/AAAA records in each
-domain by DNS dynamic update with TSIG. When the server refuses, publish the records by hand
-or configure clients with a static KMS host (kms_host in agent.toml).
+domain by DNS dynamic update with TSIG, with its priority and weight (--priority, --weight,
+or per domain DOMAIN,PRIO,WEIGHT; default 0 and 0). Other hosts' records in the domain stay
+as they are. When the server refuses, publish the records by hand or configure clients with
+a static KMS host (kms_host in agent.toml).
 
 example:
-  adba kms publish --publish example.test,0,100 --dns-server 192.0.2.53 \\
+  adba kms publish --publish example.test --priority 0 --weight 60 --dns-server 192.0.2.53 \\
       --tsig-key-file /etc/adba/kms-update.key --host-name kms1.example.test --address 192.0.2.10
 """
 
@@ -88,6 +92,13 @@ def _ip(text: str) -> str:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid IP address {text!r}") from None
+
+
+def _srv_value(text: str) -> int:
+    """An SRV priority or weight: 0..65535."""
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid SRV value {text!r}: expected 0..65535")
+    return int(text)
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -256,7 +267,23 @@ def _publish_options(p: argparse.ArgumentParser, *, required: bool) -> None:
         action="append",
         metavar="DOMAIN[,PRIO[,WEIGHT]]",
         required=required,
-        help="a domain to publish the SRV record in (repeatable)",
+        help="a domain to publish the SRV record in (repeatable); PRIO and WEIGHT default "
+        "to --priority and --weight",
+    )
+    g.add_argument(
+        "--priority",
+        type=_srv_value,
+        default=0,
+        metavar="N",
+        help="SRV priority, 0..65535: clients try the lowest first (default 0, as Windows)",
+    )
+    g.add_argument(
+        "--weight",
+        type=_srv_value,
+        default=0,
+        metavar="N",
+        help="SRV weight, 0..65535: the share of clients among hosts of one priority "
+        "(default 0, as Windows)",
     )
     g.add_argument(
         "--dns-server",
@@ -392,39 +419,28 @@ def _installed(state_dir: str, key: str) -> Any:
     return identity if identity.certificate.not_after > time.time() else None
 
 
-def _publisher(args: argparse.Namespace, port: int) -> Any:
-    """A function that publishes (or unpublishes) per the options, or None without --publish."""
-    from ..discovery import load_tsig_key, parse_publish_entry, publish_kms, unpublish_kms
+def _publication(args: argparse.Namespace, port: int) -> Any:
+    """The :class:`~adba.kms.publication.Publication` the options ask for, or None without
+    --publish."""
+    from ..discovery import load_tsig_key, parse_publish_entry
     from ..errors import InvalidInput
+    from ..kms.publication import Publication
 
     if not args.publish:
         return None
     if not args.dns_server or not args.tsig_key_file:
         raise InvalidInput("--publish needs --dns-server and --tsig-key-file")
-    entries = [parse_publish_entry(e) for e in args.publish]
-    key = load_tsig_key(args.tsig_key_file)
-    host = (args.host_name or _hostname()).rstrip(".")
-    addresses = args.address or []
-
-    def run(remove: bool = False) -> Any:
-        fn = unpublish_kms if remove else publish_kms
-        return fn(
-            entries, host=host, port=port, addresses=addresses, server=args.dns_server, key=key
-        )
-
-    return run
-
-
-def _record_publication(state_dir: str, results: Any) -> None:
-    from pathlib import Path
-
-    from ..kms.store import KmsStore
-
-    store = KmsStore(Path(state_dir) / "kms.sqlite")
-    try:
-        store.set_meta("published", _published_json(results))
-    finally:
-        store.close()
+    entries = tuple(
+        parse_publish_entry(e, priority=args.priority, weight=args.weight) for e in args.publish
+    )
+    return Publication(
+        entries,
+        host=(args.host_name or _hostname()).rstrip("."),
+        port=port,
+        addresses=tuple(args.address or ()),
+        server=args.dns_server,
+        key=load_tsig_key(args.tsig_key_file),
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -457,7 +473,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if args.quiet else logging.INFO)
     identity = HostIdentity.load(args.state_dir)
-    publish = _publisher(args, args.port)
+    publication = _publication(args, args.port)
     api = _clients_api(args)
     lock = StateLock(args.state_dir)
     try:
@@ -474,7 +490,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             if api is not None:
                 api.start()
-            _run_host(host, args, publish)
+            _run_host(host, args, publication)
         finally:
             if api is not None:
                 api.stop()
@@ -509,30 +525,18 @@ def _clients_api(args: argparse.Namespace) -> Any:
     )
 
 
-def _run_host(host: Any, args: argparse.Namespace, publish: Any) -> None:
+def _run_host(host: Any, args: argparse.Namespace, publication: Any) -> None:
     import asyncio
-    import logging
 
-    from ..errors import AdbaError
     from ..kms.host import default_addresses, run_loop
-
-    log = logging.getLogger("adba.kms")
-
-    async def publisher() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                results = await loop.run_in_executor(None, publish)
-                await host.record_meta("published", _published_json(results))
-                log.info("event=published %s", " ".join(f"domain={r.domain}" for r in results))
-            except AdbaError as exc:
-                log.error("event=publish-failed reason=%s", exc.message)
-            except Exception as exc:  # the DNS or the records failed: keep serving
-                log.error("event=publish-failed reason=%s", exc)
-            await asyncio.sleep(86400)
+    from ..kms.publication import keep_published
 
     async def main() -> None:
-        task = asyncio.create_task(publisher()) if publish else None
+        task = (
+            asyncio.create_task(keep_published(publication, host.record_meta))
+            if publication
+            else None
+        )
         try:
             await host.serve(
                 args.listen or default_addresses(), args.port, metrics_port=args.metrics_port
@@ -542,17 +546,6 @@ def _run_host(host: Any, args: argparse.Namespace, publish: Any) -> None:
                 task.cancel()
 
     run_loop(main())
-
-
-def _published_json(results: Any) -> str:
-    import json
-
-    return json.dumps(
-        [
-            {"domain": r.domain, "server": r.server, "records": r.records, "at": int(time.time())}
-            for r in results
-        ]
-    )
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -566,10 +559,12 @@ def cmd_unpublish(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace, *, remove: bool) -> int:
     from pathlib import Path
 
-    run = _publisher(args, args.port)
-    results = run(remove)
+    from ..kms.publication import record_publication
+
+    publication = _publication(args, args.port)
+    results = publication.unpublish() if remove else publication.publish()
     if Path(args.state_dir, "kms.sqlite").exists() or Path(args.state_dir).is_dir():
-        _record_publication(args.state_dir, [] if remove else results)
+        record_publication(args.state_dir, [] if remove else results)
     for r in results:
         print(
             f"{'removed from' if remove else 'published in'} {r.domain} via {r.server}: "

@@ -1,4 +1,12 @@
-"""The agent's side of KMS: send one request to one host and verify the answer.
+"""The agent's side of KMS: which hosts to ask, in what order; one request to one host and
+the verification of its answer.
+
+Where to ask (:class:`KmsHosts`, like Windows' client): the static host if one is configured
+(``slmgr /skms``; then only it), else the host that answered last time (the cache), and only
+when that one does not do, DNS SRV ``_vlmcs._tcp`` in each domain in RFC 2782 order (lowest
+priority first, weighted random within a priority: :func:`adba.discovery.order_targets`).
+:func:`ask_first` walks that order: a host that does not answer within the timeout, or whose
+answer does not verify, is dropped for the pass and the next one is asked.
 
 Version 2 by default (the request sealed to the host's certified key, see
 :mod:`adba.kms.protocol`): with the certificate the caller kept from an earlier answer, else
@@ -10,11 +18,15 @@ host (:class:`RogueHost`): rejected and logged by the caller, and the next host 
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import socket
 import time
 import uuid
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 from ..errors import KmsError
 from .protocol import (
@@ -36,14 +48,21 @@ from .protocol import (
 )
 
 __all__ = [
+    "Attempt",
+    "Candidate",
     "KmsAnswer",
     "KmsClockSkew",
+    "KmsHosts",
     "KmsUnreachable",
     "RogueHost",
     "ask",
+    "ask_first",
     "hello",
     "hostport",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class KmsUnreachable(KmsError):
@@ -257,3 +276,147 @@ def ask(
             f"KMS host {where} has a key ({cert.csvlk_sku}) that does not cover this product"
         )
     return KmsAnswer(response, address, port)
+
+
+# -- which hosts, in which order ----------------------------------------------------------------
+
+
+class Candidate(NamedTuple):
+    """One address of a host to ask, and where it came from (its DNS name, ``static`` or
+    ``cached``)."""
+
+    address: str
+    port: int
+    label: str
+
+
+class KmsHosts:
+    """Candidate hosts in the order to try: ``static`` (then only it), else ``cached`` (the
+    host that answered last time), and only when that one does not do, the SRV records of
+    ``domains`` asked of ``dns_servers`` (the system's resolver when empty) -- a dead DNS
+    server costs nothing while the cached host answers.
+
+    The SRV order is drawn with ``rng`` (RFC 2782; a seeded ``random.Random`` makes it
+    repeatable); each lookup ends within ``timeout``. Iterating skips the candidates in
+    :attr:`dead` (marked by :func:`ask_first`), so one instance serves a whole pass."""
+
+    def __init__(
+        self,
+        *,
+        static: tuple[str, int] | None = None,
+        cached: Candidate | None = None,
+        domains: Sequence[str] = (),
+        dns_servers: Sequence[str] = (),
+        timeout: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.static, self.cached = static, cached
+        self.domains = [d for d in domains if d]
+        self.dns_servers, self.timeout, self.rng = tuple(dns_servers), timeout, rng
+        self.dead: set[tuple[str, int]] = set()
+        self.searched: list[str] = []
+        self._first: list[Candidate] | None = None
+        self._srv: list[Candidate] | None = None
+
+    def _known(self) -> list[Candidate]:
+        if self.static:
+            return [Candidate(*self.static, "static")]
+        return [self.cached] if self.cached else []
+
+    def _discover(self) -> list[Candidate]:
+        found: list[Candidate] = []
+        if self.static or not self.domains:
+            return found
+        from ..discovery import kms_srv_names, locate, make_resolver
+        from ..errors import AdbaError
+
+        known = {(c.address, c.port) for c in self._first or ()}
+        resolver = make_resolver(self.dns_servers, timeout=self.timeout)
+        for domain in self.domains:
+            names = kms_srv_names(domain)
+            self.searched += names
+            try:
+                targets = locate(names, resolver, rng=self.rng)
+            except AdbaError as exc:
+                log.warning("KMS discovery in %s failed: %s", domain, exc.message)
+                continue
+            for t in targets:
+                for address in t.addresses:
+                    if (address, t.port) not in known:
+                        known.add((address, t.port))
+                        found.append(Candidate(address, t.port, t.host))
+        return found
+
+    def __iter__(self) -> Iterator[Candidate]:
+        if self._first is None:
+            self._first = self._known()
+        for c in self._first:
+            if (c.address, c.port) not in self.dead:
+                yield c
+        if self._srv is None:
+            self._srv = self._discover()
+        for c in self._srv:
+            if (c.address, c.port) not in self.dead:
+                yield c
+
+    @property
+    def any(self) -> bool:
+        """Whether there was any host to ask (static, cached or found in DNS)."""
+        return bool(self._first) or bool(self._srv)
+
+
+@dataclass
+class Attempt:
+    """What :func:`ask_first` came to: the first verified answer (or None), the candidate
+    that gave it, and why the hosts before it did not do."""
+
+    answer: KmsAnswer | None = None
+    candidate: Candidate | None = None
+    #: one message per host that did not do, in the order asked
+    problems: list[str] = field(default_factory=list)
+    #: the error code of the last host that did not do (None: none failed, or only our clock)
+    code: str | None = None
+    #: the messages of hosts whose answers did not verify (rogue hosts)
+    rogues: list[str] = field(default_factory=list)
+    #: a host refused our clock
+    skewed: bool = False
+
+
+def ask_first(
+    hosts: KmsHosts,
+    *,
+    certificate_for: Callable[[str, int], HostCertificate | None] | None = None,
+    **request: Any,
+) -> Attempt:
+    """Ask the candidates of ``hosts`` in order until one answers with a verified response.
+
+    ``request`` are :func:`ask`'s keyword arguments (cmid, sku, kms_id, kind, machine, now,
+    root_public_key, csvlk_skus, timeout, ...); ``certificate_for(address, port)`` gives the
+    certificate kept from that host's last answer, if any. A host that does not answer
+    (within ``timeout``) or that answers as a rogue is marked dead in ``hosts`` (not asked
+    again this pass); one that refuses our clock or cannot activate the product is passed
+    over for this request only."""
+    attempt = Attempt()
+    for candidate in hosts:
+        address, port, _label = candidate
+        certificate = certificate_for(address, port) if certificate_for else None
+        try:
+            answer = ask(address, port, certificate=certificate, **request)
+        except (KmsUnreachable, RogueHost) as exc:
+            hosts.dead.add((address, port))
+            attempt.problems.append(exc.message)
+            attempt.code = exc.code
+            if isinstance(exc, RogueHost):
+                attempt.rogues.append(exc.message)
+            continue
+        except KmsClockSkew as exc:  # our clock: another host may judge it so too
+            attempt.problems.append(exc.message)
+            attempt.skewed = True
+            continue
+        except KmsError as exc:  # this host cannot activate this product: try the next
+            attempt.problems.append(exc.message)
+            attempt.code = exc.code
+            continue
+        attempt.answer, attempt.candidate = answer, candidate
+        break
+    return attempt

@@ -148,7 +148,7 @@ def test_host_outside_the_domain_publishes_srv_only(
         server=named.nameserver,
         key=key,
     )
-    assert result[0].records == [f"_vlmcs._tcp.{zone}. 300 SRV 0 100 1688 kms.elsewhere.test."]
+    assert result[0].records == [f"_vlmcs._tcp.{zone}. 300 SRV 0 0 1688 kms.elsewhere.test."]
 
 
 def test_wrong_secret(named: TestNamed, key: TsigKey) -> None:
