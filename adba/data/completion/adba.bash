@@ -100,7 +100,7 @@ _adba() {
             opts="--apply-cid --authority --authority-ca-file --catalog --get-iid --help --host-id --json --key --key-file --online --reactivate --root-key --state-dir --verbose -v"; valued="--state-dir --key-file --key --online --authority --apply-cid --authority-ca-file --root-key --host-id --catalog"
             ;;
         "kms/serve")
-            opts="--address --clients-api --clients-tls-cert --clients-tls-key --clients-token-file --deadline --dns-server --first-byte-deadline --help --host-name --listen --log-interval --max-connections --max-per-source --metrics-port --port --publish --quiet --state-dir --tsig-key-file --verbose -q -v"; valued="--state-dir --listen --port --metrics-port --deadline --first-byte-deadline --max-connections --max-per-source --log-interval --publish --dns-server --tsig-key-file --host-name --address --clients-api --clients-token-file --clients-tls-cert --clients-tls-key"
+            opts="--address --clients-api --clients-tls-cert --clients-tls-key --clients-token-file --deadline --dns-server --first-byte-deadline --help --host-name --listen --log-interval --max-connections --max-per-source --metrics-port --port --priority --publish --quiet --state-dir --tsig-key-file --verbose --weight -q -v"; valued="--state-dir --listen --port --metrics-port --deadline --first-byte-deadline --max-connections --max-per-source --log-interval --publish --priority --weight --dns-server --tsig-key-file --host-name --address --clients-api --clients-token-file --clients-tls-cert --clients-tls-key"
             ;;
         "kms/probe")
             opts="--help --timeout --verbose -v"; valued="--timeout"
@@ -112,10 +112,10 @@ _adba() {
             opts="--help --json --state-dir --verbose -v"; valued="--state-dir"
             ;;
         "kms/publish")
-            opts="--address --dns-server --help --host-name --port --publish --state-dir --tsig-key-file --verbose -v"; valued="--state-dir --port --publish --dns-server --tsig-key-file --host-name --address"
+            opts="--address --dns-server --help --host-name --port --priority --publish --state-dir --tsig-key-file --verbose --weight -v"; valued="--state-dir --port --publish --priority --weight --dns-server --tsig-key-file --host-name --address"
             ;;
         "kms/unpublish")
-            opts="--address --dns-server --help --host-name --port --publish --state-dir --tsig-key-file --verbose -v"; valued="--state-dir --port --publish --dns-server --tsig-key-file --host-name --address"
+            opts="--address --dns-server --help --host-name --port --priority --publish --state-dir --tsig-key-file --verbose --weight -v"; valued="--state-dir --port --publish --priority --weight --dns-server --tsig-key-file --host-name --address"
             ;;
         "mak/") subs="proxy" ;;
         "mak/proxy")
