@@ -1,4 +1,5 @@
-"""Throwaway OpenLDAP servers on 127.0.0.1 for ``adba demo``, the tests and the benchmarks.
+"""Throwaway OpenLDAP servers (and a BIND9 named, :class:`Named`) on 127.0.0.1 for ``adba demo``,
+the tests and the benchmarks.
 
 A :class:`Slapd` is a *plain* slapd, the way a site runs one before ADBA arrives: core schemas,
 one mdb database with a root DN, a config database that the running uid manages over ldapi
@@ -34,7 +35,7 @@ from urllib.parse import quote
 
 from .errors import AdbaError
 
-__all__ = ["Identity", "LabError", "Slapd", "free_port", "ssha"]
+__all__ = ["Identity", "LabError", "Named", "Slapd", "free_port", "ssha"]
 
 log = logging.getLogger(__name__)
 
@@ -468,6 +469,151 @@ userPassword: {ssha(self.computer.password)}
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Slapd:
+        try:
+            return self.start()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            self.destroy()
+
+
+NAMED = "/usr/sbin/named"
+
+
+class Named:
+    """A throwaway BIND9 named on 127.0.0.1, primary for ``zone`` and updatable (RFC 2136)
+    with the TSIG key in :attr:`key_file` (``zonesub ANY``): the DNS server ``adba demo``'s KMS
+    hosts publish their SRV records into. Lifecycle as for :class:`Slapd`: render named.conf
+    and the zone -> launch ``named -g`` -> ready when an SOA query over TCP and UDP is
+    answered -> SIGTERM on stop."""
+
+    zone = "lab.example.test"
+    keyname = "adba-update."
+    host = "127.0.0.1"
+    start_timeout = 10.0
+
+    def __init__(self, *, keep: bool = False, prefix: str = "adba-lab-") -> None:
+        if not os.access(NAMED, os.X_OK):
+            raise LabError(
+                f"{NAMED} not found: install BIND9 with "
+                "`apt-get install --no-install-recommends bind9`"
+            )
+        self.keep = keep
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        os.chmod(self.dir, 0o700)
+        self.secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def nameserver(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def key_file(self) -> str:
+        return str(self.dir / "update.key")
+
+    def gen_config(self) -> str:
+        d = self.dir
+        return f"""key "{self.keyname}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
+options {{
+    directory "{d}"; pid-file "{d}/named.pid"; session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}"; dump-file "{d}/cache.db"; statistics-file "{d}/stats";
+    memstatistics-file "{d}/mem.stats";
+    listen-on port {self.port} {{ {self.host}; }}; listen-on-v6 {{ none; }};
+    recursion no; allow-query {{ {self.host}; }}; allow-transfer {{ none; }};
+    dnssec-validation no; notify no;
+}};
+controls {{ }};
+zone "{self.zone}" {{
+    type primary; file "{d}/zone.db"; journal "{d}/zone.db.jnl";
+    update-policy {{ grant {self.keyname} zonesub ANY; }};
+}};
+"""
+
+    def gen_zone(self) -> str:
+        return f"""$TTL 60
+@    IN SOA ns1.{self.zone}. hostmaster.{self.zone}. ( 1 3600 600 86400 60 )
+     IN NS  ns1.{self.zone}.
+ns1  IN A   {self.host}
+"""
+
+    def start(self) -> Named:
+        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(
+                f'key "{self.keyname}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};\n'
+            )
+        last = ""
+        for _attempt in range(5):
+            self.port = free_port(self.host, udp=True)
+            (self.dir / "named.conf").write_text(self.gen_config())
+            (self.dir / "zone.db").write_text(self.gen_zone())
+            self._log = open(self.dir / "named.log", "ab")  # noqa: SIM115 - closed in stop
+            self.proc = subprocess.Popen(
+                [NAMED, "-g", "-4", "-c", str(self.dir / "named.conf")],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + self.start_timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self._answers(tcp=False) and self._answers(tcp=True):
+                    log.debug("named ready on %s (pid %d)", self.nameserver, self.proc.pid)
+                    return self
+                time.sleep(0.02)
+            last = self.log_tail()
+            self.stop()  # lost a port race, or it failed: try again on another port
+        raise LabError(f"named did not start: {last}")
+
+    def _answers(self, *, tcp: bool) -> bool:
+        import dns.exception
+        import dns.message
+        import dns.query
+
+        query = dns.message.make_query(self.zone, "SOA")
+        try:
+            send = dns.query.tcp if tcp else dns.query.udp
+            return bool(send(query, self.host, port=self.port, timeout=0.1).answer)
+        except (dns.exception.DNSException, OSError):
+            return False
+
+    def log_tail(self, lines: int = 10) -> str:
+        try:
+            text = (self.dir / "named.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:]) or "(empty log)"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def destroy(self) -> None:
+        self.stop()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Named:
         try:
             return self.start()
         except BaseException:

@@ -25,7 +25,10 @@ Starts a throwaway slapd on 127.0.0.1, prepares it with `adba directory init`, c
 activation authority, mints a CSVLK, publishes an activation object, lists and shows it (as
 a computer, verifying the license), runs the client agent (activated through ADBA) and asks
 its status, deletes the object; then installs a KMS host key, serves KMS, and boots five
-servers outside any domain until the count activates them; and cleans everything up.
+servers outside any domain until the count activates them; starts two more KMS hosts that
+publish their own SRV records (weights 2 and 1) into a throwaway named, and boots a server
+that finds them in DNS and moves to the other host when its own stops; and cleans
+everything up.
 
 example:
   adba demo
@@ -180,6 +183,78 @@ def _kms_part(step: _Step, work: Path, authority: str, url: str, root_key: str) 
         step("... and its clients", ["kms", "clients", "--state-dir", state])
     finally:
         host.stop()
+
+
+def _kms_hosts_part(step: _Step, work: Path, url: str, root_key: str, *, keep: bool) -> None:
+    """Several hosts for one domain: each publishes its own SRV record (weights 2 and 1) into
+    a throwaway named; a machine finds them in DNS, and moves on when its host stops."""
+    import json
+
+    from ..discovery import kms_srv_names, locate, make_resolver
+    from ..kms.host import status_view
+    from ..lab import LabError, Named, free_port
+
+    print("\n--- KMS: several hosts for one domain, found in DNS ---")
+    try:
+        named = Named(keep=keep).start()
+    except LabError as exc:
+        print(f"(skipped: {exc.message})")
+        return
+    zone, ns = named.zone, named.nameserver
+    print(f"named {ns}, zone {zone}, updatable with the TSIG key {named.key_file}")
+    hosts: dict[str, tuple[str, int, _Background]] = {}
+    try:
+        for name, weight in (("kms2", 2), ("kms3", 1)):
+            state = str(work / name)
+            step(
+                f"{name}: the same KMS host key on one more host (which keeps its own counts)",
+                ["kms", "install-key", "--state-dir", state, "--key-file",
+                 str(work / "kms-csvlk.txt"), "--online", url, "--host-id", f"demo-{name}"],
+            )  # fmt: skip
+            port = free_port()
+            serve = ["kms", "serve", "--state-dir", state, "--listen", "127.0.0.1", "--port",
+                     str(port), "--publish", zone, "--weight", str(weight), "--dns-server", ns,
+                     "--tsig-key-file", named.key_file, "--host-name", f"{name}.{zone}",
+                     "--address", "127.0.0.1"]  # fmt: skip
+            title = f"{name} serves and publishes its own SRV record, weight {weight}"
+            hosts[name] = (state, port, _Background(step, title, serve, work / f"{name}.log", port))
+        resolver = make_resolver([ns])
+        deadline = time.monotonic() + 10
+        while len(locate(kms_srv_names(zone), resolver)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        step(
+            "kms2 says where it is published (kms3 too: neither removed the other's record)",
+            ["kms", "status", "--state-dir", hosts["kms2"][0]],
+            require=f"SRV published in: {zone} (priority 0, weight 2, via {ns})",
+        )
+        cfg = work / "srvd.toml"
+        cfg.write_text(
+            f'domain = "{zone}"\ndns_servers = ["{ns}"]\nroot_key = "{root_key}"\n'
+            f'state_path = "{work / "srvd.json"}"\nmachine_name = "SRV-D"\n'
+            "[intervals]\ntimeout = 1.0\n"
+            '[[products]]\nedition = "Nimbus Server Standard"\n'
+        )
+        agent = ["agent", "run", "--once", "--config", str(cfg)]
+        step("server SRV-D boots in the domain: DNS gives both hosts, 2:1 by weight", agent)
+        step("... which host it used", ["agent", "status", "--config", str(cfg)], require="KMS")
+        used = json.loads((work / "srvd.json").read_text())["kms"]["port"]
+        first = next(n for n, (_s, port, _b) in hosts.items() if port == used)
+        other = "kms3" if first == "kms2" else "kms2"
+        hosts[first][2].stop()
+        print(f"\n(the host SRV-D used, {first}, stops)")
+        step(
+            f"SRV-D boots again: its cached host does not answer, DNS gives {other}",
+            agent,
+            require=f"KMS host 127.0.0.1:{hosts[other][1]}",
+        )
+        deadline = time.monotonic() + 5  # the host saves its records once a second
+        while not status_view(hosts[other][0])["count"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        step(f"{other} counts its own machines", ["kms", "status", "--state-dir", hosts[other][0]])
+    finally:
+        for _state, _port, background in hosts.values():
+            background.stop()
+        named.destroy()
 
 
 def _mak_part(step: _Step, work: Path, authority: str, url: str, root_key: str) -> None:
@@ -385,6 +460,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 require="still licensed until",
             )
             _kms_part(step, work, authority, url, root_key)
+            _kms_hosts_part(step, work, url, root_key, keep=args.keep)
             _mak_part(step, work, authority, url, root_key)
             _retire_part(step, authority, key_file, as_admin, agent_cfg)
             if args.keep:

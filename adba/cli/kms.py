@@ -635,12 +635,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         "SRV published in: "
         + (
-            ", ".join(f"{p['domain']} (via {p['server']})" for p in published)
+            ", ".join(f"{p['domain']} ({_srv_of(p)}via {p['server']})" for p in published)
             if published
             else "nowhere"
         )
     )
     return 0
+
+
+def _srv_of(published: dict[str, Any]) -> str:
+    """``"priority 0, weight 60, "`` from a publication's records (empty if none is SRV)."""
+    for record in published.get("records", ()):
+        fields = str(record).split()  # "<name>. <ttl> SRV <priority> <weight> <port> <target>"
+        if len(fields) == 7 and fields[2] == "SRV":
+            return f"priority {fields[3]}, weight {fields[4]}, "
+    return ""
 
 
 def cmd_clients(args: argparse.Namespace) -> int:

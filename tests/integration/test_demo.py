@@ -45,6 +45,8 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     assert "licensed (ADBA)" in res.stdout
     assert "not renewed" in res.stdout and "still licensed until" in res.stdout
     assert "$ adba kms serve" in res.stdout and "activated by KMS host" in res.stdout
+    assert "--publish lab.example.test --weight 2" in res.stdout  # several hosts, in DNS
+    assert "(priority 0, weight 2, via" in res.stdout and "DNS gives kms" in res.stdout
     assert "$ adba authority serve" in res.stdout and "activated by MAK" in res.stdout
     assert "no activation objects" in res.stdout
     assert (
