@@ -283,3 +283,53 @@ def test_weighted_order_of_published_records(named: TestNamed, srv_janitor: list
         assert order[2] == "kms-w100"
         first_w3 += order[0] == "kms-w3"
     assert abs(first_w3 / draws - 0.75) <= 0.04
+
+
+def test_hosts_publishing_at_once_keep_each_others_records(
+    named: TestNamed, key: TsigKey, srv_janitor: list[str]
+) -> None:
+    """Eight hosts publish into one zone at the same instant, then republish with new weights,
+    then half of them unpublish at once: each update adds and deletes only its own rdata, so
+    no host's record is lost or left behind whatever the interleaving."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    zone = named.zone
+    names = [f"kms-c{i}" for i in range(8)]
+    srv_janitor += ["_vlmcs._tcp", *names]
+    barrier = threading.Barrier(len(names))
+
+    def publish(i: int, weight: int, remove: bool = False) -> None:
+        fn = unpublish_kms if remove else publish_kms
+        barrier.wait(5)
+        fn(
+            [PublishEntry(zone, 0, weight)],
+            host=f"{names[i]}.{zone}",
+            port=KMS_PORT + i,
+            addresses=[f"192.0.2.{100 + i}"],
+            server=named.nameserver,
+            key=key,
+            timeout=5.0,
+        )
+
+    def run_all(jobs: list[tuple[int, int, bool]]) -> None:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            for future in [pool.submit(publish, *job) for job in jobs]:
+                future.result()
+
+    run_all([(i, 10 + i, False) for i in range(8)])
+    assert _kms_targets(named) == {
+        f"{n}.{zone}": (0, 10 + i, KMS_PORT + i, (f"192.0.2.{100 + i}",))
+        for i, n in enumerate(names)
+    }
+    run_all([(i, 50 + i, False) for i in range(8)])
+    assert _kms_targets(named) == {
+        f"{n}.{zone}": (0, 50 + i, KMS_PORT + i, (f"192.0.2.{100 + i}",))
+        for i, n in enumerate(names)
+    }
+    barrier = threading.Barrier(4)
+    run_all([(i, 0, True) for i in range(0, 8, 2)])
+    assert _kms_targets(named) == {
+        f"{names[i]}.{zone}": (0, 50 + i, KMS_PORT + i, (f"192.0.2.{100 + i}",))
+        for i in range(1, 8, 2)
+    }
