@@ -5,8 +5,9 @@ Where to ask (the seed's "client discovery"): the static host if one is configur
 ``_vlmcs._tcp`` in the machine's domain and in each lookup domain (like ``/skms-domain``),
 in RFC 2782 order (lowest priority first, weighted random within a priority). A host that
 does not answer is dropped for this pass and the next one is tried; a host whose answer does
-not verify is a rogue host: logged and never used. The host that answers is cached for the
-renewals; if it fails later, DNS is asked again.
+not verify is a rogue host: logged and never used (the walk is the library's
+:class:`adba.kms.client.KmsHosts` and :func:`~adba.kms.client.ask_first`). The host that
+answers is cached for the renewals; if it fails later, DNS is asked again.
 
 Licensed when the host's count reaches the threshold for the product's kind (25 for clients,
 5 for servers); renewed every 7 days; while the count is short or no host answers, retried
