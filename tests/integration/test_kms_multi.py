@@ -207,6 +207,15 @@ def test_boot_storm_spreads_by_weight_and_survives_a_killed_host(
     stuck = [m for m in machines if not m.activated]
     assert not stuck, [(m.index, m.answers, m.problems[-2:]) for m in stuck[:5]]
 
+    # the retries went to the host each machine kept (cached), while it was alive
+    for m in machines:
+        hosts_used = [h for h, _s, _f in m.answers]
+        if hosts_used[0] != "kms-b":
+            assert set(hosts_used) == {hosts_used[0]}, (m.index, hosts_used)
+        else:
+            assert "kms-b" not in hosts_used[1:]  # the retries come after the kill
+    assert sum(len(m.answers) > 1 for m in machines) >= 2 * (threshold - 1)
+
     # 4. the share each host answered in the storm follows its weight
     first = [m.answers[0] for m in machines]
     before = Counter(h for h, started, finished in first if finished < killed_at)
