@@ -1,5 +1,6 @@
 #!/opt/adba/bin/python
-"""Entrypoints of the compose stack's containers: ldap, dns, authority, kms, admin, client.
+"""Entrypoints of the compose stack's containers: ldap, dns, postgres, authority, kms, admin,
+client.
 
 Every secret is made at first start (never baked into an image) and shared with the other
 containers through the ``shared`` volume: passwords, the LDAP CA, the TSIG key, the
@@ -317,21 +318,101 @@ zone "{ZONE}" {{ type primary; file "{DATA}/{ZONE}.zone"; journal "{DATA}/{ZONE}
     return supervise(subprocess.Popen(["named", "-g", "-4", "-c", str(DATA / "named.conf")]))
 
 
-# -- the vendor -----------------------------------------------------------------------------------
+# -- the vendor: PostgreSQL and the authority's replicas -----------------------------------------
+PG_PORT = 5432
+#: this replica makes the authority (keys on the shared volume, records in PostgreSQL); the
+#: others wait for it and serve the same keys and records
+AUTHORITY_INIT = os.environ.get("ADBA_AUTHORITY_INIT", "") == "1"
+
+
+def postgres() -> int:
+    import secrets
+
+    pgdata = DATA / "pg"
+    secret = SHARED / "postgres-adba.password"
+    if not (pgdata / "PG_VERSION").exists():
+        if not secret.exists():
+            _write_private(secret, secrets.token_urlsafe(24).encode())
+        pwfile = DATA / "pw.tmp"
+        _write_private(pwfile, secret.read_bytes())
+        subprocess.run(
+            [
+                "initdb",
+                "-D",
+                str(pgdata),
+                "-U",
+                "adba",
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        pwfile.unlink()
+        with open(pgdata / "pg_hba.conf", "a") as hba:
+            hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
+        # the database itself, made with the server on its socket only
+        run = ["pg_ctl", "-D", str(pgdata), "-w", "-o", f"-c listen_addresses='' -k {DATA}"]
+        subprocess.run([*run, "start"], check=True, capture_output=True)
+        subprocess.run(["createdb", "-h", str(DATA), "-U", "adba", "adba"], check=True)
+        subprocess.run([*run, "stop"], check=True, capture_output=True)
+        say("database cluster created")
+    say(f"serving PostgreSQL on port {PG_PORT}")
+    return supervise(
+        subprocess.Popen(
+            [
+                "postgres",
+                "-D",
+                str(pgdata),
+                "-c",
+                "listen_addresses=*",
+                "-p",
+                str(PG_PORT),
+                "-k",
+                str(DATA),
+            ]
+        )
+    )
+
+
 def authority() -> int:
     path = DATA / "authority"
-    if not (path / "root.key").exists():
-        adba("authority", "init", "--path", str(path))
+    ready = path / ".ready"
+    if AUTHORITY_INIT and not ready.exists():
+        wait_for(SHARED / "postgres-adba.password")
+        password = (SHARED / "postgres-adba.password").read_text().strip()
+        url = f"postgresql://adba:{password}@postgres:{PG_PORT}/adba"
+        if not (path / "root.key").exists():
+            for _ in range(60):  # PostgreSQL may still be starting
+                res = adba("authority", "init", "--path", str(path), "--database", url, check=False)
+                if res.returncode == 0:
+                    break
+                time.sleep(1)
+            else:
+                sys.exit(f"authority init failed: {res.stderr.strip()}")
         for name, product in (
             ("csvlk", "Nimbus Server 2026 CSVLK"),
             ("kms-csvlk", "Nimbus Server 2026 CSVLK"),
         ):
-            key = adba(
-                "authority", "mint", "--path", str(path), "--type", "csvlk", "--product", product
-            ).stdout.strip()
-            (DATA / f"{name}.txt").write_text(key + "\n")
-            os.chmod(DATA / f"{name}.txt", 0o600)
-        say("authority created; lab keys minted")
+            if not (DATA / f"{name}.txt").exists():
+                key = adba(
+                    "authority",
+                    "mint",
+                    "--path",
+                    str(path),
+                    "--type",
+                    "csvlk",
+                    "--product",
+                    product,
+                ).stdout.strip()
+                (DATA / f"{name}.txt").write_text(key + "\n")
+                os.chmod(DATA / f"{name}.txt", 0o600)
+        ready.touch()
+        say("authority created on PostgreSQL; lab keys minted")
+    wait_for(ready)
     share(path / "root.pub", "root.pub")
     for name in ("csvlk", "kms-csvlk"):
         share(DATA / f"{name}.txt", f"{name}.txt")
@@ -352,9 +433,11 @@ def authority() -> int:
     )
 
 
-# -- the KMS host ----------------------------------------------------------------------------------
+# -- the KMS hosts: each with its own SRV record, priority, weight and count ---------------------
 def kms() -> int:
     state = DATA / "kms"
+    host_id = os.environ.get("ADBA_KMS_HOST_ID", "kms1")
+    host_name = os.environ.get("ADBA_KMS_HOST_NAME", "kms")
     wait_for(SHARED / "kms-csvlk.txt")
     wait_for(SHARED / "tsig.key")
     if not (state / "host.json").exists():
@@ -369,7 +452,7 @@ def kms() -> int:
                 "--online",
                 AUTHORITY,
                 "--host-id",
-                "kms1",
+                host_id,
                 check=False,
             )
             if res.returncode == 0:
@@ -399,12 +482,30 @@ def kms() -> int:
                 "--tsig-key-file",
                 str(SHARED / "tsig.key"),
                 "--host-name",
-                f"kms.{ZONE}",
+                f"{host_name}.{ZONE}",
                 "--address",
                 address,
+                "--priority",
+                os.environ.get("ADBA_KMS_PRIORITY", "0"),
+                "--weight",
+                os.environ.get("ADBA_KMS_WEIGHT", "0"),
             ]
         )
     )
+
+
+def kms_status() -> int:
+    """This host's `adba kms status --json` (its own count)."""
+    res = adba("kms", "status", "--json", "--state-dir", str(DATA / "kms"), check=False)
+    print(res.stdout + res.stderr, end="")
+    return res.returncode
+
+
+def authority_report() -> int:
+    """The authority's `report --json`, read through this replica's records."""
+    res = adba("authority", "report", "--json", "--path", str(DATA / "authority"), check=False)
+    print(res.stdout + res.stderr, end="")
+    return res.returncode
 
 
 # -- the directory admin: publish the lab's activation object once ------------------------------
@@ -509,6 +610,9 @@ ROLES = {
     "dns": dns,
     "authority": authority,
     "kms": kms,
+    "kms-status": kms_status,
+    "postgres": postgres,
+    "authority-report": authority_report,
     "admin": admin,
     "objects": objects,
     "unpublish": unpublish,

@@ -42,6 +42,10 @@ def _unavailable() -> str | None:
     return None
 
 
+#: the long-running services and their health checks
+SERVERS = ("ldap", "ldap2", "ldap3", "dns", "postgres", "authority", "authority2", "kms", "kms2")
+
+
 class Stack:
     def __init__(self) -> None:
         self.project = f"adbae2e{random.randrange(10**6)}"
@@ -152,6 +156,20 @@ class Stack:
             role,
         )
 
+    def role(self, service: str, role: str) -> dict[str, object]:
+        """An entrypoint role run inside ``service``'s container, its JSON output parsed."""
+        res = subprocess.run(
+            ["docker", "exec", self.container(service), "adba-entrypoint", role],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise AssertionError(f"{role} on {service}: {res.stdout}{res.stderr}")
+        data: dict[str, object] = json.loads(res.stdout[res.stdout.index("{") :])
+        return data
+
     def check(self, server: str) -> tuple[int, str]:
         """`adba directory check` on ``server``, replication included: (exit code, output)."""
         res = subprocess.run(
@@ -186,7 +204,7 @@ def stack() -> Iterator[Stack]:
     s = Stack()
     try:
         s.compose("up", "-d")
-        for service in ("ldap", "ldap2", "ldap3", "dns", "authority", "kms"):
+        for service in SERVERS:
             s.wait(service, "healthy")
         deadline = time.monotonic() + 90
         while not s.objects():  # the admin's one-shot publish
@@ -239,10 +257,44 @@ def test_the_stack_activates_by_adba_then_by_kms(stack: Stack) -> None:
     assert [r["status"] for r in results[:4]] == ["grace"] * 4
     assert [r["kms_count"] for r in results] == [1, 2, 3, 4, 5]
     assert (results[4]["status"], results[4]["channel"]) == ("licensed", "KMS")
+    assert all("kms." in str(r["kms_host"]) for r in results), results
+
+    # two KMS hosts, two SRV records: with the first (priority 0) stopped, a client moves to the
+    # backup (priority 10), which keeps its own count
+    stack.compose("stop", "kms")
+    product = stack.client("pc-kms2")
+    assert product["channel"] == "KMS" and "kms2." in str(product["kms_host"]), product
+    assert product["kms_count"] == 1
+    assert stack.role("kms2", "kms-status")["count"] == 1
+    stack.compose("start", "kms")
+    stack.wait("kms", "healthy")
+
+
+def test_the_authority_replicas_share_one_postgresql(stack: Stack) -> None:
+    # one replica stopped: `authority` resolves to the other, which holds the same records
+    stack.compose("stop", "authority")
+    try:
+        stack.admin("unpublish")
+        stack.compose(
+            "run", "--rm", "--no-deps", "--entrypoint", "adba-entrypoint", "admin", "admin"
+        )
+        product = stack.client("pc-replica")
+        assert (product["status"], product["channel"]) == ("licensed", "ADBA")
+        report = stack.role("authority2", "authority-report")
+    finally:
+        stack.compose("start", "authority")
+    stack.wait("authority", "healthy")
+    # the same forest activated through both replicas counts once; both KMS hosts are recorded
+    assert report == stack.role("authority", "authority-report")
+    keys = report["keys"]
+    assert isinstance(keys, list)
+    # serial 1 the CSVLK the admin publishes, serial 2 the KMS host key both hosts installed
+    seen = {k["serial"]: (k["forest_activations"], len(k["kms_hosts"])) for k in keys}
+    assert seen == {1: (1, 0), 2: (0, 2)}, report
 
 
 def test_health_checks_follow_slapd_and_the_kms_host(stack: Stack) -> None:
-    for service, process in (("ldap", "slapd"), ("kms", "kms serve")):
+    for service, process in (("ldap", "slapd"), ("kms", "kms serve"), ("postgres", "postgres -D")):
         stack.signal(service, process, "SIGSTOP")
         try:
             stack.wait(service, "unhealthy", timeout=30)
