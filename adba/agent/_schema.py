@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import AdbaError, CatalogError, ConfigError
 from .config import ProductSettings, Settings, state_path_for
+
+#: the channels a product may be pinned to (adba.agent.chain.ACT_TYPES)
+ActType = Literal["ADBA", "KMS", "MAK"]
 
 
 class _Model(BaseModel):
@@ -38,6 +41,7 @@ class Product(_Model):
     edition: str
     key: str | None = None
     mak_key: str | None = None
+    act_type: ActType | None = None
 
 
 class Report(_Model):
@@ -65,6 +69,7 @@ class AgentFile(_Model):
     machine: Machine = Machine()
     intervals: Intervals = Intervals()
     report: Report = Report()
+    act_type: ActType | None = None
     products: list[Product] = Field(min_length=1)
 
     @field_validator("kms_host")
@@ -162,6 +167,7 @@ def _product(product: Product, index: int, catalog: Any, source: _Source) -> Pro
         csvlk_codes=tuple((c.code, str(c.sku)) for c in covering_products),
         mak_partial=mak_partial,
         index=index,
+        act_type=product.act_type,
     )
 
 
@@ -230,6 +236,7 @@ def validate(
         retired_keys=retired,
         from_env=dict(src.from_env),
         report_textfile=model.report.textfile,
+        act_type=model.act_type,
     )
 
 

@@ -17,6 +17,8 @@ Example ``agent.toml``::
     # machine_name = "host1"                # name shown on KMS hosts (default: hostname)
     # authority_url = "https://activation.example.com"  # for MAK activation online
     # authority_ca_file = "/etc/adba/authority-ca.pem"
+    # act_type = "KMS"                      # pin one channel: ADBA, KMS or MAK (default: the
+    #                                       # chain; per product too, like slmgr /act-type)
     base = "dc=example,dc=test"             # forest root (default: from the root DSE)
     ca_file = "/etc/adba/ca.pem"
     root_key = "/etc/adba/root.pub"         # the activation authority's pinned root key
@@ -119,6 +121,8 @@ class ProductSettings:
     mak_partial: str | None = None
     #: position in the config's products list (to read the MAK from the file when needed)
     index: int = 0
+    #: the only channel this product may use (``act_type``, like slmgr /act-type); None: all
+    act_type: str | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -160,6 +164,8 @@ class Settings:
     from_env: dict[str, str] = field(default_factory=dict)
     #: ``[report] textfile``: a Prometheus textfile written after each pass (None: off)
     report_textfile: str | None = None
+    #: the only channel the products may use unless one pins its own (``act_type``)
+    act_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
