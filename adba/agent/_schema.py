@@ -10,7 +10,7 @@ from ..errors import AdbaError, CatalogError, ConfigError
 from .config import ProductSettings, Settings, state_path_for
 
 #: the channels a product may be pinned to (adba.agent.chain.ACT_TYPES)
-ActType = Literal["ADBA", "KMS", "MAK"]
+ActType = Literal["ADBA", "KMS", "MAK", "AVMA"]
 
 
 class _Model(BaseModel):
@@ -70,7 +70,18 @@ class AgentFile(_Model):
     intervals: Intervals = Intervals()
     report: Report = Report()
     act_type: ActType | None = None
+    avma_host: str = "vsock:2:1690"
     products: list[Product] = Field(min_length=1)
+
+    @field_validator("avma_host")
+    @classmethod
+    def _avma_host(cls, value: str) -> str:
+        from ..avma.transport import Address
+
+        try:
+            return str(Address.parse(value))
+        except AdbaError as exc:
+            raise ValueError(exc.message) from exc
 
     @field_validator("kms_host")
     @classmethod
@@ -139,6 +150,8 @@ def _product(product: Product, index: int, catalog: Any, source: _Source) -> Pro
             key_error = "a CSVLK is a host key, not a product key for a client"
         elif key.code != edition.code:
             key_error = f"the {key.type.name} is for another edition, not {edition.name}"
+        elif key.type is KeyType.AVMA and catalog.avma_guest(edition.sku) is None:
+            key_error = f"{edition.name} is not activated by AVMA hosts"
     except AdbaError as exc:
         key_error = exc.message
     mak_partial = None
@@ -168,6 +181,9 @@ def _product(product: Product, index: int, catalog: Any, source: _Source) -> Pro
         mak_partial=mak_partial,
         index=index,
         act_type=product.act_type,
+        avma_hosts=tuple(
+            str(h.sku) for h in catalog.avma_hosts if catalog.avma_covers(h.sku, edition.sku)
+        ),
     )
 
 
@@ -237,6 +253,7 @@ def validate(
         from_env=dict(src.from_env),
         report_textfile=model.report.textfile,
         act_type=model.act_type,
+        avma_host=model.avma_host,
     )
 
 

@@ -1,4 +1,4 @@
-"""The agent's channels as one chain: ADBA (the directory), KMS, MAK.
+"""The agent's channels as one chain: ADBA (the directory), KMS, MAK, AVMA.
 
 Each channel is a module with the same small interface (:class:`Channel`): ``NAME``; ``takes``
 (does it take this product: yes, no, or no with the reason that stands if no later channel
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["ACT_TYPES", "Pass", "channels"]
 
 #: the channels' names, in the order the chain tries them (the values act_type may pin)
-ACT_TYPES = ("ADBA", "KMS", "MAK")
+ACT_TYPES = ("ADBA", "KMS", "MAK", "AVMA")
 
 
 @dataclass(eq=False, repr=False)
@@ -49,9 +49,9 @@ class Pass:
 
 def channels() -> list[Channel]:
     """The chain, in order (each module imports only the standard library at import)."""
-    from . import directory, kms, mak
+    from . import avma, directory, kms, mak
 
-    return [directory, kms, mak]
+    return [directory, kms, mak, avma]
 
 
 def pinned(product: ProductSettings, settings: Settings) -> str | None:
