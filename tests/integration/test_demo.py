@@ -46,6 +46,8 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     assert "not renewed" in res.stdout and "still licensed until" in res.stdout
     assert "$ adba kms serve" in res.stdout and "activated by KMS host" in res.stdout
     assert "$ adba authority serve" in res.stdout and "activated by MAK" in res.stdout
+    assert "$ adba avma serve" in res.stdout and "licensed (AVMA)" in res.stdout
+    assert res.stdout.count("activated by AVMA host") == 2  # two guests
     assert "no activation objects" in res.stdout
     assert (
         "$ adba authority rotate" in res.stdout and "which the authority has retired" in res.stdout
