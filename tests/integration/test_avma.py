@@ -74,13 +74,15 @@ def host_agent(tmp: Path, auth: LocalAuthority, edition: str, *, licensed: bool)
 class Host:
     """`adba avma serve` as a process on a Unix socket."""
 
-    def __init__(self, state_dir: Path, agent_state: Path, sock: Path) -> None:
+    def __init__(self, state_dir: Path, agent_state: Path, sock: Path, *extra: str) -> None:
         self.state_dir, self.agent_state, self.sock = state_dir, agent_state, sock
+        self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Host:
         cmd = [sys.executable, "-m", "adba", "avma", "serve", "--state-dir", str(self.state_dir)]
         cmd += ["--listen", f"unix:{self.sock}", "--agent-state", str(self.agent_state)]
+        cmd += self.extra
         log = self.state_dir / "serve.log"
         starts = log.read_text().count("serving AVMA guests") if log.exists() else 0
         with log.open("ab") as out:
@@ -337,3 +339,28 @@ def test_a_malformed_request_gets_no_answer(
         s.sendall(frame(b"ADBV" + bytes(92)))  # version 0
         assert s.recv(10) == b""  # closed, unanswered
     assert guest_rows(host.state_dir) == []
+
+
+def test_the_host_exports_prometheus_metrics(
+    tmp_path: Path, auth: LocalAuthority, hosts: list[Host]
+) -> None:
+    import urllib.request
+
+    from adba.lab import free_port
+
+    port = free_port()
+    d = tmp_path / "hv1"
+    init_host(d, auth, DATACENTER, CATALOG, host_id="hv1")
+    state = host_agent(tmp_path, auth, DATACENTER, licensed=True)
+    host = Host(d, state, tmp_path / "hv1.sock", "--metrics-port", str(port)).start()
+    hosts.append(host)
+    assert run_agent(guest(tmp_path, auth, host.sock, "vm1"), env={}).outcomes[0].activated
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in (
+        "adba_avma_requests_total 1.0",
+        'adba_avma_answers_total{result="activated"} 1.0',
+        "adba_avma_guests 1.0",
+        "adba_avma_guests_licensed 1.0",
+        "adba_avma_host_serving 1.0",
+    ):
+        assert line in text, text
