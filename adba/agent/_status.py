@@ -46,7 +46,10 @@ class ProductStatus(NamedTuple):
         return self.status == "licensed"
 
     def to_dict(self) -> dict[str, Any]:
-        return self._asdict()
+        out = self._asdict()
+        if out["avma_host"] is None:  # only AVMA products have the field
+            del out["avma_host"]
+        return out
 
 
 def derive(rec: dict[str, Any], now: int) -> tuple[str, int]:
