@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,8 +227,9 @@ class AvmaHost:
         except ValueError:
             return False
 
-    def answer(self, payload: bytes, now: int | None = None) -> bytes:
-        """The signed answer to one request (an AvmaError for a malformed one)."""
+    def prepare(self, payload: bytes, now: int | None = None) -> tuple[bytes, Callable[[], None]]:
+        """The signed answer to one request, and what records it (called once it was sent:
+        nothing is recorded that did not happen)."""
         now = int(time.time()) if now is None else now
         self.metrics.requests += 1
         try:
@@ -238,33 +240,38 @@ class AvmaHost:
         status, why = self.entitlement(now)
         cert = self.identity.certificate
         if status == OK and not self.catalog.avma_covers(cert.edition_sku, req.edition_sku):
-            status, why = NOT_COVERED, f"this host does not activate {req.edition_sku}"
+            status, why = NOT_COVERED, "this host's version does not activate that edition"
         validity = self.validity if status == OK else 0
-        draft = Answer(status, req.nonce, now, validity, self.renewal, cert)
-        body = draft.body()
+        body = Answer(status, req.nonce, now, validity, self.renewal, cert).body()
         signature = self.identity.private.sign(signed_part(payload, body))
         result = "activated" if status == OK else STATUS_CODES[status]
-        self.metrics.answers[result] = self.metrics.answers.get(result, 0) + 1
-        self.store.record(
-            str(req.guest_id),
-            req.name,
-            str(req.edition_sku),
-            result,
-            now,
-            now + validity if status == OK else None,
-        )
-        if status == OK:
-            log.info("activated guest %s (%s)", req.name or req.guest_id, req.edition_sku)
-        else:
-            log.warning("refused guest %s: %s", req.name or req.guest_id, why)
-        return body + signature
+        edition = self.catalog.sku_name(req.edition_sku) or str(req.edition_sku)
+
+        def record() -> None:
+            self.metrics.answers[result] = self.metrics.answers.get(result, 0) + 1
+            self.store.record(
+                str(req.guest_id),
+                req.name,
+                str(req.edition_sku),
+                result,
+                now,
+                now + validity if status == OK else None,
+            )
+            if status == OK:
+                log.info("activated guest %s (%s)", req.name or req.guest_id, edition)
+            else:
+                log.warning("refused guest %s (%s): %s", req.name or req.guest_id, edition, why)
+
+        return body + signature, record
 
     # -- serving ------------------------------------------------------------------------
     def _handle(self, conn: socket.socket) -> None:
         with conn:
             try:
                 payload = read_frame(conn, time.monotonic() + self.timeout)
-                conn.sendall(frame(self.answer(payload)))
+                reply, record = self.prepare(payload)
+                conn.sendall(frame(reply))
+                record()
             except (AvmaError, OSError, TimeoutError) as exc:
                 log.warning("AVMA request dropped: %s", getattr(exc, "message", exc))
 

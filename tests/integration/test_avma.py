@@ -352,7 +352,15 @@ def test_the_host_exports_prometheus_metrics(
     d = tmp_path / "hv1"
     init_host(d, auth, DATACENTER, CATALOG, host_id="hv1")
     state = host_agent(tmp_path, auth, DATACENTER, licensed=True)
-    host = Host(d, state, tmp_path / "hv1.sock", "--metrics-port", str(port)).start()
+    extra = ["--metrics-port", str(port)]
+    if hasattr(socket, "AF_VSOCK"):  # binding works here (no VMs: nobody connects)
+        try:
+            with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as probe:
+                probe.bind((0xFFFFFFFF, port))
+            extra += ["--listen", f"vsock:any:{port}"]
+        except OSError:
+            pass
+    host = Host(d, state, tmp_path / "hv1.sock", *extra).start()
     hosts.append(host)
     assert run_agent(guest(tmp_path, auth, host.sock, "vm1"), env={}).outcomes[0].activated
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -364,3 +372,62 @@ def test_the_host_exports_prometheus_metrics(
         "adba_avma_host_serving 1.0",
     ):
         assert line in text, text
+
+
+def test_a_host_activates_only_guest_editions_of_its_version_or_older(
+    tmp_path: Path, auth: LocalAuthority, hosts: list[Host]
+) -> None:
+    """A catalogue whose Standard guests are of a version newer than the Datacenter host."""
+    doc = json.loads((Path(__file__).parents[2] / "adba/data/catalog.json").read_text())
+    for g in doc["avma"]["guests"]:
+        if g["sku"] == str(CATALOG.edition(STANDARD).sku):
+            g["version"] = 2028
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    state = host_agent(tmp_path, auth, DATACENTER, licensed=True)
+    d = tmp_path / "hv1"
+    init_host(d, auth, DATACENTER, load_catalog(path), host_id="hv1")
+    host = Host(d, state, tmp_path / "hv1.sock", "--catalog", str(path)).start()
+    hosts.append(host)
+    for edition, activated in ((STANDARD, False), (DATACENTER, True)):
+        config = guest(tmp_path, auth, host.sock, f"vm-{edition.split()[-1]}", edition)
+        text = Path(config).read_text()  # the guest's catalogue says the same
+        Path(config).write_text(f'catalog = "{path}"\n' + text)
+        [outcome] = run_agent(config, env={}).outcomes
+        assert outcome.activated is activated, outcome.message
+        if not activated:
+            assert outcome.code == "avma-not-covered"
+
+
+def test_an_avma_product_sends_nothing_to_dcs_dns_or_kms(
+    tmp_path: Path, auth: LocalAuthority, hosts: list[Host]
+) -> None:
+    """The guest is a domain member with a DC, DNS servers and a KMS host configured: they
+    hear nothing from an AVMA product."""
+    state = host_agent(tmp_path, auth, DATACENTER, licensed=True)
+    host = start_host(tmp_path, auth, hosts, "hv1", state)
+    tcp = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # a DC, a KMS host
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    pw.chmod(0o600)
+    config = guest(tmp_path, auth, host.sock, "vm1")
+    text = Path(config).read_text()
+    dc, kms = (s.getsockname()[1] for s in tcp)
+    Path(config).write_text(
+        f'domain = "example.test"\ndc_uris = ["ldap://127.0.0.1:{dc}"]\n'
+        f'dns_servers = ["127.0.0.1:{udp.getsockname()[1]}"]\nkms_host = "127.0.0.1:{kms}"\n'
+        + text.replace(
+            "[[products]]", f'[machine]\ndn = "cn=VM1,dc=x"\npassword_file = "{pw}"\n[[products]]'
+        )
+    )
+    try:
+        assert run_agent(config, env={}).outcomes[0].activated
+        for s in (*tcp, udp):
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.accept() if s.type == socket.SOCK_STREAM else s.recv(1)
+    finally:
+        for s in (*tcp, udp):
+            s.close()
