@@ -59,3 +59,19 @@ def test_pinned_to_mak_without_a_mak_leaves_no_channel(tmp_path: Path) -> None:
 def test_an_unknown_act_type_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="act_type"):
         run_agent(_config(tmp_path, 'act_type = "Token"\n'), env={}, now=NOW)
+
+
+def test_every_channel_has_the_one_interface_and_act_type_names_them_all() -> None:
+    import inspect
+    import typing
+
+    from adba.agent._schema import ActType
+    from adba.agent.chain import ACT_TYPES, channels
+
+    chain = channels()
+    assert tuple(c.NAME for c in chain) == ACT_TYPES == typing.get_args(ActType)
+    for channel in chain:
+        assert list(inspect.signature(channel.takes).parameters) == ["product", "settings"]
+        assert list(inspect.signature(channel.attempt).parameters) == ["p", "batch"]
+        # no channel imports back from run.py (the circle the chain removed)
+        assert "from .run import" not in inspect.getsource(channel)
