@@ -66,7 +66,7 @@ def derive(rec: dict[str, Any], now: int) -> tuple[str, int]:
     if not expires and now < grace:
         return "grace", grace - now
     lapsed = rec.get("lapse_grace_until") or 0  # an AVMA guest whose host stopped renewing
-    if expires and now < lapsed:
+    if expires and rec.get("channel") == "AVMA" and now < lapsed:
         return "grace", lapsed - now
     return "notification", 0
 
