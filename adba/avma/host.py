@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ HOST_KEY, HOST_JSON = "avma-host.key", "avma-host.json"
 #: what a guest's activation lasts unless renewed, and when it renews (Windows: 7 days)
 DEFAULT_VALIDITY = 7 * 86400
 DEFAULT_RENEWAL = 86400
+MAX_CONNECTIONS = 64
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,14 @@ def init_host(
     info = {"certificate": cert.to_bytes().hex(), "host_id": host_id, "certified_at": now}
     (d / HOST_JSON).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     return HostIdentity.load(d)
+
+
+@contextlib.contextmanager
+def _released(slots: threading.BoundedSemaphore) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 class Metrics:
@@ -181,6 +190,8 @@ class AvmaHost:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
+        #: connections answered at once; one more is closed unanswered (the guest retries)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def _host_products(self) -> dict[str, Any]:
         """The host agent's product records, read again only when the state file changed."""
@@ -266,7 +277,7 @@ class AvmaHost:
 
     # -- serving ------------------------------------------------------------------------
     def _handle(self, conn: socket.socket) -> None:
-        with conn:
+        with conn, _released(self._slots):
             try:
                 payload = read_frame(conn, time.monotonic() + self.timeout)
                 reply, record = self.prepare(payload)
@@ -281,6 +292,10 @@ class AvmaHost:
                 conn, _ = sock.accept()
             except OSError:
                 return
+            if not self._slots.acquire(blocking=False):
+                log.warning("AVMA: %d connections at once: one closed unanswered", MAX_CONNECTIONS)
+                conn.close()
+                continue
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def serve(self, addresses: list[Address], *, ready: Any = None) -> None:

@@ -431,3 +431,28 @@ def test_an_avma_product_sends_nothing_to_dcs_dns_or_kms(
     finally:
         for s in (*tcp, udp):
             s.close()
+
+
+def test_silent_connections_hold_at_most_the_host_slots(
+    tmp_path: Path, auth: LocalAuthority, hosts: list[Host]
+) -> None:
+    """64 connections that say nothing fill the host; the next guest is closed unanswered
+    (it says so), and once they time out (2 s) the host answers again."""
+    from adba.avma.host import MAX_CONNECTIONS
+
+    state = host_agent(tmp_path, auth, DATACENTER, licensed=True)
+    host = start_host(tmp_path, auth, hosts, "hv1", state)
+    config = guest(tmp_path, auth, host.sock, "vm1")
+    silent = []
+    for _ in range(MAX_CONNECTIONS):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(host.sock))
+        silent.append(s)
+    try:
+        time.sleep(0.3)
+        _refused(config, "avma-unreachable")
+        time.sleep(2.5)
+        assert run_agent(config, env={}).outcomes[0].activated
+    finally:
+        for s in silent:
+            s.close()
