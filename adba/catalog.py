@@ -21,7 +21,14 @@ The catalogue is data. A built-in demo catalogue for a fictional vendor ships in
          "name": "Nimbus Client 2026 CSVLK",
          "code": 1,                          # uint16, unique among CSVLK products
          "kms_ids": ["<GUID>", "..."]}       # activation groups this CSVLK activates (1..64)
-      ]
+      ],
+      "avma": {                              # optional: automatic virtual machine activation
+        "hosts": [{"sku": "<GUID>",          # a server edition entitled to activate guests
+                   "version": 2026}],        # it activates guests of this version or older
+        "guests": [{"sku": "<GUID>",         # a server edition a host may activate
+                    "version": 2026,
+                    "key": "XXXXX-..."}]     # its public AVMA key (public tag, like a GVLK)
+      }
     }
 
 Unknown fields are refused. Names are unique (case-insensitively) and SKUs are unique across
@@ -47,6 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActivationGroup",
+    "AvmaGuest",
+    "AvmaHost",
     "Catalog",
     "CsvlkProduct",
     "Edition",
@@ -90,6 +99,23 @@ class CsvlkProduct:
     kms_ids: tuple[uuid.UUID, ...]
 
 
+@dataclass(frozen=True)
+class AvmaHost:
+    """A server edition whose activation entitles its host to activate guests (AVMA)."""
+
+    sku: uuid.UUID
+    version: int
+
+
+@dataclass(frozen=True)
+class AvmaGuest:
+    """A server edition an AVMA host of ``version`` or newer activates, and its AVMA key."""
+
+    sku: uuid.UUID
+    version: int
+    key: str
+
+
 _Product = TypeVar("_Product", Edition, CsvlkProduct)
 
 
@@ -110,6 +136,21 @@ class Catalog:
     editions: tuple[Edition, ...]
     csvlks: tuple[CsvlkProduct, ...]
     source: str  #: the file it came from
+    avma_hosts: tuple[AvmaHost, ...] = ()
+    avma_guests: tuple[AvmaGuest, ...] = ()
+
+    def avma_host(self, sku: uuid.UUID) -> AvmaHost | None:
+        """The AVMA entitlement of the edition ``sku``, or None (it activates no guests)."""
+        return next((h for h in self.avma_hosts if h.sku == sku), None)
+
+    def avma_guest(self, sku: uuid.UUID) -> AvmaGuest | None:
+        return next((g for g in self.avma_guests if g.sku == sku), None)
+
+    def avma_covers(self, host_sku: uuid.UUID, guest_sku: uuid.UUID) -> bool:
+        """Whether a host of edition ``host_sku`` may activate a guest of ``guest_sku``: the
+        host is entitled and its version is the guest's or newer."""
+        host, guest = self.avma_host(host_sku), self.avma_guest(guest_sku)
+        return host is not None and guest is not None and guest.version <= host.version
 
     def edition(self, name_or_sku: str | uuid.UUID) -> Edition:
         """The edition with this name (case-insensitive) or SKU GUID."""
@@ -210,11 +251,25 @@ def _document_adapter() -> Any:
         code: int = Field(ge=0, le=0xFFFF)
         kms_ids: tuple[uuid.UUID, ...] = Field(min_length=1, max_length=_MAX_KMS_IDS)
 
+    class _AvmaHost(_Model):
+        sku: uuid.UUID
+        version: int = Field(ge=0, le=0xFFFF)
+
+    class _AvmaGuest(_Model):
+        sku: uuid.UUID
+        version: int = Field(ge=0, le=0xFFFF)
+        key: str = Field(max_length=64)
+
+    class _Avma(_Model):
+        hosts: tuple[_AvmaHost, ...] = ()
+        guests: tuple[_AvmaGuest, ...] = ()
+
     class _Document(_Model):
         version: Literal[1]
         activation_groups: tuple[_Group, ...] = Field(min_length=1)
         editions: tuple[_Edition, ...]
         csvlks: tuple[_Csvlk, ...]
+        avma: _Avma = _Avma()
 
     return TypeAdapter(_Document)
 
@@ -264,6 +319,29 @@ def _cross_check(catalog: Catalog) -> None:
         for kms_id in product.kms_ids:
             if kms_id not in group_ids:
                 raise CatalogError(f"{where}.kms_ids: no activation group {kms_id}")
+    _check_avma(catalog)
+
+
+def _check_avma(catalog: Catalog) -> None:
+    servers = {e.sku: e for e in catalog.editions if e.kind == "server"}
+    _duplicates("avma.hosts SKU", (h.sku for h in catalog.avma_hosts))
+    _duplicates("avma.guests SKU", (g.sku for g in catalog.avma_guests))
+    for i, host in enumerate(catalog.avma_hosts):
+        if host.sku not in servers:
+            raise CatalogError(f"avma.hosts[{i}].sku: no server edition {host.sku}")
+    for i, guest in enumerate(catalog.avma_guests):
+        where = f"avma.guests[{i}]"
+        edition = servers.get(guest.sku)
+        if edition is None:
+            raise CatalogError(f"{where}.sku: no server edition {guest.sku}")
+        try:
+            key = parse_key(guest.key)
+        except InvalidKey as exc:
+            raise CatalogError(f"{where}.key: {exc.message}") from exc
+        if key.type is not KeyType.AVMA or key.code != edition.code:
+            raise CatalogError(f"{where}.key: not an AVMA key for {edition.name}")
+        if not verify_tag(key, b""):
+            raise CatalogError(f"{where}.key: the key does not carry the public tag")
 
 
 def _load(path: Path) -> Catalog:
@@ -302,6 +380,10 @@ def _load(path: Path) -> Catalog:
         ),
         csvlks=tuple(CsvlkProduct(c.sku, c.name, c.code, tuple(c.kms_ids)) for c in doc.csvlks),
         source=str(path),
+        avma_hosts=tuple(AvmaHost(h.sku, h.version) for h in doc.avma.hosts),
+        avma_guests=tuple(
+            AvmaGuest(g.sku, g.version, _canonical_key(g.key)) for g in doc.avma.guests
+        ),
     )
     try:
         _cross_check(catalog)

@@ -21,6 +21,8 @@ __all__ = [
     "AuthorityError",
     "AuthorityNotInitialised",
     "AuthorityUnavailable",
+    "AvmaError",
+    "AvmaHostNotReady",
     "CatalogError",
     "CertificateExpired",
     "CheckFailed",
@@ -319,6 +321,18 @@ class KmsHostNotReady(KmsError):
     """This KMS host has no activated host key: run `adba kms install-key` first."""
 
     code = "kms-host-not-activated"
+
+
+class AvmaError(KmsError):
+    """The AVMA operation failed (a host that activates its virtual machines' guests)."""
+
+    code = "avma-error"
+
+
+class AvmaHostNotReady(AvmaError):
+    """This AVMA host has no certified host key: run `adba avma init` first."""
+
+    code = "avma-host-not-certified"
 
 
 class DiscoveryError(AdbaError):

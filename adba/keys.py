@@ -32,8 +32,8 @@ Check value: ``sum((i + 1) * d[i] for i in 0..22) mod 571``, written as two base
 ``tests/unit/test_keys.py`` checks every single substitution and adjacent transposition
 exhaustively on sample keys.
 
-The tag makes CSVLKs and MAKs unforgeable without the authority's secret; GVLKs are public and
-carry :func:`public_tag`. CSVLKs and MAKs are secrets: ``repr()`` and ``str()`` of a
+The tag makes CSVLKs and MAKs unforgeable without the authority's secret; GVLKs and AVMA keys
+are public and carry :func:`public_tag`. CSVLKs and MAKs are secrets: ``repr()`` and ``str()`` of a
 :class:`ProductKey` show only the partial key; use ``.text`` explicitly for the whole key.
 """
 
@@ -89,6 +89,7 @@ class KeyType(enum.IntEnum):
     GVLK = 0  #: generic volume license key: public, one per edition, activates against KMS/ADBA
     CSVLK = 1  #: customer-specific volume license key: activates a forest or a KMS host
     MAK = 2  #: multiple activation key: activates one machine with the authority
+    AVMA = 3  #: automatic VM activation key: public, per guest edition, activates on an AVMA host
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def public_tag(key_type: KeyType, code: int, serial: int) -> int:
 
 def verify_tag(key: ProductKey, secret: bytes) -> bool:
     """Whether ``key`` was made with ``secret`` (GVLKs: with the public tag), in constant time."""
-    if key.type is KeyType.GVLK:
+    if key.type in (KeyType.GVLK, KeyType.AVMA):
         secret = PUBLIC_TAG_SECRET
     expected = authority_tag(secret, key.type, key.code, key.serial)
     return hmac.compare_digest(expected.to_bytes(6, "big"), key.tag.to_bytes(6, "big"))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import AdbaError, CatalogError, ConfigError
 from .config import ProductSettings, Settings, state_path_for
+
+#: the channels a product may be pinned to (adba.agent.chain.ACT_TYPES)
+ActType = Literal["ADBA", "KMS", "MAK", "AVMA"]
 
 
 class _Model(BaseModel):
@@ -38,6 +41,7 @@ class Product(_Model):
     edition: str
     key: str | None = None
     mak_key: str | None = None
+    act_type: ActType | None = None
 
 
 class Report(_Model):
@@ -65,7 +69,19 @@ class AgentFile(_Model):
     machine: Machine = Machine()
     intervals: Intervals = Intervals()
     report: Report = Report()
+    act_type: ActType | None = None
+    avma_host: str = "vsock:2:1690"
     products: list[Product] = Field(min_length=1)
+
+    @field_validator("avma_host")
+    @classmethod
+    def _avma_host(cls, value: str) -> str:
+        from ..avma.transport import Address
+
+        try:
+            return str(Address.parse(value))
+        except AdbaError as exc:
+            raise ValueError(exc.message) from exc
 
     @field_validator("kms_host")
     @classmethod
@@ -134,6 +150,8 @@ def _product(product: Product, index: int, catalog: Any, source: _Source) -> Pro
             key_error = "a CSVLK is a host key, not a product key for a client"
         elif key.code != edition.code:
             key_error = f"the {key.type.name} is for another edition, not {edition.name}"
+        elif key.type is KeyType.AVMA and catalog.avma_guest(edition.sku) is None:
+            key_error = f"{edition.name} is not activated by AVMA hosts"
     except AdbaError as exc:
         key_error = exc.message
     mak_partial = None
@@ -162,6 +180,10 @@ def _product(product: Product, index: int, catalog: Any, source: _Source) -> Pro
         csvlk_codes=tuple((c.code, str(c.sku)) for c in covering_products),
         mak_partial=mak_partial,
         index=index,
+        act_type=product.act_type,
+        avma_hosts=tuple(
+            str(h.sku) for h in catalog.avma_hosts if catalog.avma_covers(h.sku, edition.sku)
+        ),
     )
 
 
@@ -230,6 +252,8 @@ def validate(
         retired_keys=retired,
         from_env=dict(src.from_env),
         report_textfile=model.report.textfile,
+        act_type=model.act_type,
+        avma_host=model.avma_host,
     )
 
 

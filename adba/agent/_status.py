@@ -4,7 +4,8 @@ The ``slmgr /dli /dlv /xpr`` of this system, and the typed result of ``adba.stat
 Status is derived at read time (time passes between runs):
 
 - ``licensed``: activated, and the activation has not expired;
-- ``grace``: never activated, within the grace period after the product was first seen;
+- ``grace``: never activated, within the grace period after the product was first seen (or
+  an AVMA guest whose activation ran out, within the grace period after it did);
 - ``notification``: the grace period or the activation has run out;
 - ``unlicensed``: the configured product key cannot be used at all.
 """
@@ -38,13 +39,17 @@ class ProductStatus(NamedTuple):
     remaining_seconds: int
     kms_host: str | None = None
     kms_count: int | None = None
+    avma_host: str | None = None
 
     @property
     def licensed(self) -> bool:
         return self.status == "licensed"
 
     def to_dict(self) -> dict[str, Any]:
-        return self._asdict()
+        out = self._asdict()
+        if out["avma_host"] is None:  # only AVMA products have the field
+            del out["avma_host"]
+        return out
 
 
 def derive(rec: dict[str, Any], now: int) -> tuple[str, int]:
@@ -60,6 +65,9 @@ def derive(rec: dict[str, Any], now: int) -> tuple[str, int]:
     grace = rec.get("grace_until") or 0
     if not expires and now < grace:
         return "grace", grace - now
+    lapsed = rec.get("lapse_grace_until") or 0  # an AVMA guest whose host stopped renewing
+    if expires and rec.get("channel") == "AVMA" and now < lapsed:
+        return "grace", lapsed - now
     return "notification", 0
 
 
@@ -89,6 +97,7 @@ def read_status(state_path: str, *, now: int | None = None) -> list[ProductStatu
                 remaining_seconds=remaining,
                 kms_host=rec.get("kms_host"),
                 kms_count=rec.get("kms_count"),
+                avma_host=rec.get("avma_host"),
             )
         )
     return out

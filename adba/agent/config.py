@@ -17,6 +17,9 @@ Example ``agent.toml``::
     # machine_name = "host1"                # name shown on KMS hosts (default: hostname)
     # authority_url = "https://activation.example.com"  # for MAK activation online
     # authority_ca_file = "/etc/adba/authority-ca.pem"
+    # avma_host = "vsock:2:1690"            # AVMA products ask their host here (or unix:PATH)
+    # act_type = "KMS"                      # pin one channel: ADBA, KMS, MAK, AVMA (default: the
+    #                                       # chain; per product too, like slmgr /act-type)
     base = "dc=example,dc=test"             # forest root (default: from the root DSE)
     ca_file = "/etc/adba/ca.pem"
     root_key = "/etc/adba/root.pub"         # the activation authority's pinned root key
@@ -92,6 +95,7 @@ ENV: dict[str, tuple[str, str]] = {
     "ADBA_KMS_HOST": ("", "kms_host"),
     "ADBA_KMS_DOMAINS": ("", "kms_domains"),
     "ADBA_AUTHORITY_URL": ("", "authority_url"),
+    "ADBA_AVMA_HOST": ("", "avma_host"),
     "ADBA_INSECURE": ("", "insecure"),
     "ADBA_MACHINE_DN": ("machine", "dn"),
     "ADBA_MACHINE_PASSWORD_FILE": ("machine", "password_file"),
@@ -119,6 +123,10 @@ class ProductSettings:
     mak_partial: str | None = None
     #: position in the config's products list (to read the MAK from the file when needed)
     index: int = 0
+    #: the only channel this product may use (``act_type``, like slmgr /act-type); None: all
+    act_type: str | None = None
+    #: AVMA keys: SKUs of the host editions whose hosts may activate this edition
+    avma_hosts: tuple[str, ...] = ()
 
 
 @dataclass(eq=False, repr=False)
@@ -160,6 +168,10 @@ class Settings:
     from_env: dict[str, str] = field(default_factory=dict)
     #: ``[report] textfile``: a Prometheus textfile written after each pass (None: off)
     report_textfile: str | None = None
+    #: the only channel the products may use unless one pins its own (``act_type``)
+    act_type: str | None = None
+    #: where AVMA products ask their host: ``vsock:CID[:PORT]`` or ``unix:PATH``
+    avma_host: str = "vsock:2:1690"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,6 +189,7 @@ class Settings:
                     **p,
                     "csvlk_skus": tuple(p["csvlk_skus"]),
                     "csvlk_codes": tuple((int(c), str(s)) for c, s in p.get("csvlk_codes", ())),
+                    "avma_hosts": tuple(p.get("avma_hosts", ())),
                 }
             )
             for p in data["products"]

@@ -17,21 +17,22 @@ every 2 hours (the intervals the host sends win over the local ones).
 from __future__ import annotations
 
 import logging
-import socket
 import time
 import uuid
-from collections.abc import Callable
 
 from ..errors import KmsError
 from .config import ProductSettings, Settings
+from .outcome import Outcome, TryNext
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .run import Outcome
+    from .chain import Pass
 
-__all__ = ["kms_step"]
+__all__ = ["NAME", "attempt", "takes"]
+
+NAME = "KMS"
 
 log = logging.getLogger("adba.agent")
 DEFAULT_PORT = 1688
@@ -67,30 +68,32 @@ def _kept_certificate(state: dict[str, Any], address: str, port: int, cls: Any) 
         return None
 
 
-def kms_step(
-    settings: Settings,
-    state: dict[str, Any],
-    todo: list[tuple[ProductSettings, str, str]],
-    now: int,
-    *,
-    fail: Callable[..., Outcome | None],
-) -> list[Outcome | None]:
+def takes(product: ProductSettings, settings: Settings) -> bool:
+    """A GVLK product (after ADBA, or instead of it)."""
+    return product.key_type == "GVLK"
+
+
+def attempt(p: Pass, batch: list[tuple[ProductSettings, TryNext]]) -> list[Outcome | TryNext]:
+    """Each product of ``batch`` asks the hosts in turn; an outcome per product, in order."""
+    import socket
+
     from ..kms.cache import Thresholds
     from ..kms.client import ask_first
     from ..kms.protocol import KIND_CLIENT, KIND_SERVER, HostCertificate
-    from .run import Outcome
 
+    settings, state, now = p.settings, p.state, p.now
     hosts = _hosts(settings, state)
     cmid = uuid.UUID(state.setdefault("cmid", str(uuid.uuid4())))
     machine = (settings.machine_name or socket.gethostname())[:63]
     root = bytes.fromhex(settings.root_key)
     thresholds = Thresholds()
-    outcomes: list[Outcome | None] = []
-    for product, adba_code, adba_message in todo:
+    outcomes: list[Outcome | TryNext] = []
+    for product, reason in batch:
+        adba_code, adba_message = reason.code, reason.message
         rec = state["products"][product.sku]
         kind = KIND_SERVER if product.kind == "server" else KIND_CLIENT
         threshold = thresholds.for_kind(kind)
-        attempt = ask_first(
+        asked = ask_first(
             hosts,
             certificate_for=lambda a, p: _kept_certificate(state, a, p, HostCertificate),
             cmid=cmid,
@@ -103,12 +106,12 @@ def kms_step(
             csvlk_skus=product.csvlk_skus,
             timeout=settings.connect_timeout,
         )
-        for message in attempt.rogues:
+        for message in asked.rogues:
             log.warning("%s: rogue KMS host rejected: %s", product.edition, message)
-        answer, problems, skewed = attempt.answer, attempt.problems, attempt.skewed
-        code = attempt.code or adba_code
-        if answer is not None and attempt.candidate is not None:
-            address, port, label = attempt.candidate
+        answer, problems, skewed = asked.answer, asked.problems, asked.skewed
+        code = asked.code or adba_code
+        if answer is not None and asked.candidate is not None:
+            address, port, label = asked.candidate
             state["kms"] = {
                 "address": address,
                 "port": port,
@@ -118,9 +121,7 @@ def kms_step(
             }
         if answer is None and skewed:
             detail = "; ".join(problems) + " (set this machine's clock)"
-            outcomes.append(
-                fail(rec, product, settings, "kms-clock-skew", f"{adba_message}; {detail}", now)
-            )
+            outcomes.append(TryNext("kms-clock-skew", f"{adba_message}; {detail}"))
             continue
         if answer is None:
             if not hosts.any:  # nothing to try: the ADBA reason stays the one that matters
@@ -129,7 +130,7 @@ def kms_step(
                 code = adba_code
             else:
                 detail = "; ".join(problems)
-            outcomes.append(fail(rec, product, settings, code, f"{adba_message}; {detail}", now))
+            outcomes.append(TryNext(code, f"{adba_message}; {detail}"))
             continue
         resp = answer.response
         where = answer.where
@@ -139,7 +140,7 @@ def kms_step(
         if resp.count >= threshold:
             expires = now + settings.validity
             rec.update(
-                channel="KMS",
+                channel=NAME,
                 object_dn=None,
                 csvlk_pid=resp.certificate.epid,
                 dc=None,
@@ -160,7 +161,6 @@ def kms_step(
                 f"{adba_message}; KMS host {where}: count {resp.count}, "
                 f"{threshold} needed to activate a {product.kind}"
             )
-            outcome = fail(rec, product, settings, "kms-count-low", message, now)
-            rec["next_attempt"] = now + resp.retry_minutes * 60
-            outcomes.append(outcome)
+            retry_at = now + resp.retry_minutes * 60
+            outcomes.append(TryNext("kms-count-low", message, retry_at))
     return outcomes

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ActivationLimitReached, AdbaError, ConfigError, InvalidInput, LicenseError
 from .config import ProductSettings, Settings
+from .outcome import Outcome, TryNext, stable_code
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 
     from ..confirmation import Confirmation, Installation
     from ..keys import ProductKey
-    from .run import Outcome
+    from .chain import Pass
 
-__all__ = ["apply_confirmation", "installation_for", "mak_step"]
+__all__ = ["NAME", "apply_confirmation", "attempt", "installation_for", "takes"]
+
+NAME = "MAK"
 
 log = logging.getLogger("adba.agent")
 
@@ -88,7 +90,7 @@ def apply_confirmation(
         product.sku, {"edition": product.edition, "sku": product.sku}
     )
     rec.update(
-        channel="MAK",
+        channel=NAME,
         mak_confirmed=True,
         activated_at=confirmation.issued_at,
         expires_at=None,
@@ -101,18 +103,18 @@ def apply_confirmation(
     return f"activated by MAK *****-*****-*****-*****-{product.mak_partial} (does not expire)"
 
 
-def mak_step(
-    settings: Settings,
-    state: dict[str, Any],
-    todo: list[tuple[ProductSettings, str, str]],
-    now: int,
-    *,
-    fail: Callable[..., Outcome],
-) -> list[Outcome]:
-    from .run import Outcome
+def takes(product: ProductSettings, settings: Settings) -> bool:
+    """A product configured with a MAK, or a GVLK product with a MAK to fall back to."""
+    return product.key_type == "MAK" or (
+        product.key_type == "GVLK" and product.mak_partial is not None
+    )
 
-    outcomes: list[Outcome] = []
-    for product, _code, message in todo:
+
+def attempt(p: Pass, batch: list[tuple[ProductSettings, TryNext]]) -> list[Outcome | TryNext]:
+    settings, state, now = p.settings, p.state, p.now
+    outcomes: list[Outcome | TryNext] = []
+    for product, reason in batch:
+        message = reason.message
         rec = state["products"][product.sku]
         if rec.get("mak_confirmed"):
             outcomes.append(
@@ -121,19 +123,14 @@ def mak_step(
             continue
         if not settings.authority_url:
             outcomes.append(
-                fail(
-                    rec,
-                    product,
-                    settings,
+                TryNext(
                     "mak-offline",
                     f"{message}; MAK activation needs the authority: set authority_url, or run "
                     "`adba agent get-iid` and then `adba agent apply-cid`",
-                    now,
                 )
             )
             continue
         from ..authority.client import RemoteAuthority
-        from .run import stable_code
 
         try:
             installation = installation_for(settings, state, product)
@@ -144,16 +141,10 @@ def mak_step(
             ).confirm(installation)
             done = apply_confirmation(settings, state, product, confirmation)
         except ActivationLimitReached as exc:
-            outcomes.append(
-                fail(rec, product, settings, "mak-exhausted", f"{message}; {exc.message}", now)
-            )
+            outcomes.append(TryNext("mak-exhausted", f"{message}; {exc.message}"))
             continue
         except (AdbaError, InvalidInput) as exc:
-            outcomes.append(
-                fail(
-                    rec, product, settings, stable_code(exc), f"{message}; MAK: {exc.message}", now
-                )
-            )
+            outcomes.append(TryNext(stable_code(exc), f"{message}; MAK: {exc.message}"))
             continue
         rec.update(last_attempt=now, next_attempt=now + settings.renewal)
         log.info("%s: %s", product.edition, done)

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from adba.catalog import Catalog
 
 if TYPE_CHECKING:
+    from adba.avma.protocol import AvmaHostCertificate
     from adba.confirmation import Confirmation, Installation
     from adba.kms.protocol import HostCertificate
 from adba.errors import (
@@ -123,6 +124,16 @@ CREATE TABLE IF NOT EXISTS retired_keys (
 );
 """,
 }
+#: the AVMA hosts the authority certified (created when it first certifies one)
+_AVMA_HOSTS = """
+CREATE TABLE IF NOT EXISTS avma_hosts (
+    host_id     TEXT NOT NULL,
+    host_key    TEXT NOT NULL,     -- hex of the host's Ed25519 public key
+    edition_sku TEXT NOT NULL,
+    first_at    INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    PRIMARY KEY (host_id, host_key)
+)"""
 #: a KMS key activates at most this many distinct hosts, each at most 1 + 9 times (the seed)
 KMS_HOST_LIMIT = 6
 KMS_REACTIVATIONS = 9
@@ -712,6 +723,41 @@ class LocalAuthority:
             product.name,
             product.kms_ids,
         )
+
+    def certify_avma_host(
+        self,
+        host_public_key: bytes,
+        host_id: str,
+        edition: str,
+        catalog: Catalog,
+        *,
+        now: int,
+        cert_days: int = KMS_CERT_DAYS,
+    ) -> AvmaHostCertificate:
+        """Certify a host's own key as an AVMA host of ``edition`` (an edition the catalogue
+        entitles to activate guests), as :meth:`activate_kms_host` certifies KMS hosts; the
+        certificate's purpose differs, so a KMS host certificate is never an AVMA one."""
+        from adba.avma.protocol import AvmaHostCertificate, certificate_message
+
+        if len(host_public_key) != 32 or not host_id or len(host_id) > 255:
+            raise InvalidInput("a host needs a 32-byte Ed25519 public key and an id")
+        product = catalog.edition(edition)
+        if catalog.avma_host(product.sku) is None:
+            raise AuthorityError(
+                f"{product.name} is not entitled to activate virtual machines (AVMA): "
+                "a Datacenter-class edition is"
+            )
+        not_after = now + cert_days * 86400
+        signature = self._root_key.sign(certificate_message(host_public_key, product.sku, not_after))
+        with self._records() as db:
+            db.execute(_AVMA_HOSTS)
+            db.execute(
+                "INSERT INTO avma_hosts VALUES (?, ?, ?, ?, ?) ON CONFLICT (host_id, host_key)"
+                " DO UPDATE SET last_at = ?, edition_sku = ?",
+                (host_id, host_public_key.hex(), str(product.sku), now, now, now, str(product.sku)),
+            )
+        log.info("certified AVMA host %s (%s)", host_id, product.name)
+        return AvmaHostCertificate(host_public_key, product.sku, not_after, signature)
 
     def confirm(self, installation: Installation, catalog: Catalog, *, now: int) -> Confirmation:
         """Answer an installation ID with a confirmation ID (offline / telephone activation,

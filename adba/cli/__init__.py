@@ -40,6 +40,7 @@ NOUNS = {
     "agent": "adba.cli.agent",
     "kms": "adba.cli.kms",
     "mak": "adba.cli.mak",
+    "avma": "adba.cli.avma",
     "inventory": "adba.cli.inventory",
     "demo": "adba.cli.demo",
     "completion": "adba.cli.completion",

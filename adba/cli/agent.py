@@ -182,10 +182,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         days = f" ({p.remaining_seconds // 86400} days left)" if p.remaining_seconds else ""
         error = f"{p.last_error_code}: {p.last_error_message}" if p.last_error_code else "-"
         print(f"{p.edition}")
+        avma = [("AVMA host", p.avma_host)] if p.avma_host else []
         for name, value in (
             ("status", f"{p.status}{channel}{days}"),
             ("activation object", p.object_dn or "-"),
             ("KMS host", f"{p.kms_host} (count {p.kms_count})" if p.kms_host else "-"),
+            *avma,
             ("CSVLK PID", p.csvlk_pid or "-"),
             ("product key", f"*****-*****-*****-*****-{p.partial_key}" if p.partial_key else "-"),
             ("activated", _when(p.activated_at)),

@@ -89,7 +89,10 @@ class _Step:
 class _Background:
     """An `adba` server started in the background for the demo (stopped on any exit)."""
 
-    def __init__(self, step: _Step, title: str, argv: list[str], log: Path, port: int) -> None:
+    def __init__(
+        self, step: _Step, title: str, argv: list[str], log: Path, port: int | str
+    ) -> None:
+        """``port``: the TCP port on 127.0.0.1, or the Unix socket path, it listens on."""
         import socket
         import subprocess
 
@@ -107,8 +110,10 @@ class _Background:
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and self.proc.poll() is None:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
+            unix = isinstance(port, str)
+            where: str | tuple[str, int] = port if isinstance(port, str) else ("127.0.0.1", port)
+            with socket.socket(socket.AF_UNIX if unix else socket.AF_INET) as probe:
+                if probe.connect_ex(where) == 0:
                     step.background.append(self)
                     return
             time.sleep(0.05)
@@ -295,6 +300,106 @@ def _mak_part(step: _Step, work: Path, authority: str, url: str, root_key: str) 
     step("the vendor's audit", ["authority", "report", "--path", authority])
 
 
+def _avma_part(step: _Step, work: Path, authority: str, url: str, root_key: str) -> None:
+    """A virtualization host, itself activated (MAK here), activates its guests (AVMA)."""
+    from ..catalog import load_catalog
+
+    print("\n--- AVMA: a Datacenter host activates its virtual machines ---")
+    mak = step(
+        "the vendor mints a MAK for the host's Datacenter edition",
+        [
+            "authority",
+            "mint",
+            "--path",
+            authority,
+            "--type",
+            "mak",
+            "--product",
+            "Nimbus Server Datacenter",
+            "--count",
+            "1",
+        ],
+    ).strip()
+    host_cfg = work / "hv1.toml"
+    host_state = work / "hv1.json"
+    host_cfg.write_text(
+        f'authority_url = "{url}"\nroot_key = "{root_key}"\n'
+        f'state_path = "{host_state}"\nmachine_name = "HV1"\n'
+        f'[[products]]\nedition = "Nimbus Server Datacenter"\nkey = "{mak}"\n'
+    )
+    host_cfg.chmod(0o600)
+    step(
+        "the host's own agent activates its Datacenter edition (any channel will do)",
+        ["agent", "run", "--once", "--config", str(host_cfg)],
+        require="activated by MAK",
+    )
+    avma_dir = str(work / "hv1-avma")
+    step(
+        "the authority certifies the host's AVMA key (as it certifies KMS hosts)",
+        [
+            "avma",
+            "init",
+            "--state-dir",
+            avma_dir,
+            "--authority",
+            authority,
+            "--edition",
+            "Nimbus Server Datacenter",
+            "--host-id",
+            "HV1",
+        ],
+        require="certified AVMA host HV1",
+    )
+    sock = str(work / "avma.sock")
+    host = _Background(
+        step,
+        "the host serves its guests (vsock in production; a Unix socket here)",
+        [
+            "avma",
+            "serve",
+            "--state-dir",
+            avma_dir,
+            "--listen",
+            f"unix:{sock}",
+            "--agent-state",
+            str(host_state),
+        ],
+        work / "avma.log",
+        sock,
+    )
+    try:
+        catalog = load_catalog()
+        for name, edition in (
+            ("VM1", "Nimbus Server Standard"),
+            ("VM2", "Nimbus Server Datacenter"),
+        ):
+            guest = catalog.avma_guest(catalog.edition(edition).sku)
+            assert guest is not None
+            cfg = work / f"{name.lower()}.toml"
+            cfg.write_text(
+                f'root_key = "{root_key}"\nstate_path = "{work / (name.lower() + ".json")}"\n'
+                f'avma_host = "unix:{sock}"\nmachine_name = "{name}"\n'
+                f'[[products]]\nedition = "{edition}"\nkey = "{guest.key}"\n'
+            )
+            step(
+                f"guest {name} ({edition}, its public AVMA key) boots: no DC, DNS or KMS",
+                ["agent", "run", "--once", "--config", str(cfg)],
+                require="activated by AVMA host",
+            )
+        step(
+            "... it is licensed for 7 days and renews daily while it runs",
+            ["agent", "status", "--config", str(cfg)],
+            require="licensed (AVMA)",
+        )
+        step(
+            "the host keeps its guests' records (and history)",
+            ["avma", "guests", "--state-dir", avma_dir],
+            require="VM2",
+        )
+    finally:
+        host.stop()
+
+
 def _retire_part(
     step: _Step, authority: str, key_file: Path, as_admin: list[str], agent_cfg: list[str]
 ) -> None:
@@ -462,6 +567,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _kms_part(step, work, authority, url, root_key)
             _kms_hosts_part(step, work, url, root_key, keep=args.keep)
             _mak_part(step, work, authority, url, root_key)
+            _avma_part(step, work, authority, url, root_key)
             _retire_part(step, authority, key_file, as_admin, agent_cfg)
             if args.keep:
                 print(f"\nkept {lab.dir} and {work}")

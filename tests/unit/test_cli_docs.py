@@ -29,15 +29,15 @@ def test_readme_exit_table_is_the_code_table() -> None:
 
 def _agent_codes() -> set[str]:
     """The stable codes the agent records in last_error: the literals its modules pass to
-    _Failure / fail / _fail / Outcome / the to-do lists, and the KMS client's errors."""
+    TryNext / _fail / Outcome, and the KMS client's errors."""
     found: set[str] = set()
-    for name in ("run.py", "kms.py", "mak.py"):
+    for name in sorted(p.name for p in (ROOT / "adba" / "agent").glob("*.py")):
         tree = ast.parse((ROOT / "adba" / "agent" / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 func = node.func
                 fname = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-                position = {"_Failure": 0, "fail": 3, "_fail": 3, "Outcome": 2}.get(fname)
+                position = {"TryNext": 0, "fail": 3, "_fail": 3, "Outcome": 2}.get(fname)
                 args = node.args
                 if fname == "append" and args and isinstance(args[0], ast.Tuple):
                     position, args = 1, args[0].elts

@@ -110,6 +110,7 @@ def _good_values(tmp: Path) -> dict[str, str]:
         "--key-file": str(key_file),
         "--type": "csvlk",
         "--product": csvlk.name,
+        "--edition": "Nimbus Server Datacenter",
         "--hosts": "1",
         "--out": str(tmp / "out"),
         "--publish": "example.test",

@@ -9,7 +9,7 @@ _adba() {
         if [[ -z $noun ]]; then noun=$w; elif [[ -z $verb ]]; then verb=$w; break; fi
     done
     case "$noun" in
-        "") COMPREPLY=($(compgen -W "directory ao acl authority agent kms mak inventory demo completion --help --verbose --version -h -v" -- "$cur")); return ;;
+        "") COMPREPLY=($(compgen -W "directory ao acl authority agent kms mak avma inventory demo completion --help --verbose --version -h -v" -- "$cur")); return ;;
     esac
     case "$noun/$verb" in
         "directory/") subs="init check replicate" ;;
@@ -120,6 +120,16 @@ _adba() {
         "mak/") subs="proxy" ;;
         "mak/proxy")
             opts="--authority-ca-file --help --json --online --out --verbose -v"; valued="--online --authority-ca-file --out"
+            ;;
+        "avma/") subs="init serve guests" ;;
+        "avma/init")
+            opts="--authority --catalog --edition --help --host-id --json --state-dir --verbose -v"; valued="--state-dir --authority --edition --host-id --catalog"
+            ;;
+        "avma/serve")
+            opts="--agent-state --catalog --help --listen --metrics-address --metrics-port --quiet --renewal-hours --state-dir --validity-hours --verbose -q -v"; valued="--state-dir --listen --agent-state --catalog --validity-hours --renewal-hours --metrics-port --metrics-address"
+            ;;
+        "avma/guests")
+            opts="--help --json --state-dir --verbose -v"; valued="--state-dir"
             ;;
         "inventory/") subs="discover add collect import list summary history export" ;;
         "inventory/discover")

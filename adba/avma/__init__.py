@@ -1,0 +1,1 @@
+"""Automatic virtual machine activation: an activated, entitled host activates its guests."""
