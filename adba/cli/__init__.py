@@ -41,6 +41,7 @@ NOUNS = {
     "kms": "adba.cli.kms",
     "mak": "adba.cli.mak",
     "inventory": "adba.cli.inventory",
+    "console": "adba.cli.console",
     "demo": "adba.cli.demo",
     "completion": "adba.cli.completion",
 }
