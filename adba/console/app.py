@@ -117,6 +117,10 @@ def user_dn(name: str, template: str | None) -> str:
     return dn
 
 
+def _norm(dn: str) -> str:
+    return ",".join(part.strip() for part in dn.lower().split(","))
+
+
 def _status_code(err: AdbaError) -> int:
     if isinstance(err, AuthenticationFailed):
         return 401
@@ -247,7 +251,12 @@ class Console:
             )
         source = request.client.host if request.client else "?"
         name = form.get("user", "").strip()
-        keys = [f"addr:{source}", f"user:{name.lower()}"]
+        try:
+            dn: str | None = user_dn(name, self.settings.user_template)
+        except InvalidInput as exc:
+            dn, refusal = None, exc.message
+        # one user however the name is written (plain name, DN, other case or spacing)
+        keys = [f"addr:{source}", f"user:{_norm(dn or name)}"]
         now = time.monotonic()
         wait = self.limiter.retry_after(keys, now=now)
         if wait:
@@ -258,11 +267,9 @@ class Console:
                 f"Too many failed sign-ins: try again in {wait} seconds.",
                 **{"Retry-After": str(wait)},
             )
+        if dn is None:
+            return self._signin_page(request, 400, refusal)
         password = form.get("password", "")
-        try:
-            dn = user_dn(name, self.settings.user_template)
-        except InvalidInput as exc:
-            return self._signin_page(request, 400, exc.message)
         if not password:  # an empty password is an anonymous bind to LDAP: never a sign-in
             self.limiter.fail(keys, now=now)
             return self._signin_page(request, 401, "Wrong name or password.")
