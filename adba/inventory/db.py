@@ -104,9 +104,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX machines_by_channel_name ON machines (channel, name)",
         "CREATE INDEX machines_by_expiry_name ON machines (expires_at, name)",
         "CREATE INDEX machines_by_collected_name ON machines (last_collected, name)",
+        "CREATE INDEX machines_by_status_channel ON machines (status, channel)",
+        "CREATE INDEX machines_by_status_expiry ON machines (status, expires_at, name)",
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+
+#: the channels a machine's summary names (sorted, comma-joined: ``ADBA,KMS``)
+CHANNELS = ("ADBA", "KMS", "MAK")
 
 #: what the machine page may sort by (a column name is never taken from a request as is)
 SORTS = ("name", "status", "channel", "expires_at", "last_collected")
@@ -157,6 +162,18 @@ class Collection:
             "error_message": self.error_message,
             "products": self.products,
         }
+
+
+def _combinations_with(channel: str) -> list[str]:
+    """Every summary (sorted, comma-joined subset of :data:`CHANNELS`) naming ``channel``."""
+    from itertools import combinations
+
+    return [
+        ",".join(c)
+        for n in range(1, len(CHANNELS) + 1)
+        for c in combinations(CHANNELS, n)
+        if channel in c
+    ]
 
 
 def _like(text: str) -> str:
@@ -290,7 +307,11 @@ class InventoryDB:
         elif status:
             where.append("status = ?")
             params.append(status)
-        if channel:
+        if channel in CHANNELS:  # each summary holding it, so the index answers
+            combos = _combinations_with(channel)
+            where.append(f"channel IN ({', '.join('?' for _ in combos)})")
+            params += combos
+        elif channel:
             where.append("(',' || channel || ',') LIKE ?")
             params.append(f"%,{_like(channel)},%")
         if search:
