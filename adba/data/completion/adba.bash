@@ -157,7 +157,7 @@ _adba() {
             opts="--base --bind-dn --ca-file --catalog --db --help --idle-timeout --insecure --listen --password-file --port --root-key --timeout --tls-cert --tls-key --tls-name --uri --user-template --verbose -D -H -b -v"; valued="-H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout --db --listen --port --tls-cert --tls-key --user-template --idle-timeout --root-key --catalog"
             ;;
         "demo/*")
-            opts="--help --keep --verbose -v"; valued=""
+            opts="--console --help --keep --verbose -v"; valued=""
             ;;
         "completion/") subs="bash zsh" ;;
         "completion/bash")
