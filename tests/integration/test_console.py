@@ -509,3 +509,42 @@ def test_directory_tls_is_verified(slapd: TestSlapd, inventory: Path, tmp_path: 
         import shutil
 
         shutil.rmtree(other.dir, ignore_errors=True)
+
+
+def test_objects_page_names_foreign_and_rejected_objects(
+    console: TestConsole, slapd: TestSlapd, ao_name: str, janitor: list[str]
+) -> None:
+    """What the agent would do with each object, in words: a Windows object is foreign, an
+    altered ADBA license rejected with the reason."""
+    import uuid
+
+    from adba.directory import store
+    from adba.directory.connection import session
+
+    blobs = {
+        f"{ao_name}-win": b'<?xml version="1.0"?><rg:licenseGroup xmlns:rg="urn:x"/>',
+        f"{ao_name}-bad": b"\x30\x03\x02\x01\x00",  # DER, so ours, but not a license
+    }
+    with session(slapd.options(slapd.admin)) as conn:
+        for cn, blob in blobs.items():
+            ao = store.ActivationObject.build(
+                cn=cn,
+                kms_ids=[uuid.uuid4()],
+                csvlk_sku=uuid.uuid4(),
+                partial_key="3V66T",
+                pid="P",
+                issuance_license=blob,
+            )
+            janitor.append(store.publish(conn, slapd.container, ao))
+    with _signed_in(console, "adbaadmin", slapd.admin.password) as admin:
+        page = admin.get("/objects").text
+    rows = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r'<tr>\s*<td title="[^"]*">([^<]+)</td>.*?</tr>', page, re.DOTALL)
+    }
+    assert 'class="status l-foreign">foreign<' in rows[f"{ao_name}-win"]
+    assert "Windows object" in rows[f"{ao_name}-win"]
+    bad = rows[f"{ao_name}-bad"]
+    assert 'class="status l-invalid">rejected<' in bad
+    reason = re.search(r"rejected</span></td>\s*<td>([^<]+)</td>", bad)
+    assert reason and reason.group(1).strip(), bad  # the reason, not just the verdict
