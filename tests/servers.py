@@ -1559,3 +1559,71 @@ class TestSshd(_ServerProcess):
         self.stop()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TestConsole(_ServerProcess):
+    """A real web console (``adba console serve``) on 127.0.0.1 and a free port, over HTTPS
+    with the lab slapd's certificate, signing users in against ``slapd`` (StartTLS, lab CA)."""
+
+    __test__ = False
+
+    def __init__(self, slapd: Slapd, db: object, run_dir: object, *extra: str) -> None:
+        from pathlib import Path
+
+        self.slapd = slapd
+        self.db = str(db)
+        self.dir = Path(str(run_dir))
+        self.extra = extra
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> str:
+        return self.slapd.ca_file
+
+    def start(self) -> TestConsole:
+        import sys
+
+        from adba.lab import free_port
+
+        self.port = self.port or free_port()
+        tls = self.slapd.dir / "tls"
+        argv = [
+            sys.executable,
+            "-m",
+            "adba",
+            "console",
+            "serve",
+            "-H",
+            self.slapd.uri,
+            "--ca-file",
+            self.slapd.ca_file,
+            "-b",
+            self.slapd.suffix,
+            "--db",
+            self.db,
+            "--port",
+            str(self.port),
+            "--tls-cert",
+            str(tls / "cert.pem"),
+            "--tls-key",
+            str(tls / "key.pem"),
+            "--user-template",
+            f"uid={{}},{self.slapd.people}",
+            *self.extra,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        wait_for_port(self.port, self.proc, "console", self.log_tail)
+        return self
+
+    @property
+    def log_path(self):  # type: ignore[no-untyped-def]
+        return self.dir / "console.log"

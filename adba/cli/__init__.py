@@ -42,6 +42,7 @@ NOUNS = {
     "mak": "adba.cli.mak",
     "avma": "adba.cli.avma",
     "inventory": "adba.cli.inventory",
+    "console": "adba.cli.console",
     "demo": "adba.cli.demo",
     "completion": "adba.cli.completion",
 }

@@ -27,11 +27,17 @@ a computer, verifying the license), runs the client agent (activated through ADB
 its status, deletes the object; then installs a KMS host key, serves KMS, and boots five
 servers outside any domain until the count activates them; starts two more KMS hosts that
 publish their own SRV records (weights 2 and 1) into a throwaway named, and boots a server
-that finds them in DNS and moves to the other host when its own stops; and cleans
+that finds them in DNS and moves to the other host when its own stops; a laptop activates a
+MAK; a Datacenter host activates two virtual machines (AVMA); the vendor retires its signing
+key. Last, the admin's inventory gathers the demo's machines, the KMS host's clients and the
+MAK's activations left, and the web console shows them: the demo signs in to it once and
+prints its overview's machine count; with --console it keeps the console (and the servers)
+running, printing the URL and a user to sign in with, until Ctrl-C. Then it cleans
 everything up.
 
 example:
   adba demo
+  adba demo --console  # then open the printed https:// URL; Ctrl-C ends it
   adba demo --keep     # leave the temp directory (and its log) behind
 """
 
@@ -46,6 +52,11 @@ def register(nouns: Any) -> None:
         formatter_class=Formatter,
     )
     p.add_argument("--keep", action="store_true", help="keep the temp directory and server logs")
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="keep the web console running at the end (until Ctrl-C)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -137,7 +148,9 @@ class _Background:
         self.log.close()
 
 
-def _kms_part(step: _Step, work: Path, authority: str, url: str, root_key: str) -> None:
+def _kms_part(
+    step: _Step, work: Path, authority: str, url: str, root_key: str, inventory: str
+) -> None:
     """Machines outside any domain: a KMS host, found statically, activates the fifth."""
     from ..lab import free_port
 
@@ -166,7 +179,14 @@ def _kms_part(step: _Step, work: Path, authority: str, url: str, root_key: str) 
         ],
     )
     port = free_port()
+    api_port = free_port()
+    token = work / "clients.token"
+    import secrets
+
+    token.write_text(secrets.token_urlsafe(24) + "\n")
+    token.chmod(0o600)
     serve = ["kms", "serve", "--state-dir", state, "--listen", "127.0.0.1", "--port", str(port)]
+    serve += ["--clients-api", str(api_port), "--clients-token-file", str(token)]
     host = _Background(
         step, "the host starts answering (in the background)", serve, work / "kms.log", port
     )
@@ -186,6 +206,20 @@ def _kms_part(step: _Step, work: Path, authority: str, url: str, root_key: str) 
         time.sleep(1.2)  # the host saves its records once a second
         step("the operator looks at the host", ["kms", "status", "--state-dir", state])
         step("... and its clients", ["kms", "clients", "--state-dir", state])
+        step(
+            "the admin's inventory imports them through the host's read-only clients API",
+            [
+                "inventory",
+                "import",
+                "--db",
+                inventory,
+                "--kms",
+                f"http://127.0.0.1:{api_port}",
+                "--kms-token-file",
+                str(token),
+            ],
+            require="5 clients imported",
+        )
     finally:
         host.stop()
 
@@ -262,7 +296,7 @@ def _kms_hosts_part(step: _Step, work: Path, url: str, root_key: str, *, keep: b
         named.destroy()
 
 
-def _mak_part(step: _Step, work: Path, authority: str, url: str, root_key: str) -> None:
+def _mak_part(step: _Step, work: Path, authority: str, url: str, root_key: str) -> Path:
     """A laptop that never sees the corporate network: MAK, activated online once."""
     print("\n--- MAK: a laptop outside the network ---")
     mak = step(
@@ -298,6 +332,10 @@ def _mak_part(step: _Step, work: Path, authority: str, url: str, root_key: str) 
         require="licensed (MAK)",
     )
     step("the vendor's audit", ["authority", "report", "--path", authority])
+    mak_file = work / "mak.txt"
+    mak_file.write_text(mak + "\n")
+    mak_file.chmod(0o600)
+    return mak_file
 
 
 def _avma_part(step: _Step, work: Path, authority: str, url: str, root_key: str) -> None:
@@ -417,6 +455,139 @@ def _retire_part(
         ["agent", "run", "--once", *agent_cfg],
         require="which the authority has retired",
     )
+
+
+def _agent_status(config: Path) -> Any:
+    """A demo machine's `adba agent status --json` (what the inventory runs over SSH)."""
+    import contextlib
+    import io
+    import json
+
+    from . import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["agent", "status", "--json", "--config", str(config)])
+    return json.loads(out.getvalue())
+
+
+def _console_part(
+    step: _Step,
+    lab: Any,
+    work: Path,
+    inventory: str,
+    url: str,
+    mak_file: Path,
+    as_root: list[str],
+    *,
+    keep_running: bool,
+) -> None:
+    """The admin's view: the inventory of the demo's machines in the web console."""
+    from ..inventory.collect import summarize
+    from ..inventory.db import InventoryDB
+    from ..lab import free_port
+
+    print("\n--- the admin's inventory and web console ---")
+    db = ["--db", inventory]
+    step(
+        "discover the directory's computer objects (as root: the lab's admin may not read them)",
+        ["inventory", "discover", *db, "--computers", lab.computers, *as_root],
+    )
+    machines = {"kmsclient1": work / "agent.toml", "laptop1": work / "laptop.toml"}
+    machines.update({f"srv{i}": work / f"server{i}.toml" for i in range(1, 6)})
+    step("add the machines outside the directory", ["inventory", "add", *db, *sorted(machines)])
+    # each machine's own `adba agent status --json`, recorded as `adba inventory collect`
+    # records what it runs over SSH (the demo has no sshd: it runs the command here)
+    now = int(time.time())
+    with InventoryDB(inventory) as idb:
+        scan = idb.start_scan("collect", source="demo")
+        results = [summarize(n, now, _agent_status(c)) for n, c in sorted(machines.items())]
+        idb.record(scan, results)
+        idb.finish_scan(scan, total=len(results), failed=0)
+    print("\neach machine's `adba agent status --json`, recorded as `inventory collect` does:")
+    for r in results:
+        print(f"    {r.machine}: {r.status} ({r.channel or '-'})")
+    step(
+        "the authority tells the customer what its MAK has left",
+        ["inventory", "import", *db, "--authority", url, "--key-file", str(mak_file)],
+        require="1 of 2 activations left",
+    )
+    step("the fleet at a glance", ["inventory", "summary", *db])
+    port = free_port()
+    tls = lab.dir / "tls"
+    serve = [
+        "console",
+        "serve",
+        "-H",
+        lab.uri,
+        "--ca-file",
+        lab.ca_file,
+        "-b",
+        lab.suffix,
+        *db,
+        "--port",
+        str(port),
+        "--tls-cert",
+        str(tls / "cert.pem"),
+        "--tls-key",
+        str(tls / "key.pem"),
+        "--user-template",
+        f"uid={{}},{lab.people}",
+    ]
+    console = _Background(
+        step,
+        "the web console (HTTPS; users sign in with their directory account)",
+        serve,
+        work / "console.log",
+        port,
+    )
+    try:
+        base = f"https://127.0.0.1:{port}"
+        count = _console_overview(base, lab)
+        print(f"the console answered its overview page: {count} machines")
+        print(
+            f"\n  console:  {base}/  (certificate: the lab's own, {lab.ca_file})\n"
+            f"  sign in:  adbaadmin  password {lab.admin.password}  (an ADBA admin; or the DN"
+            f" {lab.admin.dn})"
+        )
+        if not keep_running:
+            print("  to keep it running and open it in a browser: adba demo --console")
+            return
+        print("  running until Ctrl-C ...", flush=True)
+        try:
+            while True:
+                console.check()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nstopping the console")
+    finally:
+        console.stop()
+
+
+def _console_overview(base: str, lab: Any) -> int:
+    """Sign in to the console as the admin and read the overview's machine count."""
+    import re
+    import ssl
+
+    import httpx
+
+    verify = ssl.create_default_context(cafile=lab.ca_file)
+    with httpx.Client(base_url=base, verify=verify, timeout=20) as client:
+        form = client.get("/signin").text
+        token = re.search(r'name="csrf" value="([^"]+)"', form)
+        answer = client.post(
+            "/signin",
+            data={
+                "csrf": token.group(1) if token else "",
+                "user": "adbaadmin",
+                "password": lab.admin.password,
+            },
+            follow_redirects=True,
+        )
+        found = re.search(r'id="machine-count">(\d+)<', answer.text)
+        if answer.status_code != 200 or not found:
+            raise AdbaError(f"demo: the console did not show its overview ({answer.status_code})")
+        return int(found.group(1))
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -564,11 +735,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 ["agent", "run", "--once", *agent_cfg],
                 require="still licensed until",
             )
-            _kms_part(step, work, authority, url, root_key)
+            inventory = str(work / "inventory.sqlite")
+            _kms_part(step, work, authority, url, root_key, inventory)
             _kms_hosts_part(step, work, url, root_key, keep=args.keep)
-            _mak_part(step, work, authority, url, root_key)
+            mak_file = _mak_part(step, work, authority, url, root_key)
             _avma_part(step, work, authority, url, root_key)
             _retire_part(step, authority, key_file, as_admin, agent_cfg)
+            _console_part(
+                step, lab, work, inventory, url, mak_file, as_root, keep_running=args.console
+            )
             if args.keep:
                 print(f"\nkept {lab.dir} and {work}")
     finally:  # an error goes on to main()'s one error printer, after the clean-up

@@ -98,8 +98,23 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             imported       BIGINT NOT NULL
         )""",
     ),
+    # the console's machine page: each sort order reads an index, never sorts the table
+    2: (
+        "CREATE INDEX machines_by_status_name ON machines (status, name)",
+        "CREATE INDEX machines_by_channel_name ON machines (channel, name)",
+        "CREATE INDEX machines_by_expiry_name ON machines (expires_at, name)",
+        "CREATE INDEX machines_by_collected_name ON machines (last_collected, name)",
+        "CREATE INDEX machines_by_status_channel ON machines (status, channel)",
+        "CREATE INDEX machines_by_status_expiry ON machines (status, expires_at, name)",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+
+#: the channels a machine's summary names (sorted, comma-joined: ``ADBA,KMS``)
+CHANNELS = ("ADBA", "KMS", "MAK")
+
+#: what the machine page may sort by (a column name is never taken from a request as is)
+SORTS = ("name", "status", "channel", "expires_at", "last_collected")
 
 #: worst first: a machine's summary is the worst status among its products
 STATUS_ORDER = ("unreachable", "unlicensed", "notification", "grace", "licensed")
@@ -147,6 +162,23 @@ class Collection:
             "error_message": self.error_message,
             "products": self.products,
         }
+
+
+def _combinations_with(channel: str) -> list[str]:
+    """Every summary (sorted, comma-joined subset of :data:`CHANNELS`) naming ``channel``."""
+    from itertools import combinations
+
+    return [
+        ",".join(c)
+        for n in range(1, len(CHANNELS) + 1)
+        for c in combinations(CHANNELS, n)
+        if channel in c
+    ]
+
+
+def _like(text: str) -> str:
+    """``text`` matched literally inside a LIKE pattern."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class InventoryDB:
@@ -248,6 +280,53 @@ class InventoryDB:
             wanted = {n.lower() for n in names}
             out = [m for m in out if m["name"] in wanted]
         return out
+
+    def machine_page(
+        self,
+        *,
+        status: str | None = None,
+        channel: str | None = None,
+        search: str | None = None,
+        sort: str = "name",
+        descending: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of machines, filtered and sorted in the database, and how many match.
+
+        ``status`` "unknown" is a machine never collected; ``channel`` matches one of a
+        machine's channels (``ADBA,KMS``); ``search`` is a substring of the name or address."""
+        if sort not in SORTS:
+            raise InvalidInput(f"cannot sort by {sort!r}: one of {', '.join(SORTS)}")
+        if not (0 < limit <= 10_000 and offset >= 0):
+            raise InvalidInput("a page is 1 to 10000 rows from offset 0 or more")
+        where: list[str] = []
+        params: list[Any] = []
+        if status == "unknown":
+            where.append("status IS NULL")
+        elif status:
+            where.append("status = ?")
+            params.append(status)
+        if channel in CHANNELS:  # each summary holding it, so the index answers
+            combos = _combinations_with(channel)
+            where.append(f"channel IN ({', '.join('?' for _ in combos)})")
+            params += combos
+        elif channel:
+            where.append("(',' || channel || ',') LIKE ?")
+            params.append(f"%,{_like(channel)},%")
+        if search:
+            where.append("(name LIKE ? ESCAPE '\\' OR address LIKE ? ESCAPE '\\')")
+            params += [f"%{_like(search.lower())}%", f"%{_like(search)}%"]
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        (total,) = self.db.execute(f"SELECT COUNT(*) FROM machines{clause}", params).fetchone()
+        order = "DESC" if descending else "ASC"
+        rows = self.db.execute(
+            f"SELECT {', '.join(_MACHINE_COLUMNS)} FROM machines{clause}"
+            f" ORDER BY {sort} {order}" + ("" if sort == "name" else f", name {order}")
+            + " LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        ).fetchall()
+        return [dict(zip(_MACHINE_COLUMNS, r, strict=True)) for r in rows], int(total)
 
     # -- scans and history -------------------------------------------------------------------
     def start_scan(self, kind: str, *, source: str | None = None, now: int | None = None) -> str:

@@ -54,7 +54,46 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     assert (
         "$ adba authority rotate" in res.stdout and "which the authority has retired" in res.stdout
     )
+    # the admin's inventory and console, with the demo's machines in it
+    assert "5 clients imported from the KMS host" in res.stdout
+    assert "1 of 2 activations left" in res.stdout
+    assert "$ adba console serve" in res.stdout
+    assert "the console answered its overview page: 7 machines" in res.stdout
+    assert "adba demo --console" in res.stdout
     assert _ours() == before
+
+
+def test_demo_console_keeps_running_until_ctrl_c() -> None:
+    import re
+    import ssl
+
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adba", "demo", "--console"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "running until Ctrl-C" in line:
+            break
+    text = "".join(seen)
+    url = re.search(r"console:  (https://\S+)/  \(certificate: the lab's own, (\S+)\)", text)
+    assert url, text
+    # still answering after the demo's own check: a user could open it now
+    verify = ssl.create_default_context(cafile=url.group(2))
+    assert httpx.get(url.group(1) + "/signin", verify=verify, timeout=10).status_code == 200
+    os.kill(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, text + rest
+    assert "demo finished" in rest
+    # its own directories (by name: other demos may be running on this machine)
+    made = set(re.findall(r"/tmp/adba-(?:demo|lab)-[A-Za-z0-9_]+", text))
+    assert len(made) == 2 and not [d for d in made if Path(d).exists()], made
 
 
 def test_demo_cleans_up_on_sigterm() -> None:

@@ -359,6 +359,61 @@ def test_discover_adds_the_computer_objects(
     assert code == 0 and json.loads(out)["new"] == 0
 
 
+def test_discover_on_samba_ad(
+    samba: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AD: objectClass=computer, named by dNSHostName (the SSH address too), else the
+    account's cn; the DC itself is a computer of the domain."""
+    from adba.directory.connection import session
+
+    name = f"WS{int(time.time() * 1000) % 10**6}"
+    dn = f"CN={name},{samba.computers}"
+    with session(samba.options(samba.root)) as conn:
+        assert conn.add(
+            dn,
+            ["computer"],
+            {"sAMAccountName": f"{name}$", "dNSHostName": f"{name.lower()}.lab.example.test"},
+        ), conn.result
+    try:
+        db = str(tmp_path / "inv.sqlite")
+        code, out, err = _run(
+            capsys,
+            "inventory",
+            "discover",
+            "--db",
+            db,
+            *samba.cli_args("admin"),
+            "--computers",
+            samba.suffix,
+            "--json",
+        )
+        assert code == 0, err
+        found = set(json.loads(out)["machines"])
+        assert f"{name.lower()}.lab.example.test" in found
+        assert f"{samba.host_name}.{samba.realm.lower()}" in found  # the DC
+        assert "kmsclient1" in found or "kmsclient1.lab.example.test" in found
+        with InventoryDB(db) as inv:
+            got = {m["name"]: m for m in inv.machines()}
+        mine = got[f"{name.lower()}.lab.example.test"]
+        assert mine["address"] == f"{name.lower()}.lab.example.test"
+        assert mine["dn"].lower() == dn.lower() and mine["source"] == "directory"
+        # a base that is not there: the directory's answer, named
+        code, _out, err = _run(
+            capsys,
+            "inventory",
+            "discover",
+            "--db",
+            db,
+            *samba.cli_args("admin"),
+            "--computers",
+            f"OU=Nowhere,{samba.suffix}",
+        )
+        assert code == 3 and "OU=Nowhere" in err
+    finally:
+        with session(samba.options(samba.root)) as conn:
+            conn.delete(dn)
+
+
 # -- import ---------------------------------------------------------------------------------
 @pytest.fixture
 def kms_with_api(

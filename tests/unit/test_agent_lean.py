@@ -24,3 +24,5 @@ def test_status_imports_no_heavy_library() -> None:
 def test_cli_parser_imports_no_heavy_library() -> None:
     mods = _modules("from adba.cli import build_parser; build_parser()")
     assert not {"ldap3", "dns", "pydantic", "cryptography"} & mods
+    # the servers' and the console's libraries load only when their verb runs
+    assert not {"jinja2", "markupsafe", "starlette", "fastapi", "uvicorn", "httpx"} & mods

@@ -128,6 +128,8 @@ def _good_values(tmp: Path) -> dict[str, str]:
         "confirmation_id": "0000000",
         "files": str(iid),
         "--db": str(tmp / "inventory.sqlite"),
+        "--tls-cert": str(tmp / "missing-cert.pem"),
+        "--tls-key": str(tmp / "missing-key.pem"),
         "names": "pc1",
     }
 

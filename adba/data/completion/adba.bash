@@ -9,7 +9,7 @@ _adba() {
         if [[ -z $noun ]]; then noun=$w; elif [[ -z $verb ]]; then verb=$w; break; fi
     done
     case "$noun" in
-        "") COMPREPLY=($(compgen -W "directory ao acl authority agent kms mak avma inventory demo completion --help --verbose --version -h -v" -- "$cur")); return ;;
+        "") COMPREPLY=($(compgen -W "directory ao acl authority agent kms mak avma inventory console demo completion --help --verbose --version -h -v" -- "$cur")); return ;;
     esac
     case "$noun/$verb" in
         "directory/") subs="init check replicate" ;;
@@ -162,8 +162,12 @@ _adba() {
                 --format) COMPREPLY=($(compgen -W "csv json" -- "$cur")); return ;;
             esac
             ;;
+        "console/") subs="serve" ;;
+        "console/serve")
+            opts="--base --bind-dn --ca-file --catalog --db --help --idle-timeout --insecure --listen --password-file --port --root-key --timeout --tls-cert --tls-key --tls-name --uri --user-template --verbose -D -H -b -v"; valued="-H --uri -b --base -D --bind-dn --password-file --ca-file --tls-name --timeout --db --listen --port --tls-cert --tls-key --user-template --idle-timeout --root-key --catalog"
+            ;;
         "demo/*")
-            opts="--help --keep --verbose -v"; valued=""
+            opts="--console --help --keep --verbose -v"; valued=""
             ;;
         "completion/") subs="bash zsh" ;;
         "completion/bash")
