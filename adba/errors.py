@@ -43,6 +43,7 @@ __all__ = [
     "ObjectNotFound",
     "ProtocolError",
     "ReadOnlyReplica",
+    "RecordsUnavailable",
     "SchemaMissing",
     "ServerNotAnswering",
     "ServerUnavailable",
@@ -294,6 +295,13 @@ class AuthorityUnavailable(AuthorityError):
     """The activation authority is not answering."""
 
     code = "authority-unavailable"
+
+
+class RecordsUnavailable(AuthorityUnavailable):
+    """The authority cannot reach its records (its database): try again shortly. HTTP 503
+    with ``Retry-After`` (the ``retry_after`` seconds given); nothing was recorded."""
+
+    code = "records-unavailable"
 
 
 class ActivationLimitReached(AuthorityError):
