@@ -498,6 +498,10 @@ class PostgresRecords(Records):
     def _serialise_migrations(self, tx: Transaction) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(?)", (0x616462610001,))
 
+    def __del__(self) -> None:  # an authority opened for one command: its pool goes with it
+        with contextlib.suppress(Exception):
+            self.close()
+
     def close(self) -> None:
         while True:
             try:
