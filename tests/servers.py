@@ -422,11 +422,14 @@ class TestAuthority(_ServerProcess):
 
     __test__ = False
 
-    def __init__(self, path: object, *, tls: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, path: object, *, tls: tuple[str, str] | None = None, name: str = "serve"
+    ) -> None:
         from pathlib import Path
 
         self.path = Path(str(path))
         self.tls = tls
+        self.name = name  # replicas on one directory: one log each
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -455,7 +458,7 @@ class TestAuthority(_ServerProcess):
         ]
         if self.tls:
             argv += ["--tls-cert", self.tls[0], "--tls-key", self.tls[1]]
-        log = open(self.path / "serve.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
@@ -465,7 +468,7 @@ class TestAuthority(_ServerProcess):
 
     @property
     def log_path(self):  # type: ignore[no-untyped-def]
-        return self.path / "serve.log"
+        return self.path / f"{self.name}.log"
 
 
 class TestSambaDC:

@@ -393,7 +393,7 @@ class PostgresRecords(Records):
     dialect = "postgresql"
     one_writer = False
 
-    def __init__(self, url: str, *, pool_size: int = 8, wait: float = 5.0) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, wait: float = 30.0) -> None:
         super().__init__()
         try:
             import psycopg
@@ -406,8 +406,7 @@ class PostgresRecords(Records):
         self.pool_size = pool_size
         self.wait = wait
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._made = 0
-        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(pool_size)
 
     @property
     def where(self) -> str:
@@ -432,35 +431,29 @@ class PostgresRecords(Records):
             raise self._unavailable(exc) from exc
 
     def _checkout(self) -> Any:
+        """A connection for one transaction: an idle one, else a new one; at most
+        ``pool_size`` in use, a caller over that waits up to ``wait`` seconds."""
+        if not self._slots.acquire(timeout=self.wait):
+            raise RecordsUnavailable(
+                f"every connection to {self.where} is busy: try again", retry_after=1
+            )
         try:
             return self._idle.get_nowait()
         except queue.Empty:
             pass
-        with self._lock:
-            if self._made < self.pool_size:
-                self._made += 1
-                make = True
-            else:
-                make = False
-        if make:
-            try:
-                return self._connect()
-            except BaseException:
-                with self._lock:
-                    self._made -= 1
-                raise
         try:
-            return self._idle.get(timeout=self.wait)
-        except queue.Empty:
-            raise RecordsUnavailable(
-                f"every connection to {self.where} is busy: try again", retry_after=1
-            ) from None
+            return self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
 
-    def _discard(self, conn: Any) -> None:
-        with contextlib.suppress(Exception):
-            conn.close()
-        with self._lock:
-            self._made -= 1
+    def _checkin(self, conn: Any, healthy: bool) -> None:
+        if healthy and not conn.closed and not conn.broken:
+            self._idle.put(conn)
+        else:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._slots.release()
 
     @contextlib.contextmanager
     def _begin(self) -> Iterator[Transaction]:
@@ -473,23 +466,21 @@ class PostgresRecords(Records):
                 conn.commit()
             except BaseException:
                 if not conn.closed and not conn.broken:
-                    with contextlib.suppress(self._psycopg.Error):
-                        conn.rollback()
+                    conn.rollback()  # a refusal (or a conflict): the connection stays good
                 raise
-            healthy = True
+            finally:
+                healthy = not conn.closed and not conn.broken
         except (errors.TransactionRollback, errors.UniqueViolation, errors.LockNotAvailable) as exc:
-            healthy = not conn.closed and not conn.broken
             raise _Conflict(
                 f"a concurrent transaction on {self.where} won ({type(exc).__name__}): try again",
                 retry_after=1,
             ) from exc
         except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
+            healthy = False
+            self.close()  # the server went away: its other idle connections went with it
             raise self._unavailable(exc) from exc
         finally:
-            if healthy and not conn.closed and not conn.broken:
-                self._idle.put(conn)
-            else:
-                self._discard(conn)
+            self._checkin(conn, healthy)
 
     def has_table(self, tx: Transaction, name: str) -> bool:
         row = tx.execute("SELECT to_regclass(CAST(? AS text)) IS NOT NULL", (name,)).fetchone()
@@ -503,12 +494,14 @@ class PostgresRecords(Records):
             self.close()
 
     def close(self) -> None:
+        """Close the idle connections (those in use are closed when they come back bad)."""
         while True:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
                 return
-            self._discard(conn)
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def open_records(database: str | None, directory: Path) -> Records:
