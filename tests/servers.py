@@ -8,7 +8,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 
-from adba.lab import Slapd
+from adba.lab import Postgres, Slapd
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
@@ -1564,223 +1564,20 @@ class TestSshd(_ServerProcess):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-POSTGRES_BIN = "/usr/lib/postgresql/15/bin"
-POSTGRES_USER = "adba-test"
-
-
 def postgres_unavailable() -> str | None:
     """Why a real PostgreSQL cannot run here (None: it can)."""
-    import os
+    from adba.lab import postgres_missing
 
-    if not os.path.exists(f"{POSTGRES_BIN}/initdb"):
-        return (
-            f"PostgreSQL not installed ({POSTGRES_BIN}/initdb missing): apt-get install postgresql"
-        )
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return "psycopg 3 not installed: pip install 'psycopg[binary]' (the test extra has it)"
-    return None
+    return postgres_missing()
 
 
-class TestPostgres(_ServerProcess):
-    """A real PostgreSQL server (Debian's ``postgresql`` 15): ``initdb`` into a temp dir as a
-    non-root user (``adba-test``, created as a system user when run as root), on a free port
-    of 127.0.0.1 and a unix socket in that dir, trust authentication for the local user
-    ``adba``. Ready means a real connection round trip. :meth:`stop` is a fast shutdown
-    (SIGINT), :meth:`start` again reuses the data; :meth:`destroy` deletes the dir unless
-    ``keep`` (then the log is kept for the failure)."""
+class TestPostgres(Postgres):
+    """A real PostgreSQL server for the tests (see :class:`adba.lab.Postgres`): initdb into
+    a temp dir as a non-root user, a free port and a unix socket in that dir, ready on a real
+    connection round trip, fast shutdown at stop, the dir and its log kept on failure
+    (``keep``)."""
 
     __test__ = False
 
     def __init__(self, *, durable: bool = False, max_connections: int = 300) -> None:
-        import tempfile
-        from pathlib import Path
-
-        reason = postgres_unavailable()
-        if reason:
-            raise RuntimeError(reason)
-        self.durable = durable
-        self.max_connections = max_connections
-        self.user, self.uid, self.gid = _postgres_account()
-        self.dir = Path(tempfile.mkdtemp(prefix="adba-pg-"))
-        os_chown(self.dir, self.uid, self.gid)
-        self.data = self.dir / "data"
-        self.port = 0
-        self.keep = False
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._initdb()
-
-    @property
-    def log_path(self):  # type: ignore[no-untyped-def]
-        return self.dir / "postgres.log"
-
-    def _run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(  # type: ignore[call-overload, no-any-return]
-            argv,
-            user=self.uid,
-            group=self.gid,
-            extra_groups=[],
-            cwd=self.dir,
-            env=self._env(),
-            capture_output=True,
-            timeout=120,
-            **kw,
-        )
-
-    def _env(self) -> dict[str, str]:
-        import os
-
-        return {
-            "PATH": f"{POSTGRES_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "HOME": str(self.dir),
-        }
-
-    def _initdb(self) -> None:
-        done = self._run(
-            [
-                f"{POSTGRES_BIN}/initdb",
-                "-D",
-                str(self.data),
-                "-U",
-                "adba",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-instructions",
-            ]
-        )
-        if done.returncode != 0:
-            self.keep = True
-            raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
-
-    def start(self) -> TestPostgres:
-        import time
-
-        from adba.lab import free_port
-
-        self.port = self.port or free_port()
-        settings = {
-            "listen_addresses": "127.0.0.1",
-            "port": str(self.port),
-            "unix_socket_directories": str(self.dir),
-            "max_connections": str(self.max_connections),
-            "shared_buffers": "32MB",
-            "fsync": "on" if self.durable else "off",
-            "synchronous_commit": "on" if self.durable else "off",
-            "full_page_writes": "on" if self.durable else "off",
-            "deadlock_timeout": "200ms",
-        }
-        argv = [f"{POSTGRES_BIN}/postgres", "-D", str(self.data)]
-        for name, value in settings.items():
-            argv += ["-c", f"{name}={value}"]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            argv,
-            user=self.uid,
-            group=self.gid,
-            extra_groups=[],
-            cwd=self.dir,
-            env=self._env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.keep = True
-                raise RuntimeError(f"postgres exited {self.proc.returncode}: {self.log_tail()}")
-            try:
-                self.query("SELECT 1")
-                return self
-            except Exception as exc:  # not up yet
-                last = exc
-                time.sleep(0.05)
-        self.keep = True
-        raise RuntimeError(f"postgres not ready ({last}): {self.log_tail()}")
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://adba@127.0.0.1:{self.port}/{database}"
-
-    def socket_url(self, database: str = "postgres") -> str:
-        return f"postgresql://adba@/{database}?host={self.dir}&port={self.port}"
-
-    def query(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
-        """One statement in its own autocommit connection (over the unix socket)."""
-        import psycopg
-
-        with psycopg.connect(self.socket_url(database), autocommit=True, connect_timeout=3) as c:
-            cur = c.execute(sql.encode())
-            return list(cur.fetchall()) if cur.description else []
-
-    def new_database(self) -> str:
-        """A fresh empty database; its URL."""
-        import secrets
-
-        name = f"t_{secrets.token_hex(6)}"
-        self.query(f"CREATE DATABASE {name}")
-        return self.url(name)
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT): sessions are ended, the data kept."""
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def destroy(self) -> None:
-        import shutil
-
-        self.stop()
-        if self.keep:
-            print(f"PostgreSQL kept for the failure: {self.dir} (log {self.log_path})")
-            return
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def os_chown(path: object, uid: int, gid: int) -> None:
-    import os
-
-    os.chown(str(path), uid, gid)
-    os.chmod(str(path), 0o700)
-
-
-def _postgres_account() -> tuple[str, int, int]:
-    """The user PostgreSQL runs as: ourselves, or as root the system user adba-test (made
-    on first use; PostgreSQL refuses to run as root)."""
-    import os
-    import pwd
-
-    if os.geteuid() != 0:
-        me = pwd.getpwuid(os.geteuid())
-        return me.pw_name, me.pw_uid, me.pw_gid
-    try:
-        entry = pwd.getpwnam(POSTGRES_USER)
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                POSTGRES_USER,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        entry = pwd.getpwnam(POSTGRES_USER)
-    return entry.pw_name, entry.pw_uid, entry.pw_gid
+        super().__init__(durable=durable, max_connections=max_connections, prefix="adba-test-pg-")
