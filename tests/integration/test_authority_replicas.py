@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from adba.authority import LocalAuthority
+from adba.authority.client import RemoteAuthority
 from adba.catalog import load_catalog
 from adba.confirmation import KIND_MAK_MACHINE, Installation, machine_binding
 from adba.keys import KeyType, parse_key
@@ -229,8 +230,17 @@ def test_postgres_stopped_in_a_burst_gives_503_never_500_and_the_replicas_recove
                 time.sleep(0.01)
             pg.stop()  # fast shutdown: sessions ended mid-transaction
             down = [client.get(f"{s.url}/v1/health") for s in servers]
+            # a client asking while the database is away: it waits out Retry-After, retries
+            # with the same request id, and is answered once it is back
+            remote = RemoteAuthority(servers[1].url, retries=6, pause=0.3)
+            waiting = Installation.parse(_machine(mak)[0])
+            patient: list[Any] = []
+            asker = threading.Thread(target=lambda: patient.append(remote.confirm(waiting)))
+            asker.start()
             time.sleep(1.0)
             pg.start()
+            asker.join(60)
+            assert len(patient) == 1, "the client's own retries did not get an answer"
             for f in futures:
                 f.result()
             codes = Counter(code for code, _r in answers)
@@ -337,3 +347,40 @@ def test_records_belong_to_one_authority(tmp_path: Path, postgres: TestPostgres)
         "SELECT version FROM schema_migrations ORDER BY version", database=url.rsplit("/", 1)[1]
     )
     assert [v for (v,) in versions] == [1, 2, 3]
+
+
+def test_the_cli_keeps_the_records_where_init_was_told(
+    tmp_path: Path,
+    postgres: TestPostgres,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from adba.cli import main
+
+    url = postgres.new_database()
+    path = str(tmp_path / "a")
+    assert main(["authority", "init", "--path", path, "--database", url]) == 0
+    assert (tmp_path / "a" / "records.url").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "a" / "records.sqlite").exists()
+    mint = ["authority", "mint", "--path", path, "--type", "mak", "--product", SERVER]
+    assert main([*mint, "--count", "3"]) == 0
+    capsys.readouterr()
+    assert main(["authority", "report", "--path", path, "--json"]) == 0
+    (key,) = json.loads(capsys.readouterr().out)["keys"]
+    assert key["mak_allowed"] == 3
+    # without records.url: the variable names the database; without either, no records
+    (tmp_path / "a" / "records.url").unlink()
+    assert main(["authority", "report", "--path", path]) == 13
+    assert "missing records.sqlite" in capsys.readouterr().err
+    monkeypatch.setenv("ADBA_AUTHORITY_DATABASE", url)
+    assert main(["authority", "report", "--path", path, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["keys"]) == 1
+    assert main(["authority", "report", "--path", path, "--database", "mysql://x/y"]) == 2
+    assert "postgresql://" in capsys.readouterr().err
+    # a database that is not there: one line, exit 13, nothing created
+    dead = f"postgresql://adba@127.0.0.1:{postgres.port}/no_such_db"
+    assert main(["authority", "init", "--path", str(tmp_path / "b"), "--database", dead]) == 13
+    assert "unavailable" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
