@@ -197,6 +197,53 @@ def test_one_request_id_sent_to_three_replicas_at_once_is_taken_once(
     assert _report_key(path, "MAK")["mak_used"] == 2 * rounds
 
 
+def test_a_replica_killed_mid_burst_loses_nothing_it_announced(
+    replicas: list[TestAuthority], postgres: TestPostgres
+) -> None:
+    """SIGKILL one replica in a burst: every 200 is in the database, and a request whose
+    answer was lost, sent again with its id to another replica, is answered (once)."""
+    path = replicas[0].path
+    mak = _mak(path, 1000)
+    machines = [_machine(mak) for _ in range(240)]
+    ids = [secrets.token_hex(12) for _ in machines]
+    codes = [-1] * len(machines)
+    answered = Counter[str]()
+
+    def one(i: int) -> None:
+        body = {"request_id": ids[i], "installation_id": machines[i][0]}
+        try:
+            codes[i] = client.post(f"{replicas[i % 3].url}/v1/confirmations", json=body).status_code
+        except httpx.HTTPError:
+            codes[i] = 0  # the replica died under this request
+        answered["n"] += 1
+
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(24) as pool:
+        futures = [pool.submit(one, i) for i in range(len(machines))]
+        deadline = time.monotonic() + 60
+        while answered["n"] < 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert replicas[2].proc is not None
+        replicas[2].proc.kill()
+        for f in futures:
+            f.result()
+        assert set(codes) <= {0, 200}, Counter(codes)
+        assert codes.count(0) > 0, "the kill came too late to cut any request"
+        database = str(_records_url(path)).rsplit("/", 1)[1]
+        held = {str(b) for (b,) in postgres.query("SELECT binding FROM mak_activations", database)}
+        told = {machines[i][1] for i, c in enumerate(codes) if c == 200}
+        assert told <= held
+        for i, c in enumerate(codes):  # the client's retry, same id, to a live replica
+            if c == 0:
+                body = {"request_id": ids[i], "installation_id": machines[i][0]}
+                r = client.post(f"{replicas[i % 2].url}/v1/confirmations", json=body)
+                assert r.status_code == 200, r.text
+    assert _report_key(path, "MAK")["mak_used"] == len(machines)
+
+
+def _records_url(path: Path) -> str:
+    return (path / "records.url").read_text().strip()
+
+
 @pytest.mark.skipif(postgres_unavailable() is not None, reason=str(postgres_unavailable()))
 def test_postgres_stopped_in_a_burst_gives_503_never_500_and_the_replicas_recover(
     tmp_path: Path,
