@@ -331,9 +331,10 @@ class Records:
 class SqliteRecords(Records):
     """``records.sqlite``: a connection per transaction, ``BEGIN IMMEDIATE``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
         super().__init__()
         self.path = path
+        self.timeout = timeout  #: how long a transaction waits for another process's
 
     @property
     def where(self) -> str:
@@ -346,7 +347,7 @@ class SqliteRecords(Records):
     @contextlib.contextmanager
     def _begin(self) -> Iterator[Transaction]:
         try:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         except sqlite3.OperationalError as exc:
             raise RecordsUnavailable(
                 f"cannot open the records {self.path}: {exc}", retry_after=1
