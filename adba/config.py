@@ -14,6 +14,7 @@ Example ``adba.toml``::
     [authority]
     path = "/var/lib/adba/authority"
     root_key = "/etc/adba/root.pub"
+    # database = "postgresql://adba@db.example.test/adba"   # records on PostgreSQL
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ ENV: dict[str, tuple[str, str]] = {
     "ADBA_CATALOG": ("directory", "catalog"),
     "ADBA_AUTHORITY": ("authority", "path"),
     "ADBA_ROOT_KEY": ("authority", "root_key"),
+    "ADBA_AUTHORITY_DATABASE": ("authority", "database"),
 }
 
 
@@ -85,6 +87,8 @@ class DirectorySection(_Section):
 class AuthoritySection(_Section):
     path: str | None = None
     root_key: str | None = None
+    #: the records on PostgreSQL (postgresql://...); none: DIR/records.sqlite
+    database: str | None = None
 
 
 class AdminConfig(_Section):

@@ -45,6 +45,7 @@ __all__ = [
     "ObjectNotFound",
     "ProtocolError",
     "ReadOnlyReplica",
+    "RecordsUnavailable",
     "SchemaMissing",
     "ServerNotAnswering",
     "ServerUnavailable",
@@ -296,6 +297,13 @@ class AuthorityUnavailable(AuthorityError):
     """The activation authority is not answering."""
 
     code = "authority-unavailable"
+
+
+class RecordsUnavailable(AuthorityUnavailable):
+    """The authority cannot reach its records (its database): try again shortly. HTTP 503
+    with ``Retry-After`` (the ``retry_after`` seconds given); nothing was recorded."""
+
+    code = "records-unavailable"
 
 
 class ActivationLimitReached(AuthorityError):

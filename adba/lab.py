@@ -35,7 +35,16 @@ from urllib.parse import quote
 
 from .errors import AdbaError
 
-__all__ = ["Identity", "LabError", "Named", "Slapd", "free_port", "ssha"]
+__all__ = [
+    "Identity",
+    "LabError",
+    "Named",
+    "Postgres",
+    "Slapd",
+    "free_port",
+    "postgres_missing",
+    "ssha",
+]
 
 log = logging.getLogger(__name__)
 
@@ -628,3 +637,213 @@ ns1  IN A   {self.host}
     ) -> None:
         with contextlib.suppress(Exception):
             self.destroy()
+
+
+POSTGRES_BIN = "/usr/lib/postgresql/15/bin"
+POSTGRES_USER = "adba-test"
+
+
+def postgres_missing() -> str | None:
+    """Why a throwaway PostgreSQL cannot run here, with the fix (None: it can)."""
+    if not os.path.exists(f"{POSTGRES_BIN}/initdb"):
+        return f"PostgreSQL is not installed ({POSTGRES_BIN}/initdb): apt-get install postgresql"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg 3 is not installed: pip install 'adba[postgres]'"
+    return None
+
+
+def _postgres_account() -> tuple[int, int]:
+    """(uid, gid) PostgreSQL runs as: ours, or as root the system user ``adba-test`` (made
+    on first use: PostgreSQL refuses to run as root)."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return os.geteuid(), os.getegid()
+    try:
+        entry = pwd.getpwnam(POSTGRES_USER)
+    except KeyError:
+        made = subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                POSTGRES_USER,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if made.returncode != 0 and "already exists" not in made.stderr:
+            raise LabError(
+                f"cannot create the user {POSTGRES_USER}: {made.stderr.strip()}"
+            ) from None
+        entry = pwd.getpwnam(POSTGRES_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+class Postgres:
+    """A throwaway PostgreSQL (Debian's ``postgresql`` 15): ``initdb`` into a temp dir as a
+    non-root user, on a free port of 127.0.0.1 and a unix socket in that dir, trust
+    authentication for the user ``adba``; ready when a real query round trip succeeds.
+    :meth:`stop` is a fast shutdown (SIGINT: sessions are ended, the data kept) and
+    :meth:`start` again reuses the data; :meth:`destroy` deletes the dir unless ``keep``.
+    ``durable=False`` (tests) turns fsync off."""
+
+    def __init__(
+        self,
+        *,
+        durable: bool = False,
+        max_connections: int = 300,
+        keep: bool = False,
+        prefix: str = "adba-lab-pg-",
+    ) -> None:
+        reason = postgres_missing()
+        if reason:
+            raise LabError(reason)
+        self.durable = durable
+        self.max_connections = max_connections
+        self.keep = keep
+        self.uid, self.gid = _postgres_account()
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        os.chown(self.dir, self.uid, self.gid)
+        os.chmod(self.dir, 0o700)
+        self.data = self.dir / "data"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._initdb()
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "postgres.log"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(no log)"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{POSTGRES_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": str(self.dir),
+        }
+
+    def _initdb(self) -> None:
+        argv = [f"{POSTGRES_BIN}/initdb", "-D", str(self.data), "-U", "adba", "--auth=trust"]
+        done = subprocess.run(
+            [*argv, "-E", "UTF8", "--no-instructions"],
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            cwd=self.dir,
+            env=self._env(),
+            capture_output=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            self.keep = True
+            raise LabError(f"initdb failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+
+    def start(self) -> Postgres:
+        self.port = self.port or free_port()
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.dir),
+            "max_connections": str(self.max_connections),
+            "shared_buffers": "32MB",
+            "fsync": "on" if self.durable else "off",
+            "synchronous_commit": "on" if self.durable else "off",
+            "full_page_writes": "on" if self.durable else "off",
+            "deadlock_timeout": "200ms",
+        }
+        argv = [f"{POSTGRES_BIN}/postgres", "-D", str(self.data)]
+        for name, value in settings.items():
+            argv += ["-c", f"{name}={value}"]
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                argv,
+                user=self.uid,
+                group=self.gid,
+                extra_groups=[],
+                cwd=self.dir,
+                env=self._env(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 30
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.keep = True
+                raise LabError(f"postgres exited {self.proc.returncode}: {self.log_tail()}")
+            try:
+                self.query("SELECT 1")
+                return self
+            except Exception as exc:  # not up yet
+                last = exc
+                time.sleep(0.05)
+        self.keep = True
+        raise LabError(f"postgres not ready ({last}): {self.log_tail()}")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://adba@127.0.0.1:{self.port}/{database}"
+
+    def socket_url(self, database: str = "postgres") -> str:
+        return f"postgresql://adba@/{database}?host={self.dir}&port={self.port}"
+
+    def query(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
+        """One statement in its own autocommit connection (over the unix socket)."""
+        import psycopg
+
+        with psycopg.connect(self.socket_url(database), autocommit=True, connect_timeout=3) as c:
+            cur = c.execute(sql.encode())
+            return list(cur.fetchall()) if cur.description else []
+
+    def new_database(self) -> str:
+        """A fresh empty database; its URL."""
+        name = f"t_{secrets.token_hex(6)}"
+        self.query(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): sessions are ended, the data kept."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def destroy(self) -> None:
+        self.stop()
+        if self.keep:
+            log.warning("PostgreSQL kept: %s (log %s)", self.dir, self.log_path)
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Postgres:
+        try:
+            return self.start()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.destroy()

@@ -149,6 +149,37 @@ def samba(
         dc.destroy()
 
 
+@pytest.fixture(scope="session")
+def postgres(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One real PostgreSQL for the session (tests take a fresh database each with
+    ``new_database``). Skipped with the reason where it cannot run -- except in CI
+    (ADBA_CI=1), where that is a failure."""
+    import os
+
+    from tests.servers import TestPostgres, postgres_unavailable
+
+    reason = postgres_unavailable()
+    if reason:
+        if os.environ.get("ADBA_CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = TestPostgres()
+    try:
+        yield server.start()
+    finally:
+        server.keep = request.session.testsfailed > 0
+        server.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def records_database(request: pytest.FixtureRequest) -> str | None:
+    """The same authority tests on both engines: None (records.sqlite) or the URL of a fresh
+    PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres").new_database())
+
+
 @pytest.fixture(params=["openldap", "samba"])
 def directory(request: pytest.FixtureRequest) -> Any:
     """The same test bodies against OpenLDAP and Samba AD."""

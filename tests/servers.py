@@ -8,7 +8,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 
-from adba.lab import Slapd
+from adba.lab import Postgres, Slapd
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
@@ -422,11 +422,14 @@ class TestAuthority(_ServerProcess):
 
     __test__ = False
 
-    def __init__(self, path: object, *, tls: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, path: object, *, tls: tuple[str, str] | None = None, name: str = "serve"
+    ) -> None:
         from pathlib import Path
 
         self.path = Path(str(path))
         self.tls = tls
+        self.name = name  # replicas on one directory: one log each
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -455,7 +458,7 @@ class TestAuthority(_ServerProcess):
         ]
         if self.tls:
             argv += ["--tls-cert", self.tls[0], "--tls-key", self.tls[1]]
-        log = open(self.path / "serve.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
@@ -465,7 +468,7 @@ class TestAuthority(_ServerProcess):
 
     @property
     def log_path(self):  # type: ignore[no-untyped-def]
-        return self.path / "serve.log"
+        return self.path / f"{self.name}.log"
 
 
 class TestSambaDC:
@@ -1627,3 +1630,22 @@ class TestConsole(_ServerProcess):
     @property
     def log_path(self):  # type: ignore[no-untyped-def]
         return self.dir / "console.log"
+
+
+def postgres_unavailable() -> str | None:
+    """Why a real PostgreSQL cannot run here (None: it can)."""
+    from adba.lab import postgres_missing
+
+    return postgres_missing()
+
+
+class TestPostgres(Postgres):
+    """A real PostgreSQL server for the tests (see :class:`adba.lab.Postgres`): initdb into
+    a temp dir as a non-root user, a free port and a unix socket in that dir, ready on a real
+    connection round trip, fast shutdown at stop, the dir and its log kept on failure
+    (``keep``)."""
+
+    __test__ = False
+
+    def __init__(self, *, durable: bool = False, max_connections: int = 300) -> None:
+        super().__init__(durable=durable, max_connections=max_connections, prefix="adba-test-pg-")

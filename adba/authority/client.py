@@ -65,7 +65,7 @@ class RemoteAuthority:
         import ssl
 
         verify: Any = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
-        last = ""
+        last, wait = "", 0.0
         for attempt in range(1, self.retries + 1):
             try:
                 with httpx.Client(verify=verify, timeout=self.timeout) as client:
@@ -87,8 +87,10 @@ class RemoteAuthority:
                 log.warning(
                     "authority %s: %s (attempt %d of %d)", self.url, last, attempt, self.retries
                 )
+                wait = _retry_after(response)  # 503: its records are away for a moment
             if attempt < self.retries:
-                time.sleep(self.pause * attempt)
+                time.sleep(max(self.pause * attempt, wait))
+            wait = 0.0
         raise AuthorityUnavailable(
             f"the activation authority at {self.url} is not answering ({last}, {self.retries} "
             "tries): try again later, or activate by telephone with an installation ID (--get-iid)"
@@ -163,6 +165,14 @@ class RemoteAuthority:
         data = self._post("/v1/mak/proxy", {"installation_ids": installation_ids})
         results: list[dict[str, Any]] = data["results"]
         return results
+
+
+def _retry_after(response: Any) -> float:
+    """The seconds a 503's ``Retry-After`` asks for (at most 10; 0 when none or not a number)."""
+    try:
+        return min(10.0, max(0.0, float(response.headers.get("retry-after", 0))))
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _json_error(response: Any) -> str | None:

@@ -7,7 +7,8 @@ Layout of an authority directory (mode 0700)::
     signing.key     PEM PKCS#8 Ed25519, 0600 -- signs licenses
     signing.cert    DER SignedCertificate (see adba.license) for signing.key
     tag.secret      32 random bytes, 0600 -- the HMAC secret in every CSVLK and MAK tag
-    records.sqlite  minted keys (their SHA-256, never the key) and activations
+    records.sqlite  minted keys (their SHA-256, never the key) and activations -- or, with
+                    records on PostgreSQL, records.url (0600): the database's URL
     signing-ID.cert the certificate of a rotated-out signing key (its key beside it as
                     signing-ID.key until the key is retired, then deleted)
     retired.pem     0644, once a key is retired -- the root-signed list of retired signing
@@ -25,14 +26,13 @@ import hashlib
 import logging
 import os
 import secrets
-import sqlite3
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from adba.avma.protocol import AvmaHostCertificate
     from adba.confirmation import Confirmation, Installation
     from adba.kms.protocol import HostCertificate
+from adba.authority.records import Records, Transaction, open_records
 from adba.errors import (
     ActivationLimitReached,
     AuthorityError,
@@ -69,71 +70,20 @@ __all__ = ["Activator", "CsvlkActivation", "LocalAuthority"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 ROOT_KEY = "root.key"
 ROOT_PUB = "root.pub"
 SIGNING_KEY = "signing.key"
 SIGNING_CERT = "signing.cert"
 TAG_SECRET = "tag.secret"
 RECORDS = "records.sqlite"
+RECORDS_URL = "records.url"
 RETIRED_PEM = "retired.pem"
 _SECRET_FILES = (ROOT_KEY, SIGNING_KEY, TAG_SECRET)
-_ALL_FILES = (ROOT_KEY, ROOT_PUB, SIGNING_KEY, SIGNING_CERT, TAG_SECRET, RECORDS)
+_KEY_FILES = (ROOT_KEY, ROOT_PUB, SIGNING_KEY, SIGNING_CERT, TAG_SECRET)
+_ALL_FILES = (*_KEY_FILES, RECORDS)
 _MAX_SERIAL = 0xFFFFFFFF
-_SCHEMA_VERSION = 3
-#: schema upgrades, applied in order by :meth:`LocalAuthority.open` (records are kept)
-_MIGRATIONS = {
-    2: """
-CREATE TABLE IF NOT EXISTS kms_keys (
-    key_sha256  TEXT PRIMARY KEY,
-    host_limit  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS kms_hosts (
-    key_sha256  TEXT NOT NULL,
-    host_id     TEXT NOT NULL,     -- hex hash of the host id (all an installation ID carries)
-    host_name   TEXT,              -- the host id itself, when activated online
-    activations INTEGER NOT NULL,
-    first_at    INTEGER NOT NULL,
-    last_at     INTEGER NOT NULL,
-    epid        TEXT NOT NULL,
-    PRIMARY KEY (key_sha256, host_id)
-);
-CREATE TABLE IF NOT EXISTS mak_keys (
-    key_sha256  TEXT PRIMARY KEY,
-    allowed     INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mak_activations (
-    key_sha256  TEXT NOT NULL,
-    binding     TEXT NOT NULL,     -- hex hash of the machine (CMID and edition)
-    first_at    INTEGER NOT NULL,
-    last_at     INTEGER NOT NULL,
-    PRIMARY KEY (key_sha256, binding)
-);
-CREATE TABLE IF NOT EXISTS requests (
-    request_id  TEXT PRIMARY KEY,  -- online requests carry a unique id: a replay is refused
-    at          INTEGER NOT NULL
-);
-""",
-    3: """
-ALTER TABLE requests ADD COLUMN digest TEXT;      -- SHA-256 of the endpoint and the body
-ALTER TABLE requests ADD COLUMN response TEXT;    -- the answer, for an idempotent retry
-ALTER TABLE activations ADD COLUMN license BLOB;  -- the license issued (re-sent on a repeat)
-ALTER TABLE kms_hosts ADD COLUMN host_key TEXT;   -- hex hash of the host's public key
-CREATE TABLE IF NOT EXISTS retired_keys (
-    key_id      TEXT PRIMARY KEY,  -- hex id of a retired signing key: never signs again
-    retired_at  INTEGER NOT NULL
-);
-""",
-}
-#: the AVMA hosts the authority certified (created when it first certifies one)
-_AVMA_HOSTS = """
-CREATE TABLE IF NOT EXISTS avma_hosts (
-    host_id     TEXT NOT NULL,
-    host_key    TEXT NOT NULL,     -- hex of the host's Ed25519 public key
-    edition_sku TEXT NOT NULL,
-    first_at    INTEGER NOT NULL,
-    last_at     INTEGER NOT NULL,
-    PRIMARY KEY (host_id, host_key)
-)"""
 #: a KMS key activates at most this many distinct hosts, each at most 1 + 9 times (the seed)
 KMS_HOST_LIMIT = 6
 KMS_REACTIVATIONS = 9
@@ -141,31 +91,6 @@ KMS_CERT_DAYS = 365
 #: default validity of a signing certificate: licenses stop verifying when it ends, so the
 #: vendor rotates before then (``authority rotate``) and forests activate again (free)
 SIGNING_CERT_DAYS = 730
-
-_SCHEMA = """
-CREATE TABLE meta (
-    name  TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE minted_keys (
-    id           INTEGER PRIMARY KEY,
-    type         INTEGER NOT NULL,   -- adba.keys.KeyType
-    product_code INTEGER NOT NULL,
-    serial       INTEGER NOT NULL,
-    created_at   INTEGER NOT NULL,   -- Unix seconds
-    key_sha256   TEXT NOT NULL UNIQUE, -- hex SHA-256 of the dashed key text; never the key
-    UNIQUE (type, product_code, serial)
-);
-CREATE TABLE activations (
-    id          INTEGER PRIMARY KEY,
-    key_sha256  TEXT NOT NULL,
-    forest_dn   TEXT NOT NULL,
-    forest_guid TEXT,
-    pid         TEXT NOT NULL,
-    issued_at   INTEGER NOT NULL
-);
-CREATE INDEX activations_by_key ON activations (key_sha256);
-"""
 
 
 @dataclass(frozen=True)
@@ -272,6 +197,7 @@ class LocalAuthority:
         signing_key: Ed25519PrivateKey,
         certificate: SigningCertificate,
         tag_secret: bytes,
+        records: Records | None = None,
     ) -> None:
         """Use :meth:`init` or :meth:`open`."""
         self._path = path
@@ -280,6 +206,7 @@ class LocalAuthority:
         self._certificate = certificate
         self._tag_secret = tag_secret
         self._root_public = _raw_public(root_key)
+        self._db = records if records is not None else open_records(None, path)
 
     def __repr__(self) -> str:
         return f"LocalAuthority({str(self._path)!r}, root key {key_id(self._root_public).hex()})"
@@ -287,13 +214,20 @@ class LocalAuthority:
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
     def init(
-        cls, path: str | os.PathLike[str], *, now: int, cert_days: int = SIGNING_CERT_DAYS
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        now: int,
+        cert_days: int = SIGNING_CERT_DAYS,
+        database: str | None = None,
     ) -> LocalAuthority:
-        """Create a new authority in ``path`` (created 0700 if missing, else must be empty)."""
+        """Create a new authority in ``path`` (created 0700 if missing, else must be empty).
+        Its records go to ``database`` (a ``postgresql://`` URL, kept in ``records.url``) or,
+        without one, to ``records.sqlite`` beside the keys."""
         directory = Path(path)
         _check_days(cert_days)
         try:
-            return cls._init(directory, now, cert_days)
+            return cls._init(directory, now, cert_days, database)
         except PermissionError as exc:
             raise AuthorityError(
                 f"cannot create an authority in {directory}: permission denied "
@@ -307,16 +241,29 @@ class LocalAuthority:
             ) from exc
 
     @classmethod
-    def _init(cls, directory: Path, now: int, cert_days: int) -> LocalAuthority:
+    def _init(
+        cls, directory: Path, now: int, cert_days: int, database: str | None
+    ) -> LocalAuthority:
         if directory.exists():
             if not directory.is_dir():
                 raise AuthorityError(f"{directory} exists and is not a directory")
-            if any((directory / name).exists() for name in _ALL_FILES):
+            if any((directory / name).exists() for name in (*_ALL_FILES, RECORDS_URL)):
                 raise AuthorityError(
                     f"{directory} already holds an activation authority: refusing to overwrite it"
                 )
             if any(directory.iterdir()):
                 raise AuthorityError(f"{directory} is not empty: choose a new directory")
+        records = open_records(database, directory) if database else None
+        if records is not None:  # reachable and holding no other authority, before any file
+            records.migrate(now=now)
+            with records.transaction() as tx:
+                owner = tx.execute("SELECT value FROM meta WHERE name = 'root_key_id'").fetchone()
+            if owner is not None:
+                raise AuthorityError(
+                    f"the records at {records.where} already belong to the authority with root "
+                    f"key {owner[0]}: give an empty database"
+                )
+        if directory.exists():
             os.chmod(directory, 0o700)
         else:
             directory.mkdir(mode=0o700, parents=True)
@@ -333,50 +280,90 @@ class LocalAuthority:
         _write(directory / TAG_SECRET, tag_secret, 0o600)
         _write(directory / SIGNING_CERT, certificate.der, 0o644)
         _write(directory / ROOT_PUB, dump_public_key_pem(_raw_public(root_key)).encode(), 0o644)
-        with contextlib.closing(sqlite3.connect(directory / RECORDS)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
-                db.executescript(_SCHEMA)
-                for step in sorted(_MIGRATIONS):
-                    db.executescript(_MIGRATIONS[step])
-                db.execute(
-                    "INSERT INTO meta (name, value) VALUES ('schema_version', ?)",
-                    (str(_SCHEMA_VERSION),),
-                )
-        os.chmod(directory / RECORDS, 0o600)
+        if records is None:
+            _write(directory / RECORDS, b"", 0o600)
+            sqlite = open_records(None, directory)
+            sqlite.create()  # type: ignore[attr-defined]
+            records = sqlite
+        else:
+            _write(directory / RECORDS_URL, (database or "").encode() + b"\n", 0o600)
         authority = cls(
             directory,
             root_key=root_key,
             signing_key=signing_key,
             certificate=certificate,
             tag_secret=tag_secret,
+            records=records,
         )
-        log.info("created activation authority %s", authority)
+        authority._migrate(now)
+        log.info("created activation authority %s (records: %s)", authority, records.where)
         return authority
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> LocalAuthority:
-        """Open an authority made by :meth:`init`; refuses private files others can read."""
+    def open(cls, path: str | os.PathLike[str], *, database: str | None = None) -> LocalAuthority:
+        """Open an authority made by :meth:`init`; refuses private files others can read.
+        Its records are ``database`` if given, else the database named in ``records.url``,
+        else ``records.sqlite``; they are migrated to this release's schema."""
         directory = Path(path)
-        missing = [name for name in _ALL_FILES if not (directory / name).is_file()]
+        if not database and (directory / RECORDS_URL).is_file():
+            database = (directory / RECORDS_URL).read_text().strip()
+        wanted = _KEY_FILES if database else _ALL_FILES
+        missing = [name for name in wanted if not (directory / name).is_file()]
         if missing:
             raise AuthorityNotInitialised(
                 f"no activation authority in {directory} (missing {', '.join(missing)}): "
                 "run `adba authority init` first",
                 path=str(directory),
             )
-        for name in _SECRET_FILES:
+        for name in (*_SECRET_FILES, RECORDS_URL):
             file = directory / name
-            if stat.S_IMODE(file.stat().st_mode) & 0o077:
+            if file.is_file() and stat.S_IMODE(file.stat().st_mode) & 0o077:
                 raise AuthorityError(
                     f"{file} is readable by group or others: run `chmod 600 {file}`",
                     path=str(file),
                 )
         root_key = cls._load_private(directory / ROOT_KEY)
-        signing_key = cls._load_private(directory / SIGNING_KEY)
         tag_secret = (directory / TAG_SECRET).read_bytes()
         if len(tag_secret) != 32:
             raise AuthorityError(f"{directory / TAG_SECRET} is not a 32-byte secret")
+        signing_key, certificate = cls._load_signing(directory, _raw_public(root_key))
+        authority = cls(
+            directory,
+            root_key=root_key,
+            signing_key=signing_key,
+            certificate=certificate,
+            tag_secret=tag_secret,
+            records=open_records(database, directory),
+        )
+        authority._migrate(int(time.time()))
+        if certificate.key_id in authority.retired_keys():
+            raise AuthorityError(
+                f"{directory / SIGNING_KEY} is the retired signing key "
+                f"{certificate.key_id.hex()}: it never signs again (restore the current key)"
+            )
+        return authority
+
+    def _migrate(self, now: int) -> None:
+        """The records up to this release's schema, and bound to this root key: records of
+        another authority are refused (their keys' tags would not verify here)."""
+        self._db.migrate(now=now)
+        mine = key_id(self._root_public).hex()
+        with self._records() as db:
+            row = db.execute("SELECT value FROM meta WHERE name = 'root_key_id'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta (name, value) VALUES ('root_key_id', ?)", (mine,))
+            elif row[0] != mine:
+                raise AuthorityError(
+                    f"the records at {self._db.where} belong to the authority with root key "
+                    f"{row[0]}, not to {self._path} (root key {mine})"
+                )
+
+    @classmethod
+    def _load_signing(
+        cls, directory: Path, root_public: bytes
+    ) -> tuple[Ed25519PrivateKey, SigningCertificate]:
+        """The signing key and its certificate from the directory (no records read)."""
+        signing_key = cls._load_private(directory / SIGNING_KEY)
         try:
             certificate = decode_certificate((directory / SIGNING_CERT).read_bytes())
         except MalformedLicense as exc:
@@ -385,47 +372,11 @@ class LocalAuthority:
             ) from exc
         if certificate.public_key != _raw_public(
             signing_key
-        ) or certificate.issuer_key_id != key_id(_raw_public(root_key)):
+        ) or certificate.issuer_key_id != key_id(root_public):
             raise AuthorityError(
                 f"{directory / SIGNING_CERT} does not certify {SIGNING_KEY} under {ROOT_KEY}"
             )
-        authority = cls(
-            directory,
-            root_key=root_key,
-            signing_key=signing_key,
-            certificate=certificate,
-            tag_secret=tag_secret,
-        )
-        authority._migrate()
-        if certificate.key_id in authority.retired_keys():
-            raise AuthorityError(
-                f"{directory / SIGNING_KEY} is the retired signing key "
-                f"{certificate.key_id.hex()}: it never signs again (restore the current key)"
-            )
-        return authority
-
-    def _migrate(self) -> None:
-        with self._records() as db:
-            row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-            version = int(row[0]) if row else 1
-            if version > _SCHEMA_VERSION:
-                raise AuthorityError(
-                    f"{self._path / RECORDS} was written by a newer adba (schema {version})"
-                )
-            for step in sorted(_MIGRATIONS):
-                if step > version:
-                    for statement in _MIGRATIONS[step].split(";"):
-                        if statement.strip():
-                            try:
-                                db.execute(statement)
-                            except sqlite3.OperationalError as exc:
-                                if "duplicate column" not in str(exc):
-                                    raise  # a column added before: the step was half done
-                    log.info("upgraded %s to schema %d", self._path / RECORDS, step)
-            db.execute(
-                "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
-                (str(_SCHEMA_VERSION),),
-            )
+        return signing_key, certificate
 
     @staticmethod
     def _load_private(file: Path) -> Ed25519PrivateKey:
@@ -437,20 +388,26 @@ class LocalAuthority:
             raise AuthorityError(f"{file} is not an Ed25519 private key")
         return key
 
-    @contextlib.contextmanager
-    def _records(self) -> Iterator[sqlite3.Connection]:
-        """A connection per operation: one transaction, committed on success."""
-        db = sqlite3.connect(self._path / RECORDS, timeout=10, isolation_level=None)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
+    def _records(self) -> contextlib.AbstractContextManager[Transaction]:
+        """One transaction (joined by the operations called inside it), committed on success."""
+        return self._db.transaction()
+
+    @property
+    def records(self) -> Records:
+        """Where the records are kept."""
+        return self._db
+
+    def atomic(self, fn: Callable[[], T]) -> T:
+        """``fn()`` as one transaction of the records, run again after a conflict (see
+        :meth:`Records.atomic`): every operation called inside joins it."""
+        return self._db.atomic(fn)
+
+    def ping(self) -> None:
+        """Raise :class:`~adba.errors.RecordsUnavailable` unless the records answer now."""
+        self._db.ping()
+
+    def close(self) -> None:
+        self._db.close()
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -500,6 +457,7 @@ class LocalAuthority:
         else:
             raise InvalidInput(f"cannot mint keys of type {key_type!r}")
         with self._records() as db:
+            db.lock_table("minted_keys")  # serials one after the other, on every replica
             (last,) = db.execute(
                 "SELECT COALESCE(MAX(serial), 0) FROM minted_keys"
                 " WHERE type = ? AND product_code = ?",
@@ -545,6 +503,7 @@ class LocalAuthority:
             )
         digest, guid = key_sha256(parsed), str(forest.guid)
         with self._records() as db:
+            db.lock_key(digest)
             row = db.execute(
                 "SELECT id, pid, issued_at, license FROM activations WHERE key_sha256 = ?"
                 " AND forest_dn = ? AND forest_guid = ? ORDER BY id DESC LIMIT 1",
@@ -632,6 +591,7 @@ class LocalAuthority:
         digest, host = key_sha256(parsed), subject.hex()
         label = name or f"host {host}"
         with self._records() as db:
+            db.lock_key(digest)  # this key's decisions one at a time, on every replica
             row = db.execute(
                 "SELECT host_limit FROM kms_keys WHERE key_sha256 = ?", (digest,)
             ).fetchone()
@@ -670,8 +630,8 @@ class LocalAuthority:
                 "INSERT INTO kms_hosts (key_sha256, host_id, host_name, activations, first_at,"
                 " last_at, epid, host_key) VALUES (?, ?, ?, 1, ?, ?, ?, ?)"
                 " ON CONFLICT (key_sha256, host_id)"
-                " DO UPDATE SET activations = activations + 1, last_at = ?, epid = ?,"
-                " host_name = COALESCE(?, host_name), host_key = ?",
+                " DO UPDATE SET activations = kms_hosts.activations + 1, last_at = ?, epid = ?,"
+                " host_name = COALESCE(?, kms_hosts.host_name), host_key = ?",
                 (
                     digest,
                     host,
@@ -748,9 +708,10 @@ class LocalAuthority:
                 "a Datacenter-class edition is"
             )
         not_after = now + cert_days * 86400
-        signature = self._root_key.sign(certificate_message(host_public_key, product.sku, not_after))
+        signature = self._root_key.sign(
+            certificate_message(host_public_key, product.sku, not_after)
+        )
         with self._records() as db:
-            db.execute(_AVMA_HOSTS)
             db.execute(
                 "INSERT INTO avma_hosts VALUES (?, ?, ?, ?, ?) ON CONFLICT (host_id, host_key)"
                 " DO UPDATE SET last_at = ?, edition_sku = ?",
@@ -774,6 +735,7 @@ class LocalAuthority:
             parsed = self._tagged(installation.key, KeyType.CSVLK, "CSVLK")
             product = catalog.csvlk_by_code(parsed.code)
             with self._records() as db:
+                db.lock_key(key_sha256(parsed))
                 where = (key_sha256(parsed), f"phone:{installation.binding.hex()}")
                 known = db.execute(
                     "SELECT 1 FROM activations WHERE key_sha256 = ? AND forest_dn = ?", where
@@ -803,6 +765,7 @@ class LocalAuthority:
     def _use_mak(self, parsed: ProductKey, binding: bytes, now: int) -> None:
         digest = key_sha256(parsed)
         with self._records() as db:
+            db.lock_key(digest)  # this key's decisions one at a time, on every replica
             row = db.execute(
                 "SELECT allowed FROM mak_keys WHERE key_sha256 = ?", (digest,)
             ).fetchone()
@@ -828,7 +791,12 @@ class LocalAuthority:
     def set_mak_count(self, key: ProductKey, count: int) -> None:
         _check_mak_count(count)
         with self._records() as db:
-            db.execute("INSERT OR REPLACE INTO mak_keys VALUES (?, ?)", (key_sha256(key), count))
+            db.lock_key(key_sha256(key))
+            db.execute(
+                "INSERT INTO mak_keys (key_sha256, allowed) VALUES (?, ?)"
+                " ON CONFLICT (key_sha256) DO UPDATE SET allowed = excluded.allowed",
+                (key_sha256(key), count),
+            )
 
     def grant_hosts(self, key: str, hosts: int) -> int:
         """Raise a KMS key's host limit by ``hosts``; returns the new limit."""
@@ -837,11 +805,16 @@ class LocalAuthority:
             raise InvalidInput("grant at least 1 more host")
         digest = key_sha256(parsed)
         with self._records() as db:
+            db.lock_key(digest)
             row = db.execute(
                 "SELECT host_limit FROM kms_keys WHERE key_sha256 = ?", (digest,)
             ).fetchone()
             limit = (int(row[0]) if row else KMS_HOST_LIMIT) + hosts
-            db.execute("INSERT OR REPLACE INTO kms_keys VALUES (?, ?)", (digest, limit))
+            db.execute(
+                "INSERT INTO kms_keys (key_sha256, host_limit) VALUES (?, ?)"
+                " ON CONFLICT (key_sha256) DO UPDATE SET host_limit = excluded.host_limit",
+                (digest, limit),
+            )
         log.info("KMS key %s may now activate %d hosts", parsed, limit)
         return limit
 
@@ -859,9 +832,37 @@ class LocalAuthority:
         answer (and another body under that id is refused)."""
         with self._records() as db:
             db.execute(
-                "INSERT OR IGNORE INTO requests (request_id, at, digest, response)"
-                " VALUES (?, ?, ?, ?)",
+                "INSERT INTO requests (request_id, at, digest, response) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (request_id) DO NOTHING",
                 (request_id, now, digest, response),
+            )
+
+    def claim_request(
+        self, request_id: str, digest: str, now: int
+    ) -> tuple[str | None, str | None] | None:
+        """Take an online request id for the request being answered, inside the transaction
+        that answers it (run both in :meth:`atomic`): kept only if that transaction commits,
+        so a refused request does not use its id up. None: the id is this request's now.
+        Else (digest, answer) of the request that has it -- on PostgreSQL a replica answering
+        the same id at the same moment is waited for, so exactly one of them takes it."""
+        with self._records() as db:
+            taken = db.execute(
+                "INSERT INTO requests (request_id, at, digest, response) VALUES (?, ?, ?, NULL)"
+                " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                (request_id, now, digest),
+            ).fetchone()
+            if taken is not None:
+                return None
+            row = db.execute(
+                "SELECT digest, response FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return (None, None) if row is None else (row[0], row[1])
+
+    def answer_request(self, request_id: str, response: str) -> None:
+        """Keep the answer to a request id taken by :meth:`claim_request` (same transaction)."""
+        with self._records() as db:
+            db.execute(
+                "UPDATE requests SET response = ? WHERE request_id = ?", (response, request_id)
             )
 
     def _signer(self) -> tuple[Ed25519PrivateKey, SigningCertificate]:
@@ -875,13 +876,13 @@ class LocalAuthority:
                 f"cannot read {self._path / SIGNING_CERT}: {exc.strerror or exc}"
             ) from exc
         if der != self._certificate.der:
-            fresh = type(self).open(self._path)
+            signing_key, certificate = self._load_signing(self._path, self._root_public)
             log.info(
                 "signing key changed on disk: %s -> %s",
                 self._certificate.key_id.hex(),
-                fresh._certificate.key_id.hex(),
+                certificate.key_id.hex(),
             )
-            self._signing_key, self._certificate = fresh._signing_key, fresh._certificate
+            self._signing_key, self._certificate = signing_key, certificate
         if self._certificate.key_id in self.retired_keys():
             raise AuthorityError(
                 f"the signing key {self._certificate.key_id.hex()} is retired: it never signs "
@@ -974,7 +975,11 @@ class LocalAuthority:
 
     def _record_retired(self, kid: bytes, now: int) -> None:
         with self._records() as db:
-            db.execute("INSERT OR IGNORE INTO retired_keys VALUES (?, ?)", (kid.hex(), now))
+            db.execute(
+                "INSERT INTO retired_keys (key_id, retired_at) VALUES (?, ?)"
+                " ON CONFLICT (key_id) DO NOTHING",
+                (kid.hex(), now),
+            )
         pem = self._path / RETIRED_PEM
         tmp = self._path / (RETIRED_PEM + ".new")
         tmp.unlink(missing_ok=True)
@@ -1052,7 +1057,9 @@ class LocalAuthority:
         activations left, a KMS host key's host slots left. Records nothing."""
         parsed = parse_key(key)
         if parsed.type not in (KeyType.MAK, KeyType.CSVLK):
-            raise InvalidInput(f"a {parsed.type.name} has no activation count: give a MAK or a CSVLK")
+            raise InvalidInput(
+                f"a {parsed.type.name} has no activation count: give a MAK or a CSVLK"
+            )
         parsed = self._tagged(parsed, parsed.type, parsed.type.name)
         digest = key_sha256(parsed)
         status: dict[str, Any] = {

@@ -11,13 +11,15 @@ same id and the same body gets the first answer again; the same id with another 
 - ``POST /v1/mak/proxy``            many installation IDs in one request -> a result for each
 - ``POST /v1/keys/status``         a MAK or CSVLK -> activations / KMS host slots left (the key
   proves ownership; read-only: no ``request_id``, nothing recorded)
-- ``GET  /v1/health``
+- ``GET  /v1/health``                200 when this replica reaches its records, else 503
 
 Every error, whatever produced it, is ``{"error": <stable code>, "message": <what to do>}``:
 400 bad input (``malformed-json``, ``invalid-request``, ``forest-guid-missing`` ...), 403 a key
 this authority did not issue, 404 ``not-found``, 405 ``method-not-allowed``, 409
 ``replayed-request`` or ``activation-limit``, 413 ``too-large``, 415
-``unsupported-media-type``, 500 ``internal-error`` (logged as one line). Nothing is recorded
+``unsupported-media-type``, 503 ``records-unavailable`` with ``Retry-After`` (the records'
+database cannot be reached: nothing was recorded, the client retries), 500 ``internal-error``
+(logged as one line). Nothing is recorded
 for a refused request. Bodies are read (at most 256 KiB, declared or chunked) before they are
 parsed.
 """
@@ -49,6 +51,7 @@ from ..errors import (
     ForestGuidMissing,
     InvalidInput,
     InvalidKey,
+    RecordsUnavailable,
     UnknownProduct,
 )
 from ..license import ForestIdentity
@@ -126,6 +129,8 @@ class ProxyOut(BaseModel):
 
 
 def _status(exc: AdbaError) -> int:
+    if isinstance(exc, RecordsUnavailable):
+        return 503
     if isinstance(exc, ActivationLimitReached):
         return 409
     if isinstance(exc, AuthorityError):
@@ -258,7 +263,9 @@ def create_app(
     authority: LocalAuthority, catalog: Catalog, *, clock: Any = time.time, max_body: int = MAX_BODY
 ) -> Any:
     app = FastAPI(title="ADBA activation authority", version="1", docs_url=None, redoc_url=None)
-    one_at_a_time = threading.Lock()  # a request id is checked, answered and kept as one step
+    # a request id is taken, answered and kept in one transaction (Records.atomic); SQLite
+    # has one writer at a time anyway, so this process's threads take turns before it
+    one_at_a_time = threading.Lock() if authority.records.one_writer else None
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -282,7 +289,11 @@ def create_app(
 
     @app.exception_handler(AdbaError)
     async def _refused(_request: Request, exc: AdbaError) -> JSONResponse:
-        return _error(_status(exc), exc.code, exc.message)
+        status = _status(exc)
+        if status == 503:
+            log.warning("refused with 503: %s", exc.message)
+            return _error(status, exc.code, exc.message, _retry_after(exc))
+        return _error(status, exc.code, exc.message)
 
     @app.exception_handler(_Replay)
     async def _replayed(_request: Request, _exc: Exception) -> JSONResponse:
@@ -296,21 +307,37 @@ def create_app(
         """Answer a request once per request id: a retry with the same body gets the same
         answer; another body under a used id is refused; a refused request keeps no id."""
         digest = _digest(path, body)
-        with one_at_a_time:
-            prior = authority.recall_request(body.request_id)
+
+        def decide() -> Any:
+            now = int(clock())
+            prior = authority.claim_request(body.request_id, digest, now)
             if prior is not None:
                 if prior[0] != digest or prior[1] is None:
                     raise _Replay
                 log.info("request %s again: the first answer is sent again", body.request_id)
                 return JSONResponse(json.loads(prior[1]))
-            now = int(clock())
             result = answer(now)
-            authority.remember_request(body.request_id, digest, result.model_dump_json(), now)
+            authority.answer_request(body.request_id, result.model_dump_json())
             return result
 
+        if one_at_a_time is None:
+            return authority.atomic(decide)
+        with one_at_a_time:
+            return authority.atomic(decide)
+
     @app.get(f"{API}/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok", "root_key": authority.root_public_key.hex()}
+    def health() -> Any:
+        """200 when this replica reaches its records (a load balancer's health check), else
+        503 ``records-unavailable`` with ``Retry-After``."""
+        try:
+            authority.ping()
+        except RecordsUnavailable as exc:
+            return _error(503, exc.code, exc.message, _retry_after(exc))
+        return {
+            "status": "ok",
+            "root_key": authority.root_public_key.hex(),
+            "records": authority.records.dialect,
+        }
 
     @app.post(f"{API}/csvlk/activations", response_model=CsvlkActivationOut)
     def csvlk(body: CsvlkActivationIn) -> Any:
@@ -379,6 +406,8 @@ def create_app(
                     installation = Installation.parse(text)
                     cid = authority.confirm(installation, catalog, now=now)
                     results.append(ProxyResult(installation_id=text, confirmation_id=cid.text()))
+                except RecordsUnavailable:
+                    raise  # the whole request is answered again later, not half of it
                 except AdbaError as exc:
                     results.append(
                         ProxyResult(installation_id=text, error=exc.code, message=exc.message)
@@ -396,3 +425,7 @@ def create_app(
 
 class _Replay(Exception):
     pass
+
+
+def _retry_after(exc: AdbaError) -> dict[str, str]:
+    return {"retry-after": str(int(getattr(exc, "retry_after", 1) or 1))}

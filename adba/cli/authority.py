@@ -24,8 +24,12 @@ Creates an activation authority in DIR: an Ed25519 root key, a signing key with 
 certificate under the root, the secret that tags CSVLKs and MAKs, and its records.
 DIR/root.pub is the public root key that clients pin (ship it beside the catalogue).
 
+With --database postgresql://..., the records go to that (empty) PostgreSQL database and
+DIR keeps the keys and the database's URL (DIR/records.url); else DIR/records.sqlite.
+
 example:
   adba authority init --path /var/lib/adba/authority
+  adba authority init --path /var/lib/adba/authority --database postgresql://adba@db/adba
 """
 MINT = """\
 Issues a new CSVLK (for a CSVLK product of the catalogue) or MAK (for an edition).
@@ -44,6 +48,7 @@ def register(nouns: Any) -> None:
         "init", help="create an authority", description=INIT, formatter_class=Formatter
     )
     init.add_argument("--path", metavar="DIR", help="where the authority lives (ADBA_AUTHORITY)")
+    _database_arg(init)
     _cert_days_arg(init)
     add_json(init)
     init.set_defaults(func=cmd_init)
@@ -52,6 +57,7 @@ def register(nouns: Any) -> None:
         "mint", help="issue a CSVLK or MAK", description=MINT, formatter_class=Formatter
     )
     mint.add_argument("--path", metavar="DIR", help="the authority directory (ADBA_AUTHORITY)")
+    _database_arg(mint)
     mint.add_argument("--type", required=True, choices=["csvlk", "mak"], help="key type")
     mint.add_argument("--product", required=True, help="CSVLK product (csvlk) or edition (mak)")
     mint.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
@@ -153,6 +159,27 @@ def _cert_days_arg(p: argparse.ArgumentParser) -> None:
 
 def _path_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", metavar="DIR", help="the authority directory (ADBA_AUTHORITY)")
+    _database_arg(p)
+
+
+def _database_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="the records on PostgreSQL, postgresql://USER@HOST/NAME (ADBA_AUTHORITY_DATABASE; "
+        "default: the one given at init, else DIR/records.sqlite)",
+    )
+
+
+def _database(args: argparse.Namespace) -> str | None:
+    value = pick(args, "database", "authority")
+    return str(value) if value else None
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from ..authority import LocalAuthority
+
+    return LocalAuthority.open(_path(args), database=_database(args))
 
 
 def _path(args: argparse.Namespace) -> str:
@@ -165,7 +192,9 @@ def _path(args: argparse.Namespace) -> str:
 def cmd_init(args: argparse.Namespace) -> int:
     from ..authority import LocalAuthority
 
-    auth = LocalAuthority.init(_path(args), now=int(time.time()), cert_days=args.cert_days)
+    auth = LocalAuthority.init(
+        _path(args), now=int(time.time()), cert_days=args.cert_days, database=_database(args)
+    )
     root_pub = f"{auth.path}/root.pub"
     if args.json:
         emit_json({"path": str(auth.path), "root_public_key": root_pub})
@@ -175,11 +204,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_mint(args: argparse.Namespace) -> int:
-    from ..authority import LocalAuthority
     from ..keys import KeyType
 
     cat = catalog(args)
-    auth = LocalAuthority.open(_path(args))
+    auth = _open(args)
     # every option is checked by mint before anything is recorded or a serial used
     key = auth.mint(
         KeyType[args.type.upper()], args.product, cat, now=int(time.time()), mak_count=args.count
@@ -204,10 +232,14 @@ Serves the authority's JSON API (versioned: /v1/...) with uvicorn; TLS with --tl
 request id with another body are refused with a 4xx and {"error", "message"}; nothing is
 recorded for them. A client must send its whole request within --request-timeout; open
 connections are capped, in all and per client address. Ctrl-C exits 130, SIGTERM 0.
+With --database, the records are on PostgreSQL and several replicas (each with a copy of
+DIR's key files) serve one vendor: every limit and request id holds across them. A database
+that cannot be reached gives 503 with Retry-After; /v1/health says so too.
 
 example:
   adba authority serve --path /var/lib/adba/authority --listen 0.0.0.0 --port 8443 \\
       --tls-cert /etc/adba/authority.pem --tls-key /etc/adba/authority.key
+  adba authority serve --path /etc/adba/authority-keys --database postgresql://adba@db/adba
 """
 CONFIRM = """\
 Answers an installation ID (read out by a customer, or from `adba ... --get-iid`) with a
@@ -250,7 +282,6 @@ example:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..authority import LocalAuthority
     from ..authority.server import Limits, serve
     from ..authority.service import create_app
 
@@ -258,7 +289,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InvalidInput("give both --tls-cert and --tls-key (or neither)")
     if args.request_timeout < 0.1:
         raise InvalidInput("--request-timeout must be 0.1 to 3600 seconds")
-    app = create_app(LocalAuthority.open(_path(args)), catalog(args))
+    app = create_app(_open(args), catalog(args))
     return serve(
         app,
         host=args.listen,
@@ -274,11 +305,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from ..authority import LocalAuthority
     from ..confirmation import Installation
 
     installation = Installation.parse(args.installation_id)
-    cid = LocalAuthority.open(_path(args)).confirm(
+    cid = _open(args).confirm(
         installation, catalog(args), now=int(time.time())
     )
     if args.json:
@@ -295,18 +325,16 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 
 def cmd_grant(args: argparse.Namespace) -> int:
-    from ..authority import LocalAuthority
     from .ao import _read_key
 
-    limit = LocalAuthority.open(_path(args)).grant_hosts(_read_key(args), args.hosts)
+    limit = _open(args).grant_hosts(_read_key(args), args.hosts)
     print(f"the KMS key may now activate {limit} hosts")
     return 0
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from ..authority import LocalAuthority
 
-    auth = LocalAuthority.open(_path(args))
+    auth = _open(args)
     old = auth.certificate.key_id.hex()
     cert = auth.rotate(now=int(time.time()), cert_days=args.cert_days, retire=args.retire)
     if args.retire:
@@ -323,9 +351,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_retire(args: argparse.Namespace) -> int:
-    from ..authority import LocalAuthority
 
-    auth = LocalAuthority.open(_path(args))
+    auth = _open(args)
     auth.retire(args.key_id.strip().lower(), now=int(time.time()))
     print(
         f"signing key {args.key_id} is retired and deleted: ship {auth.path}/retired.pem "
@@ -344,9 +371,8 @@ def _clean(value: object) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..authority import LocalAuthority
 
-    report = LocalAuthority.open(_path(args)).report(catalog(args))
+    report = _open(args).report(catalog(args))
     if args.json:
         emit_json(report)
         return 0

@@ -28,12 +28,13 @@ its status, deletes the object; then installs a KMS host key, serves KMS, and bo
 servers outside any domain until the count activates them; starts two more KMS hosts that
 publish their own SRV records (weights 2 and 1) into a throwaway named, and boots a server
 that finds them in DNS and moves to the other host when its own stops; a laptop activates a
-MAK; a Datacenter host activates two virtual machines (AVMA); the vendor retires its signing
-key. Last, the admin's inventory gathers the demo's machines, the KMS host's clients and the
-MAK's activations left, and the web console shows them: the demo signs in to it once and
-prints its overview's machine count; with --console it keeps the console (and the servers)
-running, printing the URL and a user to sign in with, until Ctrl-C. Then it cleans
-everything up.
+MAK; (where PostgreSQL is installed) an authority with its records on PostgreSQL and two
+replicas hold one MAK count between them; a Datacenter host activates two virtual machines
+(AVMA); the vendor retires its signing key. Last, the admin's inventory gathers the demo's
+machines, the KMS host's clients and the MAK's activations left, and the web console shows
+them: the demo signs in to it once and prints its overview's machine count; with --console
+it keeps the console (and the servers) running, printing the URL and a user to sign in
+with, until Ctrl-C. Then it cleans everything up.
 
 example:
   adba demo
@@ -111,6 +112,7 @@ class _Background:
         step.n += 1
         print(f"\n[{step.n}] {title}\n$ adba {shlex.join(argv)} &", flush=True)
         self.name = " ".join(argv[:2])
+        self.port = port
         self.log_path = log
         self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -438,6 +440,80 @@ def _avma_part(step: _Step, work: Path, authority: str, url: str, root_key: str)
         host.stop()
 
 
+def _replicas_part(step: _Step, work: Path) -> None:
+    """The vendor at scale: records on PostgreSQL, two replicas, one limit between them."""
+    from ..lab import Postgres, free_port, postgres_missing
+
+    print("\n--- The vendor at scale: records on PostgreSQL, two authority replicas ---")
+    reason = postgres_missing()
+    if reason:
+        print(f"(skipped: {reason})")
+        return
+    with Postgres() as pg:
+        authority = str(work / "authority-pg")
+        step(
+            "a vendor keeps its records on PostgreSQL (the keys stay files in DIR)",
+            ["authority", "init", "--path", authority, "--database", pg.new_database()],
+        )
+        mak = step(
+            "it mints a MAK good for 1 activation",
+            [
+                "authority",
+                "mint",
+                "--path",
+                authority,
+                "--type",
+                "mak",
+                "--product",
+                "Nimbus Workstation Enterprise",
+                "--count",
+                "1",
+            ],
+        ).strip()
+        replicas = []
+        try:
+            for n in (1, 2):
+                port = free_port()
+                replicas.append(
+                    _Background(
+                        step,
+                        f"replica {n} of the authority, on the same database",
+                        ["authority", "serve", "--path", authority, "--port", str(port)],
+                        work / f"replica-{n}.log",
+                        port,
+                    )
+                )
+            for n, replica in enumerate(replicas, 1):
+                cfg = work / f"laptop-pg-{n}.toml"
+                cfg.write_text(
+                    f'authority_url = "http://127.0.0.1:{replica.port}"\n'
+                    f'root_key = "{authority}/root.pub"\n'
+                    f'state_path = "{work / f"laptop-pg-{n}.json"}"\nmachine_name = "PG{n}"\n'
+                    f'[[products]]\nedition = "Nimbus Workstation Enterprise"\nkey = "{mak}"\n'
+                )
+                cfg.chmod(0o600)
+                if n == 1:
+                    step(
+                        "a laptop activates the MAK through replica 1",
+                        ["agent", "run", "--once", "--config", str(cfg)],
+                        require="activated by MAK",
+                    )
+                else:
+                    step(
+                        "another laptop asks replica 2: the one activation is used up there too",
+                        ["agent", "run", "--once", "--config", str(cfg)],
+                        require="no activations left",
+                    )
+            step(
+                "the audit agrees (1 of 1 used)",
+                ["authority", "report", "--path", authority],
+                require="1 of 1 activations used",
+            )
+        finally:
+            for replica in replicas:
+                replica.stop()
+
+
 def _retire_part(
     step: _Step, authority: str, key_file: Path, as_admin: list[str], agent_cfg: list[str]
 ) -> None:
@@ -739,6 +815,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _kms_part(step, work, authority, url, root_key, inventory)
             _kms_hosts_part(step, work, url, root_key, keep=args.keep)
             mak_file = _mak_part(step, work, authority, url, root_key)
+            _replicas_part(step, work)
             _avma_part(step, work, authority, url, root_key)
             _retire_part(step, authority, key_file, as_admin, agent_cfg)
             _console_part(

@@ -94,10 +94,19 @@ class Authority(TestAuthority):
         wait_for_port(self.port, self.proc, "authority", self.log_tail)
 
 
+#: the tests of request ids and counting run on both engines of the records
+BOTH_ENGINES = pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+
+
 @pytest.fixture
-def authority_dir(tmp_path: Path) -> Path:
+def authority_dir(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     path = tmp_path / "authority"
-    LocalAuthority.init(path, now=NOW - 86400)
+    callspec = getattr(request.node, "callspec", None)
+    engine = callspec.params.get("engine") if callspec else None
+    database = (
+        request.getfixturevalue("postgres").new_database() if engine == "postgresql" else None
+    )
+    LocalAuthority.init(path, now=NOW - 86400, database=database)
     return path
 
 
@@ -319,7 +328,10 @@ def _activations(path: Path) -> int:
     return sum(k.get("forest_activations", 0) for k in report["keys"])
 
 
-def test_a_retry_gets_the_first_answer_and_a_reused_id_is_refused(authority: Authority) -> None:
+@BOTH_ENGINES
+def test_a_retry_gets_the_first_answer_and_a_reused_id_is_refused(
+    authority: Authority, engine: str
+) -> None:
     key = mint(authority.path)
     url = f"{authority.url}/v1/csvlk/activations"
     body = {
@@ -346,7 +358,8 @@ def test_a_retry_gets_the_first_answer_and_a_reused_id_is_refused(authority: Aut
     assert _activations(authority.path) == 1
 
 
-def test_a_refused_request_does_not_use_up_its_id(authority: Authority) -> None:
+@BOTH_ENGINES
+def test_a_refused_request_does_not_use_up_its_id(authority: Authority, engine: str) -> None:
     from adba.keys import make_key
 
     url = f"{authority.url}/v1/csvlk/activations"
@@ -410,8 +423,10 @@ class _LoseFirstAnswer:
         self.listener.close()
 
 
+@BOTH_ENGINES
 def test_the_clients_own_retry_after_a_lost_answer_gets_the_original_answer(
     authority: Authority,
+    engine: str,
 ) -> None:
     from adba.license import ForestIdentity
 
@@ -427,8 +442,10 @@ def test_the_clients_own_retry_after_a_lost_answer_gets_the_original_answer(
     assert _activations(authority.path) == 1
 
 
+@BOTH_ENGINES
 def test_a_second_activation_of_a_forest_or_kms_host_is_not_counted(
     authority: Authority,
+    engine: str,
 ) -> None:
     from adba.license import ForestIdentity
 

@@ -32,9 +32,10 @@ SERVER = "Nimbus Server Standard"
 
 
 @pytest.fixture
-def authority(tmp_path: Path) -> Iterator[TestAuthority]:
+def authority(tmp_path: Path, records_database: str | None) -> Iterator[TestAuthority]:
+    """A served authority, its records on SQLite or on PostgreSQL (every test runs on both)."""
     path = tmp_path / "authority"
-    LocalAuthority.init(path, now=NOW - 86400)
+    LocalAuthority.init(path, now=NOW - 86400, database=records_database)
     server = TestAuthority(path)
     try:
         yield server.start()

@@ -248,7 +248,7 @@ def test_records_of_a_schema_1_authority_are_upgraded(tmp_path: Path, catalog: C
     key = auth.mint(KeyType.CSVLK, "Nimbus Server 2026 CSVLK", catalog, now=NOW)
     db = sqlite3.connect(tmp_path / "a" / "records.sqlite")
     db.executescript(
-        "DROP TABLE kms_hosts; DROP TABLE kms_keys;"
+        "DROP TABLE kms_hosts; DROP TABLE kms_keys; DROP TABLE schema_migrations;"
         "UPDATE meta SET value = '1' WHERE name = 'schema_version';"
     )
     db.commit()

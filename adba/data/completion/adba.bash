@@ -53,31 +53,31 @@ _adba() {
             ;;
         "authority/") subs="init mint serve confirm grant-hosts rotate retire report" ;;
         "authority/init")
-            opts="--cert-days --help --json --path --verbose -v"; valued="--path --cert-days"
+            opts="--cert-days --database --help --json --path --verbose -v"; valued="--path --database --cert-days"
             ;;
         "authority/mint")
-            opts="--catalog --count --help --json --path --product --type --verbose -v"; valued="--path --type --product --catalog --count"
+            opts="--catalog --count --database --help --json --path --product --type --verbose -v"; valued="--path --database --type --product --catalog --count"
             case "$prev" in
                 --type) COMPREPLY=($(compgen -W "csvlk mak" -- "$cur")); return ;;
             esac
             ;;
         "authority/serve")
-            opts="--catalog --help --listen --max-connections --max-per-address --path --port --request-timeout --tls-cert --tls-key --verbose -v"; valued="--path --listen --port --tls-cert --tls-key --catalog --request-timeout --max-connections --max-per-address"
+            opts="--catalog --database --help --listen --max-connections --max-per-address --path --port --request-timeout --tls-cert --tls-key --verbose -v"; valued="--path --database --listen --port --tls-cert --tls-key --catalog --request-timeout --max-connections --max-per-address"
             ;;
         "authority/confirm")
-            opts="--catalog --help --json --path --verbose -v"; valued="--path --catalog"
+            opts="--catalog --database --help --json --path --verbose -v"; valued="--path --database --catalog"
             ;;
         "authority/grant-hosts")
-            opts="--help --hosts --key --key-file --path --verbose -v"; valued="--path --key-file --key --hosts"
+            opts="--database --help --hosts --key --key-file --path --verbose -v"; valued="--path --database --key-file --key --hosts"
             ;;
         "authority/rotate")
-            opts="--cert-days --help --path --retire --verbose -v"; valued="--path --cert-days"
+            opts="--cert-days --database --help --path --retire --verbose -v"; valued="--path --database --cert-days"
             ;;
         "authority/retire")
-            opts="--help --path --verbose -v"; valued="--path"
+            opts="--database --help --path --verbose -v"; valued="--path --database"
             ;;
         "authority/report")
-            opts="--catalog --help --json --path --verbose -v"; valued="--path --catalog"
+            opts="--catalog --database --help --json --path --verbose -v"; valued="--path --database --catalog"
             ;;
         "agent/") subs="run status get-iid apply-cid install-units" ;;
         "agent/run")
