@@ -368,8 +368,8 @@ def test_sqlite_records_of_the_release_before_open_and_migrate(tmp_path: Path) -
     versions = [v for (v,) in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
     meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
     db.close()
-    assert versions == [1, 2, 3]
-    assert meta["schema_version"] == "3" and meta["root_key_id"] == report_root(path)
+    assert versions == [1, 2, 3, 4]
+    assert meta["schema_version"] == "4" and meta["root_key_id"] == report_root(path)
     assert LocalAuthority.open(path).key_status(csvlk, cat)["kms_hosts_used"] == 1
 
 
@@ -393,7 +393,7 @@ def test_records_belong_to_one_authority(tmp_path: Path, postgres: TestPostgres)
     versions = postgres.query(
         "SELECT version FROM schema_migrations ORDER BY version", database=url.rsplit("/", 1)[1]
     )
-    assert [v for (v,) in versions] == [1, 2, 3]
+    assert [v for (v,) in versions] == [1, 2, 3, 4]
 
 
 def test_the_cli_keeps_the_records_where_init_was_told(
