@@ -354,11 +354,13 @@ def postgres() -> int:
         pwfile.unlink()
         with open(pgdata / "pg_hba.conf", "a") as hba:
             hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
-        # the database itself, made with the server on its socket only
-        run = ["pg_ctl", "-D", str(pgdata), "-w", "-o", f"-c listen_addresses='' -k {DATA}"]
-        subprocess.run([*run, "start"], check=True, capture_output=True)
+        # the database itself, made with the server on its socket only (its output to a file:
+        # a server holding our pipes would keep pg_ctl's caller waiting)
+        run = ["pg_ctl", "-D", str(pgdata), "-w", "-l", str(DATA / "init.log"),
+               "-o", f"-c listen_addresses='' -k {DATA}"]  # fmt: skip
+        subprocess.run([*run, "start"], check=True, stdout=subprocess.DEVNULL)
         subprocess.run(["createdb", "-h", str(DATA), "-U", "adba", "adba"], check=True)
-        subprocess.run([*run, "stop"], check=True, capture_output=True)
+        subprocess.run([*run, "stop"], check=True, stdout=subprocess.DEVNULL)
         say("database cluster created")
     say(f"serving PostgreSQL on port {PG_PORT}")
     return supervise(

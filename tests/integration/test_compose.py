@@ -23,7 +23,12 @@ from adba.lab import free_port
 pytestmark = pytest.mark.integration
 
 COMPOSE = str(Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml")
-IMAGES = ("adba/adba:latest", "adba/openldap:latest", "adba/bind9:latest")
+IMAGES = (
+    "adba/adba:latest",
+    "adba/openldap:latest",
+    "adba/bind9:latest",
+    "adba/postgres:latest",
+)
 
 
 def _unavailable() -> str | None:
