@@ -123,7 +123,7 @@ _adba() {
             ;;
         "avma/") subs="init serve guests" ;;
         "avma/init")
-            opts="--authority --catalog --edition --help --host-id --json --state-dir --verbose -v"; valued="--state-dir --authority --edition --host-id --catalog"
+            opts="--authority --authority-ca-file --catalog --edition --help --host-id --json --key-file --online --state-dir --verbose -v"; valued="--state-dir --online --authority --key-file --authority-ca-file --edition --host-id --catalog"
             ;;
         "avma/serve")
             opts="--agent-state --catalog --help --listen --metrics-address --metrics-port --quiet --renewal-hours --state-dir --validity-hours --verbose -q -v"; valued="--state-dir --listen --agent-state --catalog --validity-hours --renewal-hours --metrics-port --metrics-address"
