@@ -150,7 +150,9 @@ def test_a_key_that_proves_no_entitlement_is_refused_with_its_code(
         from adba.keys import parse_key
 
         std = parse_key(mint(authority, KeyType.MAK, STANDARD))
-        body["key"] = make_key(KeyType.MAK, CATALOG.edition(DATACENTER).code, std.serial, std.tag).text
+        body["key"] = make_key(
+            KeyType.MAK, CATALOG.edition(DATACENTER).code, std.serial, std.tag
+        ).text
     elif case == "another-authoritys-mak":
         other = LocalAuthority.init(tmp_path / "other", now=int(time.time()))
         body["key"] = other.mint(KeyType.MAK, DATACENTER, CATALOG, now=int(time.time())).text

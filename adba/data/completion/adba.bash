@@ -142,7 +142,7 @@ _adba() {
             opts="--command --concurrency --db --help --identity --json --known-hosts --port --quiet --ssh-config --timeout --user --verbose -q -v"; valued="--db --known-hosts --user --identity --ssh-config --port --command --timeout --concurrency"
             ;;
         "inventory/import")
-            opts="--authority --ca-file --db --help --json --key-file --kms --kms-token-file --verbose -v"; valued="--db --kms --authority --kms-token-file --key-file --ca-file"
+            opts="--authority --avma-state --ca-file --db --help --json --key-file --kms --kms-token-file --verbose -v"; valued="--db --kms --authority --avma-state --kms-token-file --key-file --ca-file"
             ;;
         "inventory/list")
             opts="--db --help --json --status --verbose --what -v"; valued="--db --status --what"
