@@ -134,7 +134,7 @@ def register(nouns: Any) -> None:
     ls.add_argument("--status", help="only machines with this status")
     ls.add_argument(
         "--what",
-        choices=("machines", "kms-clients", "keys", "scans"),
+        choices=("machines", "kms-clients", "avma-guests", "keys", "scans"),
         default="machines",
         help="which list (default machines)",
     )
@@ -335,6 +335,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     with _db(args) as db:
         if args.what == "kms-clients":
             rows: list[dict[str, Any]] = db.kms_clients()
+        elif args.what == "avma-guests":
+            rows = db.avma_guests()
         elif args.what == "keys":
             rows = db.keys()
         elif args.what == "scans":

@@ -211,6 +211,8 @@ def test_avma_guests_are_imported_from_the_hosts_state(
     )
     assert (vm2["licensed"], vm2["last_answer"]) == (False, "avma-host-unlicensed")
     assert vm1["last_seen"] == NOW and vm1["requests"] == 1 and vm1["imported"] == NOW + 60
+    assert main(["inventory", "list", "--db", db_path, "--what", "avma-guests", "--json"]) == 0
+    assert [g["name"] for g in json.loads(capsys.readouterr().out)] == ["vm1", "vm2"]
     # the host's records are the truth: a guest it no longer lists is gone on the next import
     import sqlite3 as sq
 

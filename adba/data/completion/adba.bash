@@ -147,7 +147,7 @@ _adba() {
         "inventory/list")
             opts="--db --help --json --status --verbose --what -v"; valued="--db --status --what"
             case "$prev" in
-                --what) COMPREPLY=($(compgen -W "machines kms-clients keys scans" -- "$cur")); return ;;
+                --what) COMPREPLY=($(compgen -W "machines kms-clients avma-guests keys scans" -- "$cur")); return ;;
             esac
             ;;
         "inventory/summary")
