@@ -209,6 +209,8 @@ def test_a_request_id_is_answered_once(authority: TestAuthority) -> None:
         "host_id": "hv1",
         "host_public_key": secrets.token_hex(32),
     }
+    refused = post(authority, {**body, "key": mint(authority, KeyType.MAK, STANDARD)})
+    assert refused.status_code == 403  # ... and its id is not used up:
     first, retry = post(authority, body), post(authority, body)
     assert first.status_code == retry.status_code == 200
     assert first.json() == retry.json()  # the same certificate again, not a new one
