@@ -376,6 +376,11 @@ def test_the_avma_page_lists_each_hosts_guests(
         assert (" not licensed " in f" {rows[name]} ") is not licensed, rows[name]
     assert "avma-host-unlicensed" in rows["vm-lapsed"]
     assert browser.find_element(_by("CSS_SELECTOR"), "a[aria-current=page]").text == "AVMA hosts"
+    # signed out, the page is not shown: the sign-in form is
+    with _client(console, "127.0.0.31") as client:
+        answer = client.get("/avma", follow_redirects=False)
+        assert answer.status_code == 303 and "vm-web" not in answer.text
+        assert answer.headers["location"].endswith("/signin")
 
 
 def test_wrong_password_is_refused(browser: Any, console: TestConsole, slapd: TestSlapd) -> None:
