@@ -23,6 +23,7 @@ __all__ = [
     "AuthorityUnavailable",
     "AvmaError",
     "AvmaHostNotReady",
+    "AvmaNotEntitled",
     "CatalogError",
     "CertificateExpired",
     "CheckFailed",
@@ -310,6 +311,12 @@ class ActivationLimitReached(AuthorityError):
     """The key has no activations left."""
 
     code = "activation-limit"
+
+
+class AvmaNotEntitled(AuthorityError):
+    """The key given proves no entitlement to an AVMA host (not a Datacenter-class edition)."""
+
+    code = "avma-not-entitled"
 
 
 class KmsError(AdbaError):

@@ -24,11 +24,13 @@ from ..errors import (
     ActivationLimitReached,
     AuthorityError,
     AuthorityUnavailable,
+    AvmaNotEntitled,
     InvalidInput,
 )
 from .local import CsvlkActivation, KmsHostActivation
 
 if TYPE_CHECKING:
+    from ..avma.protocol import AvmaHostCertificate
     from ..catalog import Catalog
     from ..confirmation import Confirmation, Installation
     from ..license import ForestIdentity
@@ -112,6 +114,8 @@ class RemoteAuthority:
         message = str(data.get("message") or f"HTTP {response.status_code}")
         if response.status_code == 409 and data.get("error") == "activation-limit":
             raise ActivationLimitReached(message)
+        if response.status_code == 403 and data.get("error") == AvmaNotEntitled.code:
+            raise AvmaNotEntitled(f"the authority refused: {message}")
         if response.status_code == 400:
             raise InvalidInput(f"the authority refused the request: {message}")
         raise AuthorityError(f"the authority refused: {message}", status=response.status_code)
@@ -152,6 +156,34 @@ class RemoteAuthority:
             data["csvlk_name"],
             tuple(uuid.UUID(k) for k in data["kms_ids"]),
         )
+
+    def certify_avma_host(
+        self,
+        host_public_key: bytes,
+        host_id: str,
+        edition: str | None,
+        catalog: Catalog,
+        *,
+        now: int,
+        key: str | None = None,
+    ) -> AvmaHostCertificate:
+        """Online, the host's own AVMA-entitled key (``key``) proves the entitlement."""
+        from ..avma.protocol import AvmaHostCertificate
+
+        if not key:
+            raise InvalidInput(
+                "certifying an AVMA host online takes the host's own key (--key-file): its "
+                "Datacenter MAK, or a CSVLK that covers Datacenter"
+            )
+        body: dict[str, Any] = {
+            "key": key,
+            "host_public_key": host_public_key.hex(),
+            "host_id": host_id,
+        }
+        if edition:
+            body["edition"] = edition
+        data = self._post("/v1/avma-hosts/certifications", body)
+        return AvmaHostCertificate.from_bytes(bytes.fromhex(data["certificate"]))
 
     def confirm(
         self, installation: Installation, catalog: Catalog | None = None, *, now: int = 0

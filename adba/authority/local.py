@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from adba.catalog import Catalog
+from adba.catalog import Catalog, Edition
 
 if TYPE_CHECKING:
     from adba.avma.protocol import AvmaHostCertificate
@@ -48,6 +48,7 @@ from adba.errors import (
     ActivationLimitReached,
     AuthorityError,
     AuthorityNotInitialised,
+    AvmaNotEntitled,
     ForestGuidMissing,
     InvalidInput,
     MalformedLicense,
@@ -84,6 +85,8 @@ _SECRET_FILES = (ROOT_KEY, SIGNING_KEY, TAG_SECRET)
 _KEY_FILES = (ROOT_KEY, ROOT_PUB, SIGNING_KEY, SIGNING_CERT, TAG_SECRET)
 _ALL_FILES = (*_KEY_FILES, RECORDS)
 _MAX_SERIAL = 0xFFFFFFFF
+#: a CSVLK (volume licensing) certifies at most this many AVMA hosts; a MAK its count
+AVMA_CSVLK_HOST_LIMIT = 100
 #: a KMS key activates at most this many distinct hosts, each at most 1 + 9 times (the seed)
 KMS_HOST_LIMIT = 6
 KMS_REACTIVATIONS = 9
@@ -688,22 +691,38 @@ class LocalAuthority:
         self,
         host_public_key: bytes,
         host_id: str,
-        edition: str,
+        edition: str | None,
         catalog: Catalog,
         *,
         now: int,
+        key: str | None = None,
         cert_days: int = KMS_CERT_DAYS,
     ) -> AvmaHostCertificate:
         """Certify a host's own key as an AVMA host of ``edition`` (an edition the catalogue
         entitles to activate guests), as :meth:`activate_kms_host` certifies KMS hosts; the
-        certificate's purpose differs, so a KMS host certificate is never an AVMA one."""
+        certificate's purpose differs, so a KMS host certificate is never an AVMA one.
+
+        Without ``key`` the vendor certifies its own host (a local authority directory).
+        With ``key`` (online: ``POST /v1/avma-hosts/certifications``) the key proves the
+        entitlement, and each key certifies a bounded number of hosts (:meth:`_avma_grant`):
+        a MAK of an entitled edition at most as many hosts as its activation count, a CSVLK
+        whose KMS IDs cover an entitled edition at most :data:`AVMA_CSVLK_HOST_LIMIT`; a host
+        id certified again with the same key pair is not counted, with a new key pair it is a
+        reactivation (at most :data:`KMS_REACTIVATIONS`). GVLKs and AVMA keys are public and
+        prove nothing."""
         from adba.avma.protocol import AvmaHostCertificate, certificate_message
 
         if len(host_public_key) != 32 or not host_id or len(host_id) > 255:
             raise InvalidInput("a host needs a 32-byte Ed25519 public key and an id")
-        product = catalog.edition(edition)
+        parsed: ProductKey | None = None
+        if key is None:
+            if not edition:
+                raise InvalidInput("name the host's edition (a Datacenter-class edition)")
+            product = catalog.edition(edition)
+        else:
+            parsed, product = self._avma_entitlement(key, edition, catalog)
         if catalog.avma_host(product.sku) is None:
-            raise AuthorityError(
+            raise AvmaNotEntitled(
                 f"{product.name} is not entitled to activate virtual machines (AVMA): "
                 "a Datacenter-class edition is"
             )
@@ -712,6 +731,8 @@ class LocalAuthority:
             certificate_message(host_public_key, product.sku, not_after)
         )
         with self._records() as db:
+            if parsed is not None:
+                self._avma_grant(db, parsed, host_id, host_public_key, now)
             db.execute(
                 "INSERT INTO avma_hosts VALUES (?, ?, ?, ?, ?) ON CONFLICT (host_id, host_key)"
                 " DO UPDATE SET last_at = ?, edition_sku = ?",
@@ -719,6 +740,99 @@ class LocalAuthority:
             )
         log.info("certified AVMA host %s (%s)", host_id, product.name)
         return AvmaHostCertificate(host_public_key, product.sku, not_after, signature)
+
+    def _avma_entitlement(
+        self, key: str, edition: str | None, catalog: Catalog
+    ) -> tuple[ProductKey, Edition]:
+        """The key that proves an AVMA entitlement and the edition it entitles."""
+        parsed = parse_key(key)
+        if parsed.type in (KeyType.GVLK, KeyType.AVMA):
+            raise AvmaNotEntitled(
+                f"a {parsed.type.name} is public and proves no entitlement: give the host's "
+                "own key (the MAK of its Datacenter edition, or a CSVLK that covers it)"
+            )
+        wanted = catalog.edition(edition) if edition else None
+        if parsed.type is KeyType.MAK:
+            parsed = self._tagged(parsed, KeyType.MAK, "MAK")
+            product = catalog.edition_by_code(parsed.code)
+            if wanted is not None and wanted != product:
+                raise AvmaNotEntitled(f"this MAK is for {product.name}, not {wanted.name}")
+            return parsed, product
+        parsed = self._tagged(parsed, KeyType.CSVLK, "CSVLK")
+        csvlk = catalog.csvlk_by_code(parsed.code)
+        entitled = [
+            e
+            for e in catalog.editions
+            if catalog.csvlk_covers(csvlk, e) and catalog.avma_host(e.sku) is not None
+        ]
+        if wanted is not None:
+            if wanted not in entitled:
+                raise AvmaNotEntitled(
+                    f"{csvlk.name} does not entitle {wanted.name} to AVMA: it covers "
+                    f"{', '.join(e.name for e in entitled) or 'no AVMA-entitled edition'}"
+                )
+            return parsed, wanted
+        if not entitled:
+            raise AvmaNotEntitled(
+                f"{csvlk.name} covers no edition entitled to activate virtual machines (AVMA)"
+            )
+        if len(entitled) > 1:
+            raise InvalidInput(
+                f"{csvlk.name} covers several AVMA editions: name one "
+                f"({', '.join(e.name for e in entitled)})"
+            )
+        return parsed, entitled[0]
+
+    def _avma_grant(
+        self, db: Any, parsed: ProductKey, host_id: str, host_public_key: bytes, now: int
+    ) -> None:
+        """Count an AVMA host certified with ``parsed`` (in the caller's transaction)."""
+        digest, host_key = key_sha256(parsed), host_public_key.hex()
+        db.lock_key(digest)  # this key's decisions one at a time, on every replica
+        if parsed.type is KeyType.MAK:
+            row = db.execute(
+                "SELECT allowed FROM mak_keys WHERE key_sha256 = ?", (digest,)
+            ).fetchone()
+            limit = int(row[0]) if row else 0
+        else:
+            limit = AVMA_CSVLK_HOST_LIMIT
+        row = db.execute(
+            "SELECT host_key, certifications FROM avma_grants WHERE key_sha256 = ?"
+            " AND host_id = ?",
+            (digest, host_id),
+        ).fetchone()
+        if row is not None and row[0] == host_key:
+            db.execute(
+                "UPDATE avma_grants SET last_at = ? WHERE key_sha256 = ? AND host_id = ?",
+                (now, digest, host_id),
+            )
+            log.info("AVMA host %s asked again with the same host key: not counted", host_id)
+            return
+        if row is None:
+            (hosts,) = db.execute(
+                "SELECT COUNT(*) FROM avma_grants WHERE key_sha256 = ?", (digest,)
+            ).fetchone()
+            if int(hosts) >= limit:
+                raise ActivationLimitReached(
+                    f"the {parsed.type.name} {parsed} has certified {hosts} AVMA hosts (its "
+                    f"limit is {limit}): ask the vendor for more activations"
+                )
+            db.execute(
+                "INSERT INTO avma_grants (key_sha256, host_id, host_key, certifications,"
+                " first_at, last_at) VALUES (?, ?, ?, 1, ?, ?)",
+                (digest, host_id, host_key, now, now),
+            )
+            return
+        if int(row[1]) >= 1 + KMS_REACTIVATIONS:
+            raise ActivationLimitReached(
+                f"AVMA host {host_id} has used its {KMS_REACTIVATIONS} reactivations of the "
+                f"{parsed.type.name} {parsed}: ask the vendor for more activations"
+            )
+        db.execute(
+            "UPDATE avma_grants SET host_key = ?, certifications = certifications + 1,"
+            " last_at = ? WHERE key_sha256 = ? AND host_id = ?",
+            (host_key, now, digest, host_id),
+        )
 
     def confirm(self, installation: Installation, catalog: Catalog, *, now: int) -> Confirmation:
         """Answer an installation ID with a confirmation ID (offline / telephone activation,

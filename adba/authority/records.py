@@ -137,6 +137,15 @@ CREATE TABLE IF NOT EXISTS avma_hosts (
     last_at     INTEGER NOT NULL,
     PRIMARY KEY (host_id, host_key)
 );
+CREATE TABLE IF NOT EXISTS avma_grants (  -- which key certified which AVMA host online
+    key_sha256     TEXT NOT NULL,
+    host_id        TEXT NOT NULL,
+    host_key       TEXT NOT NULL,  -- hex of the host's current Ed25519 public key
+    certifications INTEGER NOT NULL,
+    first_at       INTEGER NOT NULL,
+    last_at        INTEGER NOT NULL,
+    PRIMARY KEY (key_sha256, host_id)
+);
 """
 
 

@@ -7,6 +7,10 @@ same id and the same body gets the first answer again; the same id with another 
 
 - ``POST /v1/csvlk/activations``   CSVLK for a forest -> issuance license (activation object)
 - ``POST /v1/kms-hosts/activations`` KMS host key on a host -> host certificate
+- ``POST /v1/avma-hosts/certifications`` a host's AVMA-entitled key (its Datacenter MAK, or a
+  CSVLK covering Datacenter) and the host's public key -> AVMA host certificate (a MAK
+  certifies at most its activation count of hosts, a CSVLK at most 100; 403
+  ``avma-not-entitled`` for a key that entitles no AVMA host)
 - ``POST /v1/confirmations``        installation ID -> confirmation ID (MAK, or any offline kind)
 - ``POST /v1/mak/proxy``            many installation IDs in one request -> a result for each
 - ``POST /v1/keys/status``         a MAK or CSVLK -> activations / KMS host slots left (the key
@@ -98,6 +102,20 @@ class KmsHostActivationOut(BaseModel):
     kms_ids: list[uuid.UUID]
 
 
+class AvmaHostCertificationIn(_In):
+    key: str = Field(max_length=64)
+    host_public_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    host_id: str = Field(min_length=1, max_length=255)
+    edition: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class AvmaHostCertificationOut(BaseModel):
+    certificate: str  # hex
+    edition: str
+    edition_sku: uuid.UUID
+    not_after: int
+
+
 class ConfirmationIn(_In):
     installation_id: str = Field(max_length=400)
 
@@ -156,6 +174,7 @@ _POST_PATHS = frozenset(
     for p in (
         "csvlk/activations",
         "kms-hosts/activations",
+        "avma-hosts/certifications",
         "confirmations",
         "mak/proxy",
         "keys/status",
@@ -382,6 +401,32 @@ def create_app(
             )
 
         return _once("kms-host", body, answer)
+
+    @app.post(f"{API}/avma-hosts/certifications", response_model=AvmaHostCertificationOut)
+    def avma_host(body: AvmaHostCertificationIn) -> Any:
+        from ..keys import parse_key
+
+        parse_key(body.key)
+        if body.edition:
+            catalog.edition(body.edition)  # an unknown edition is bad input, refused first
+
+        def answer(now: int) -> BaseModel:
+            cert = authority.certify_avma_host(
+                bytes.fromhex(body.host_public_key),
+                body.host_id,
+                body.edition,
+                catalog,
+                now=now,
+                key=body.key,
+            )
+            return AvmaHostCertificationOut(
+                certificate=cert.to_bytes().hex(),
+                edition=catalog.sku_name(cert.edition_sku) or str(cert.edition_sku),
+                edition_sku=cert.edition_sku,
+                not_after=cert.not_after,
+            )
+
+        return _once("avma-host", body, answer)
 
     @app.post(f"{API}/confirmations", response_model=ConfirmationOut)
     def confirm(body: ConfirmationIn) -> Any:

@@ -39,6 +39,7 @@ from .transport import Address, frame, listen, read_frame
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from ..authority.client import RemoteAuthority
     from ..authority.local import LocalAuthority
     from ..catalog import Catalog
 
@@ -82,14 +83,18 @@ class HostIdentity:
 
 def init_host(
     state_dir: str | Path,
-    authority: LocalAuthority,
-    edition: str,
+    authority: LocalAuthority | RemoteAuthority,
+    edition: str | None,
     catalog: Catalog,
     *,
     host_id: str | None = None,
     now: int | None = None,
+    key: str | None = None,
 ) -> HostIdentity:
-    """A new host key, certified by the authority as an AVMA host of ``edition``."""
+    """A new host key, certified by the authority as an AVMA host of ``edition``: a local
+    authority (the vendor's own host), or online, where the host's own AVMA-entitled
+    ``key`` (its Datacenter MAK, a CSVLK covering Datacenter) proves the entitlement and
+    names the edition when ``edition`` is None."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -99,7 +104,9 @@ def init_host(
     public = private.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
-    cert = authority.certify_avma_host(public, host_id, edition, catalog, now=now)
+    cert = authority.certify_avma_host(public, host_id, edition, catalog, now=now, key=key)
+    if cert.public_key != public:
+        raise AvmaError("the authority certified another key than this host's: nothing kept")
     d = Path(state_dir)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = private.private_bytes(

@@ -261,7 +261,7 @@ def cmd_install_units(args: argparse.Namespace) -> int:
                 f"{hidden[0]} (e.g. /opt/adba or /usr/local) or give --adba",
                 file=sys.stderr,
             )
-    units = sorted(source.iterdir())
+    units = sorted(source.glob("adba-agent*"))  # the agent's (adba-avma.service: a host's)
     texts = {unit.name: unit.read_text().replace("@ADBA@", adba) for unit in units}
     for name, text in texts.items():
         try:

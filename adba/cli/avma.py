@@ -10,17 +10,21 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-INIT = """\\
+INIT = """\
 Makes this host's AVMA key and has the authority certify it as an AVMA host of an edition
 entitled to activate guests (a Datacenter-class server edition): the certificate is what
-guests verify under their pinned root key.
+guests verify under their pinned root key. Online (--online URL), the host's own key proves
+the entitlement (--key-file: its Datacenter MAK, or a CSVLK covering Datacenter); a MAK
+certifies at most as many hosts as its activation count.
 
-example:
+examples:
+  adba avma init --state-dir /var/lib/adba/avma --online https://authority.example \\
+      --key-file /root/datacenter-mak.txt
   adba avma init --state-dir /var/lib/adba/avma --authority /srv/authority \\
       --edition "Nimbus Server Datacenter"
 """
 
-SERVE = """\\
+SERVE = """\
 Activates the guests of this host over vsock (every guest reaches its host at CID 2) and/or
 a Unix socket, while the host's own agent state says its entitled edition is licensed (by
 any channel); refuses them, signed, with the reason otherwise. Records every guest.
@@ -30,7 +34,7 @@ example:
       --listen unix:/run/adba/avma.sock --agent-state /var/lib/adba/agent-state.json
 """
 
-GUESTS = """\\
+GUESTS = """\
 The guests this host has answered: edition, last answer, licensed now or not, until when,
 first and last seen, requests (the history of each is kept).
 
@@ -44,8 +48,21 @@ def register(nouns: Any) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     init = verbs.add_parser("init", help="certify this host as an AVMA host", description=INIT)
     init.add_argument("--state-dir", required=True, metavar="DIR", help="the host's AVMA state")
-    init.add_argument("--authority", required=True, metavar="DIR", help="the authority directory")
-    init.add_argument("--edition", required=True, help="the host's (entitled) edition")
+    how = init.add_mutually_exclusive_group(required=True)
+    how.add_argument("--online", metavar="URL", help="certify online with the authority at URL")
+    how.add_argument("--authority", metavar="DIR", help="the (vendor's) authority directory")
+    init.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="with --online: the host's AVMA-entitled MAK or CSVLK ('-' for stdin)",
+    )
+    init.add_argument(
+        "--authority-ca-file", metavar="PEM", help="CA of the authority's TLS certificate"
+    )
+    init.add_argument(
+        "--edition",
+        help="the host's (entitled) edition (required with --authority; online: the key's)",
+    )
     init.add_argument("--host-id", help="the host's name (default: the hostname)")
     init.add_argument("--catalog", metavar="FILE", help="product catalogue (default: built-in)")
     add_json(init)
@@ -86,17 +103,27 @@ def register(nouns: Any) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     import time
 
-    from ..authority import LocalAuthority
     from ..avma.host import init_host
     from ..catalog import load_catalog
+    from ..errors import InvalidInput
+    from .ao import _activator, _read_key
 
     catalog = load_catalog(args.catalog)
+    key = None
+    if args.online:
+        if not args.key_file:
+            raise InvalidInput(
+                "--online needs the host's own key (--key-file): its Datacenter MAK, or a "
+                "CSVLK that covers Datacenter; it proves the entitlement"
+            )
+        args.key = None
+        key = _read_key(args)
+    elif args.key_file:
+        raise InvalidInput("--key-file goes with --online (a local authority needs no key)")
+    elif not args.edition:
+        raise InvalidInput("--authority DIR needs the host's --edition")
     identity = init_host(
-        args.state_dir,
-        LocalAuthority.open(args.authority),
-        args.edition,
-        catalog,
-        host_id=args.host_id,
+        args.state_dir, _activator(args), args.edition, catalog, host_id=args.host_id, key=key
     )
     cert = identity.certificate
     info = {

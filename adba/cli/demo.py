@@ -340,8 +340,11 @@ def _mak_part(step: _Step, work: Path, authority: str, url: str, root_key: str) 
     return mak_file
 
 
-def _avma_part(step: _Step, work: Path, authority: str, url: str, root_key: str) -> None:
-    """A virtualization host, itself activated (MAK here), activates its guests (AVMA)."""
+def _avma_part(
+    step: _Step, work: Path, authority: str, url: str, root_key: str, inventory: str
+) -> None:
+    """A virtualization host, itself activated (MAK here), activates its guests (AVMA); the
+    admin's inventory imports the host's guests (the console lists them at the end)."""
     from ..catalog import load_catalog
 
     print("\n--- AVMA: a Datacenter host activates its virtual machines ---")
@@ -374,17 +377,20 @@ def _avma_part(step: _Step, work: Path, authority: str, url: str, root_key: str)
         require="activated by MAK",
     )
     avma_dir = str(work / "hv1-avma")
+    mak_file = work / "hv1-mak.txt"
+    mak_file.write_text(mak + "\n")
+    mak_file.chmod(0o600)
     step(
-        "the authority certifies the host's AVMA key (as it certifies KMS hosts)",
+        "the authority certifies the host's AVMA key online: its Datacenter MAK proves it",
         [
             "avma",
             "init",
             "--state-dir",
             avma_dir,
-            "--authority",
-            authority,
-            "--edition",
-            "Nimbus Server Datacenter",
+            "--online",
+            url,
+            "--key-file",
+            str(mak_file),
             "--host-id",
             "HV1",
         ],
@@ -435,6 +441,11 @@ def _avma_part(step: _Step, work: Path, authority: str, url: str, root_key: str)
             "the host keeps its guests' records (and history)",
             ["avma", "guests", "--state-dir", avma_dir],
             require="VM2",
+        )
+        step(
+            "the admin's inventory imports the host's guests (the console's AVMA page)",
+            ["inventory", "import", "--db", inventory, "--avma-state", avma_dir],
+            require="2 guests imported from the AVMA host HV1",
         )
     finally:
         host.stop()
@@ -619,8 +630,9 @@ def _console_part(
     )
     try:
         base = f"https://127.0.0.1:{port}"
-        count = _console_overview(base, lab)
+        count, guests = _console_overview(base, lab)
         print(f"the console answered its overview page: {count} machines")
+        print(f"its AVMA hosts page lists {guests} guests")
         print(
             f"\n  console:  {base}/  (certificate: the lab's own, {lab.ca_file})\n"
             f"  sign in:  adbaadmin  password {lab.admin.password}  (an ADBA admin; or the DN"
@@ -640,8 +652,9 @@ def _console_part(
         console.stop()
 
 
-def _console_overview(base: str, lab: Any) -> int:
-    """Sign in to the console as the admin and read the overview's machine count."""
+def _console_overview(base: str, lab: Any) -> tuple[int, int]:
+    """Sign in to the console as the admin and read the overview's machine count and how
+    many AVMA guests its AVMA hosts page lists."""
     import re
     import ssl
 
@@ -663,7 +676,10 @@ def _console_overview(base: str, lab: Any) -> int:
         found = re.search(r'id="machine-count">(\d+)<', answer.text)
         if answer.status_code != 200 or not found:
             raise AdbaError(f"demo: the console did not show its overview ({answer.status_code})")
-        return int(found.group(1))
+        avma = client.get("/avma")
+        if avma.status_code != 200:
+            raise AdbaError(f"demo: the console did not show its AVMA page ({avma.status_code})")
+        return int(found.group(1)), avma.text.count('<tr class="guest">')
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -816,7 +832,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _kms_hosts_part(step, work, url, root_key, keep=args.keep)
             mak_file = _mak_part(step, work, authority, url, root_key)
             _replicas_part(step, work)
-            _avma_part(step, work, authority, url, root_key)
+            _avma_part(step, work, authority, url, root_key, inventory)
             _retire_part(step, authority, key_file, as_admin, agent_cfg)
             _console_part(
                 step, lab, work, inventory, url, mak_file, as_root, keep_running=args.console

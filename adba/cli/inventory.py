@@ -46,11 +46,14 @@ example:
 IMPORT = """\
 Imports what a KMS host knows (its client table, through its read-only clients API: `adba kms
 serve --clients-api PORT --clients-token-file F`), or what the activation authority tells you
-about your own keys (MAK activations left, KMS host slots left; the key proves ownership).
+about your own keys (MAK activations left, KMS host slots left; the key proves ownership), or
+the guests an AVMA host on this machine activates (its `adba avma init` state directory; each
+import replaces that host's guests).
 
 example:
   adba inventory import --kms https://kms1.example.test:9689 --kms-token-file kms.token --ca-file ca.pem
   adba inventory import --authority https://activation.example.com --key-file mak.txt
+  adba inventory import --avma-state /var/lib/adba/avma
 """
 
 
@@ -107,10 +110,18 @@ def register(nouns: Any) -> None:
     add_json(col)
     col.set_defaults(func=cmd_collect)
 
-    imp = verb("import", "import a KMS host's clients or the authority's key status", IMPORT)
+    imp = verb(
+        "import", "import a KMS host's clients, an AVMA host's guests or your keys' status", IMPORT
+    )
     src = imp.add_mutually_exclusive_group(required=True)
     src.add_argument("--kms", metavar="URL", help="a KMS host's clients API")
     src.add_argument("--authority", metavar="URL", help="the activation authority")
+    src.add_argument(
+        "--avma-state",
+        action="append",
+        metavar="DIR",
+        help="an AVMA host's state directory (repeatable)",
+    )
     imp.add_argument("--kms-token-file", metavar="FILE", help="the clients API token")
     imp.add_argument(
         "--key-file", action="append", metavar="FILE", help="a MAK or CSVLK (repeatable)"
@@ -123,7 +134,7 @@ def register(nouns: Any) -> None:
     ls.add_argument("--status", help="only machines with this status")
     ls.add_argument(
         "--what",
-        choices=("machines", "kms-clients", "keys", "scans"),
+        choices=("machines", "kms-clients", "avma-guests", "keys", "scans"),
         default="machines",
         help="which list (default machines)",
     )
@@ -281,6 +292,18 @@ def cmd_import(args: argparse.Namespace) -> int:
             else:
                 print(f"{len(data['clients'])} clients imported from the KMS host {host}")
             return 0
+        if args.avma_state:
+            found = [importers.read_avma_guests(d) for d in args.avma_state]  # all read first
+            for d, got in zip(args.avma_state, found, strict=True):
+                scan = db.start_scan("import-avma", source=str(d))
+                db.replace_avma_guests(got["host"], got["guests"])
+                db.finish_scan(scan, total=len(got["guests"]), failed=0)
+            if args.json:
+                emit_json([{"host": h["host"], "guests": len(h["guests"])} for h in found])
+            else:
+                for h in found:
+                    print(f"{len(h['guests'])} guests imported from the AVMA host {h['host']}")
+            return 0
         if not args.key_file:
             raise InvalidInput("--authority needs --key-file (the key proves it is yours)")
         statuses = []
@@ -312,6 +335,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     with _db(args) as db:
         if args.what == "kms-clients":
             rows: list[dict[str, Any]] = db.kms_clients()
+        elif args.what == "avma-guests":
+            rows = db.avma_guests()
         elif args.what == "keys":
             rows = db.keys()
         elif args.what == "scans":

@@ -466,6 +466,20 @@ class Console:
             cache=2 * limits.client,
         )
 
+    async def avma(self, request: Request, session: Session) -> Response:
+        guests = await run_in_threadpool(lambda: self.db().avma_guests())
+        hosts: dict[str, dict[str, Any]] = {}
+        for g in guests:
+            host = hosts.setdefault(
+                g["host"], {"host": g["host"], "guests": [], "licensed": 0, "imported": 0}
+            )
+            host["guests"].append(g)
+            host["licensed"] += 1 if g["licensed"] else 0
+            host["imported"] = max(host["imported"], int(g["imported"] or 0))
+        return self.page(
+            "avma.html", session, title="AVMA hosts", nav="avma", hosts=list(hosts.values())
+        )
+
     async def keys(self, request: Request, session: Session) -> Response:
         keys = await run_in_threadpool(lambda: self.db().keys())
         return self.page("keys.html", session, title="Keys", nav="keys", keys=keys)
@@ -635,6 +649,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         Route("/objects/delete", _signed_in(console, console.confirm_delete), methods=["GET"]),
         Route("/objects/delete", _signed_in(console, console.delete), methods=["POST"]),
         Route("/kms", _signed_in(console, console.kms)),
+        Route("/avma", _signed_in(console, console.avma)),
         Route("/keys", _signed_in(console, console.keys)),
         Route("/audit", _signed_in(console, console.audit)),
         Route("/session", _signed_in(console, console.whoami)),

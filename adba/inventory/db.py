@@ -9,7 +9,8 @@ another connection and placeholder style. Tables:
 - ``scans``: one row per discover / collect / import run (when, how many, how many failed);
 - ``collections``: every collection of every machine (the history), products as JSON;
 - ``kms_clients``: the client table of each KMS host imported (latest import per host);
-- ``keys``: what the authority said about each key (MAK activations left, KMS host slots).
+- ``keys``: what the authority said about each key (MAK activations left, KMS host slots);
+- ``avma_guests``: the guests of each AVMA host imported (latest import per host).
 """
 
 from __future__ import annotations
@@ -106,6 +107,23 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX machines_by_collected_name ON machines (last_collected, name)",
         "CREATE INDEX machines_by_status_channel ON machines (status, channel)",
         "CREATE INDEX machines_by_status_expiry ON machines (status, expires_at, name)",
+    ),
+    # the guests an AVMA host activates (``adba inventory import --avma-state DIR``)
+    3: (
+        """CREATE TABLE avma_guests (
+            host           TEXT NOT NULL,
+            guest_id       TEXT NOT NULL,
+            name           TEXT NOT NULL,
+            edition        TEXT,
+            last_answer    TEXT NOT NULL,
+            licensed       INTEGER NOT NULL,
+            licensed_until BIGINT,
+            first_seen     BIGINT,
+            last_seen      BIGINT,
+            requests       INTEGER NOT NULL,
+            imported       BIGINT NOT NULL,
+            PRIMARY KEY (host, guest_id)
+        )""",
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -322,7 +340,8 @@ class InventoryDB:
         order = "DESC" if descending else "ASC"
         rows = self.db.execute(
             f"SELECT {', '.join(_MACHINE_COLUMNS)} FROM machines{clause}"
-            f" ORDER BY {sort} {order}" + ("" if sort == "name" else f", name {order}")
+            f" ORDER BY {sort} {order}"
+            + ("" if sort == "name" else f", name {order}")
             + " LIMIT ? OFFSET ?",
             [*params, limit, offset],
         ).fetchall()
@@ -503,6 +522,68 @@ class InventoryDB:
             f"SELECT {', '.join(columns)} FROM kms_clients ORDER BY host, machine"
         ).fetchall()
         return [dict(zip(columns, r, strict=True)) for r in rows]
+
+    _AVMA_COLUMNS = (
+        "host",
+        "guest_id",
+        "name",
+        "edition",
+        "last_answer",
+        "licensed",
+        "licensed_until",
+        "first_seen",
+        "last_seen",
+        "requests",
+        "imported",
+    )
+
+    def replace_avma_guests(
+        self, host: str, guests: Sequence[dict[str, Any]], *, now: int | None = None
+    ) -> None:
+        """The AVMA host's guests as it knows them now (rows of
+        :func:`adba.avma.store.guest_rows`); a guest it no longer lists is gone here too."""
+        now = int(time.time()) if now is None else now
+        rows = []
+        for g in guests:
+            if not g.get("guest_id") or g.get("last_answer") is None:
+                raise InvalidInput(f"an AVMA guest row without an id or answer: {g!r:.200}")
+            rows.append(
+                (
+                    host,
+                    str(g["guest_id"]),
+                    str(g.get("name") or ""),
+                    g.get("edition"),
+                    str(g["last_answer"]),
+                    1 if g.get("licensed") else 0,
+                    g.get("licensed_until"),
+                    g.get("first_seen"),
+                    g.get("last_seen"),
+                    int(g.get("requests") or 0),
+                    now,
+                )
+            )
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("DELETE FROM avma_guests WHERE host = ?", (host,))
+            self.db.executemany(
+                f"INSERT INTO avma_guests ({', '.join(self._AVMA_COLUMNS)}) VALUES"
+                f" ({', '.join('?' for _ in self._AVMA_COLUMNS)})",
+                rows,
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def avma_guests(self) -> list[dict[str, Any]]:
+        """Every imported AVMA guest, by host then guest name."""
+        rows = self.db.execute(
+            f"SELECT {', '.join(self._AVMA_COLUMNS)} FROM avma_guests ORDER BY host, name, guest_id"
+        ).fetchall()
+        out = [dict(zip(self._AVMA_COLUMNS, r, strict=True)) for r in rows]
+        for g in out:
+            g["licensed"] = bool(g["licensed"])
+        return out
 
     _KEY_COLUMNS = (
         "key_sha256",

@@ -1,16 +1,18 @@
 """What others know, into the inventory: a KMS host's client table (its read-only clients API,
 bearer token, TLS optional) and the authority's status of the customer's own keys (MAK
-activations left, KMS host slots left: the key itself proves ownership)."""
+activations left, KMS host slots left: the key itself proves ownership), and the guests an
+AVMA host on this machine has answered (its state directory, read-only)."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import ssl
 from typing import Any
 
 from ..errors import AuthorityError, AuthorityUnavailable, InvalidInput, KmsError
 
-__all__ = ["fetch_key_status", "fetch_kms_clients"]
+__all__ = ["fetch_key_status", "fetch_kms_clients", "read_avma_guests"]
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +77,30 @@ def fetch_key_status(
     if not isinstance(data, dict) or "key_sha256" not in data:
         raise AuthorityError(f"the authority at {url} sent an unreadable key status")
     return data
+
+
+def read_avma_guests(state_dir: str) -> dict[str, Any]:
+    """The AVMA host in ``state_dir`` (``adba avma init``'s directory): {"host": its host id,
+    "guests": :func:`adba.avma.store.guest_rows`}. Reads only; the host may be serving."""
+    import json
+    from pathlib import Path
+
+    from ..avma.host import HOST_JSON
+    from ..avma.store import guest_rows
+
+    d = Path(state_dir)
+    try:
+        info = json.loads((d / HOST_JSON).read_text())
+        host = str(info["host_id"])
+    except FileNotFoundError as exc:
+        raise InvalidInput(
+            f"{d} is not an AVMA host's state directory (no {HOST_JSON}: `adba avma init`)",
+            path=str(d),
+        ) from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"cannot read the AVMA host in {d}: {exc}", path=str(d)) from exc
+    try:
+        guests = guest_rows(d)
+    except sqlite3.Error as exc:
+        raise InvalidInput(f"cannot read the AVMA host's guests in {d}: {exc}") from exc
+    return {"host": host, "guests": guests}

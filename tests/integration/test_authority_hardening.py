@@ -212,7 +212,13 @@ def test_a_trickled_body_is_dropped_at_the_deadline(authority_dir: Path) -> None
 
 
 # -- errors in our format, for every endpoint and every kind of bad request ---------------------
-POSTS = ["/v1/csvlk/activations", "/v1/kms-hosts/activations", "/v1/confirmations", "/v1/mak/proxy"]
+POSTS = [
+    "/v1/csvlk/activations",
+    "/v1/kms-hosts/activations",
+    "/v1/avma-hosts/certifications",
+    "/v1/confirmations",
+    "/v1/mak/proxy",
+]
 JSON = {"content-type": "application/json"}
 
 

@@ -40,12 +40,38 @@ def _channel(i: int) -> str:
     return CHANNELS[i % 3]
 
 
+AVMA_GUESTS = {"vm-web": True, "vm-db": True, "vm-lapsed": False}
+
+
+def _avma_host_state(d: Path, now: int) -> dict[str, Any]:
+    """An AVMA host's state directory as `adba avma serve` leaves it, read by the importer."""
+    import json
+
+    from adba.avma.host import HOST_JSON
+    from adba.avma.store import GUESTS_DB, GuestStore
+    from adba.catalog import load_catalog
+    from adba.inventory.importers import read_avma_guests
+
+    (d / HOST_JSON).write_text(json.dumps({"host_id": "hv1.lab.example.test"}))
+    store, sku = (
+        GuestStore(d / GUESTS_DB),
+        str(load_catalog().edition("Nimbus Server Standard").sku),
+    )
+    for i, (name, licensed) in enumerate(AVMA_GUESTS.items()):
+        answer = "activated" if licensed else "avma-host-unlicensed"
+        until = now + 7 * 86400 if licensed else now - 86400
+        store.record(f"{i:032x}", name, sku, answer, now - 8 * 86400, until)
+        store.record(f"{i:032x}", name, sku, answer, now - 60, until if licensed else None)
+    return read_avma_guests(str(d))
+
+
 @pytest.fixture(scope="module")
 def inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An inventory: MACHINES machines collected twice (the chart has two runs), one more
-    never collected, a KMS host's clients and a MAK's status."""
+    never collected, a KMS host's clients, an AVMA host's guests and a MAK's status."""
     path = tmp_path_factory.mktemp("console") / "inventory.sqlite"
     now = int(time.time())
+    avma = _avma_host_state(tmp_path_factory.mktemp("hv1-avma"), now)
     with InventoryDB(path) as db:
         names = [f"pc{i:04d}.lab.example.test" for i in range(MACHINES)]
         db.add_machines([(n, None, None) for n in names], source="directory")
@@ -74,6 +100,7 @@ def inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 for i in range(30)
             ],
         )
+        db.replace_avma_guests(avma["host"], avma["guests"])
         db.put_key(
             {
                 "key_sha256": "ab" * 32,
@@ -325,6 +352,37 @@ def test_delete_an_object_with_confirmation(
     assert ao_name not in browser.find_element(_by("TAG_NAME"), "main").text.replace(published, "")
 
 
+def test_the_avma_page_lists_each_hosts_guests(
+    browser: Any, console: TestConsole, slapd: TestSlapd
+) -> None:
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _browser_sign_in(browser, console, "adbaadmin", slapd.admin.password)
+    wait = WebDriverWait(browser, 20)  # each click loads a page: wait for it, not a race
+    wait.until(ec.element_to_be_clickable((_by("LINK_TEXT"), "AVMA hosts"))).click()
+    wait.until(ec.title_contains("AVMA hosts"))
+    [host] = browser.find_elements(_by("CSS_SELECTOR"), "section.avma-host")
+    assert host.find_element(_by("TAG_NAME"), "h2").text == "hv1.lab.example.test"
+    assert "Guests: 3, licensed now: 2" in host.text
+    rows = {
+        r.find_element(_by("CSS_SELECTOR"), "td:nth-child(1)").text: r.text
+        for r in host.find_elements(_by("CSS_SELECTOR"), "tr.guest")
+    }
+    assert set(rows) == set(AVMA_GUESTS)
+    for name, licensed in AVMA_GUESTS.items():
+        assert "Nimbus Server Standard" in rows[name]
+        # the state in words, never colour alone
+        assert (" not licensed " in f" {rows[name]} ") is not licensed, rows[name]
+    assert "avma-host-unlicensed" in rows["vm-lapsed"]
+    assert browser.find_element(_by("CSS_SELECTOR"), "a[aria-current=page]").text == "AVMA hosts"
+    # signed out, the page is not shown: the sign-in form is
+    with _client(console, "127.0.0.31") as client:
+        answer = client.get("/avma", follow_redirects=False)
+        assert answer.status_code == 303 and "vm-web" not in answer.text
+        assert answer.headers["location"].endswith("/signin")
+
+
 def test_wrong_password_is_refused(browser: Any, console: TestConsole, slapd: TestSlapd) -> None:
     _browser_sign_in(browser, console, "adbaadmin", slapd.admin.password + "x")
     assert browser.find_element(_by("ID"), "error").text == "Wrong name or password."
@@ -340,7 +398,7 @@ def test_wrong_password_is_refused(browser: Any, console: TestConsole, slapd: Te
 def test_phone_sized_screen(browser: Any, console: TestConsole, slapd: TestSlapd) -> None:
     _browser_sign_in(browser, console, "adbaadmin", slapd.admin.password)
     browser.set_window_size(390, 844)
-    for page in ("/", "/machines", "/objects", "/kms"):
+    for page in ("/", "/machines", "/objects", "/kms", "/avma"):
         browser.get(console.url + page)
         width = browser.execute_script("return document.documentElement.scrollWidth")
         inner = browser.execute_script("return window.innerWidth")

@@ -179,6 +179,43 @@ def test_install_units_writes_the_three_units(
     assert "@ADBA@" not in boot + check
 
 
+def test_the_avma_unit_serves_vsock_and_is_a_valid_unit(tmp_path: object) -> None:
+    """adba-avma.service: its command line is a valid `avma serve` (the parser says so),
+    vsock is not filtered out by its sandbox, systemd reads it without a complaint; the
+    agent's install-units leaves it out (it is for virtualization hosts only)."""
+    import pathlib
+    import shlex
+    import shutil
+    import subprocess
+
+    from adba.cli import build_parser
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "adba" / "data" / "systemd"
+    text = (root / "adba-avma.service").read_text()
+    lines = text.splitlines()
+    [start] = [line for line in lines if line.startswith("ExecStart=@ADBA@ ")]
+    args = build_parser().parse_args(shlex.split(start.removeprefix("ExecStart=@ADBA@ ")))
+    assert (args.noun, args.verb, args.listen) == ("avma", "serve", ["vsock:any:1690"])
+    [families] = [line for line in lines if line.startswith("RestrictAddressFamilies=")]
+    assert "AF_VSOCK" in families.split("=", 1)[1].split()
+    assert "Documentation=man:adba(1)" in lines
+    target = pathlib.Path(str(tmp_path))
+    assert main(["agent", "install-units", "--dir", str(target), "--adba", "/usr/bin/adba"]) == 0
+    assert not (target / "adba-avma.service").exists()
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = target / "adba-avma.service"
+    unit.write_text(text.replace("@ADBA@", shutil.which("true") or "/bin/true"))
+    res = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    complaints = [line for line in res.stderr.splitlines() if "adba-avma.service" in line]
+    assert res.returncode == 0 and not complaints, res.stderr
+
+
 def test_packaging_units_are_the_shipped_ones() -> None:
     import pathlib
 

@@ -166,3 +166,103 @@ def test_computer_objects_are_named_by_their_dns_name_else_cn() -> None:
     assert _computer("cn=x", {"cn": ["ip only"], "ipHostNumber": ["192.0.2.7"]}) is None
     ip = {"cn": ["ws3"], "ipHostNumber": ["192.0.2.7"]}
     assert _computer("cn=ws3", ip) == ("ws3", "192.0.2.7", "cn=ws3")
+
+
+def _avma_state(d: Path, guests: dict[str, bool]) -> Path:
+    """An AVMA host's state directory as `adba avma serve` leaves it (host id, guest records)."""
+    from adba.avma.host import HOST_JSON
+    from adba.avma.store import GUESTS_DB, GuestStore
+
+    d.mkdir(exist_ok=True)
+    (d / HOST_JSON).write_text(json.dumps({"host_id": "hv1", "certificate": "00"}))
+    store = GuestStore(d / GUESTS_DB)
+    sku = "1e804406-284d-45d3-b919-cb08ca26e71d"  # Nimbus Server Standard
+    for name, licensed in guests.items():
+        answer = "activated" if licensed else "avma-host-unlicensed"
+        # the guests' requests are recorded now: licensed ones until a week from now
+        store.record(f"id-{name}", name, sku, answer, NOW, NOW + 7 * DAY if licensed else None)
+    return d
+
+
+def test_avma_guests_are_imported_from_the_hosts_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adba.cli import main
+
+    monkeypatch.setattr("time.time", lambda: NOW + 60)
+    state = _avma_state(tmp_path / "hv1", {"vm1": True, "vm2": False})
+    db_path = str(tmp_path / "inv.sqlite")
+    argv = ["inventory", "import", "--db", db_path, "--avma-state", str(state), "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == [{"host": "hv1", "guests": 2}]
+    with InventoryDB(db_path) as db:
+        rows = {g["name"]: g for g in db.avma_guests()}
+    assert set(rows) == {"vm1", "vm2"}
+    vm1, vm2 = rows["vm1"], rows["vm2"]
+    assert (vm1["host"], vm1["guest_id"], vm1["edition"]) == (
+        "hv1",
+        "id-vm1",
+        "Nimbus Server Standard",
+    )
+    assert (vm1["licensed"], vm1["last_answer"], vm1["licensed_until"]) == (
+        True,
+        "activated",
+        NOW + 7 * DAY,
+    )
+    assert (vm2["licensed"], vm2["last_answer"]) == (False, "avma-host-unlicensed")
+    assert vm1["last_seen"] == NOW and vm1["requests"] == 1 and vm1["imported"] == NOW + 60
+    assert main(["inventory", "list", "--db", db_path, "--what", "avma-guests", "--json"]) == 0
+    assert [g["name"] for g in json.loads(capsys.readouterr().out)] == ["vm1", "vm2"]
+    # the host's records are the truth: a guest it no longer lists is gone on the next import
+    import sqlite3 as sq
+
+    from adba.avma.store import GUESTS_DB
+
+    raw = sq.connect(state / GUESTS_DB)
+    raw.execute("DELETE FROM guests WHERE name = 'vm2'")
+    raw.commit()
+    raw.close()
+    assert main(argv[:-1]) == 0
+    assert "1 guests imported from the AVMA host hv1" in capsys.readouterr().out
+    with InventoryDB(db_path) as db:
+        assert [g["name"] for g in db.avma_guests()] == ["vm1"]
+        assert [s["kind"] for s in db.scans()].count("import-avma") == 2
+
+
+def test_an_avma_import_from_a_directory_that_is_no_host_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adba.cli import main
+
+    good = _avma_state(tmp_path / "hv1", {"vm1": True})
+    db_path = str(tmp_path / "inv.sqlite")
+    argv = ["inventory", "import", "--db", db_path, "--avma-state", str(good)]
+    assert main([*argv, "--avma-state", str(tmp_path)]) == 2  # all read before any is kept
+    assert "not an AVMA host's state directory" in capsys.readouterr().err
+    with InventoryDB(db_path) as db:
+        assert db.avma_guests() == []
+    with pytest.raises(InvalidInput, match="without an id"), InventoryDB(db_path) as db:
+        db.replace_avma_guests("hv1", [{"name": "x"}])
+
+
+def test_an_inventory_of_schema_2_gains_the_avma_table(tmp_path: Path) -> None:
+    from adba.inventory.db import MIGRATIONS
+
+    path = tmp_path / "inv.sqlite"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version in (1, 2):
+        for statement in MIGRATIONS[version]:
+            raw.execute(statement)
+        raw.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    raw.execute(
+        "INSERT INTO machines (name, source, first_seen) VALUES ('pc1', 'manual', ?)", (NOW,)
+    )
+    raw.close()
+    with InventoryDB(path) as db:
+        assert db.version() == SCHEMA_VERSION >= 3
+        assert [m["name"] for m in db.machines()] == ["pc1"]  # kept
+        db.replace_avma_guests(
+            "hv1", [{"guest_id": "g", "name": "vm", "last_answer": "activated", "licensed": True}]
+        )
+        assert db.avma_guests()[0]["licensed"] is True

@@ -123,7 +123,7 @@ _adba() {
             ;;
         "avma/") subs="init serve guests" ;;
         "avma/init")
-            opts="--authority --catalog --edition --help --host-id --json --state-dir --verbose -v"; valued="--state-dir --authority --edition --host-id --catalog"
+            opts="--authority --authority-ca-file --catalog --edition --help --host-id --json --key-file --online --state-dir --verbose -v"; valued="--state-dir --online --authority --key-file --authority-ca-file --edition --host-id --catalog"
             ;;
         "avma/serve")
             opts="--agent-state --catalog --help --listen --metrics-address --metrics-port --quiet --renewal-hours --state-dir --validity-hours --verbose -q -v"; valued="--state-dir --listen --agent-state --catalog --validity-hours --renewal-hours --metrics-port --metrics-address"
@@ -142,12 +142,12 @@ _adba() {
             opts="--command --concurrency --db --help --identity --json --known-hosts --port --quiet --ssh-config --timeout --user --verbose -q -v"; valued="--db --known-hosts --user --identity --ssh-config --port --command --timeout --concurrency"
             ;;
         "inventory/import")
-            opts="--authority --ca-file --db --help --json --key-file --kms --kms-token-file --verbose -v"; valued="--db --kms --authority --kms-token-file --key-file --ca-file"
+            opts="--authority --avma-state --ca-file --db --help --json --key-file --kms --kms-token-file --verbose -v"; valued="--db --kms --authority --avma-state --kms-token-file --key-file --ca-file"
             ;;
         "inventory/list")
             opts="--db --help --json --status --verbose --what -v"; valued="--db --status --what"
             case "$prev" in
-                --what) COMPREPLY=($(compgen -W "machines kms-clients keys scans" -- "$cur")); return ;;
+                --what) COMPREPLY=($(compgen -W "machines kms-clients avma-guests keys scans" -- "$cur")); return ;;
             esac
             ;;
         "inventory/summary")
