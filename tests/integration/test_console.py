@@ -244,6 +244,7 @@ def browser(
     screenshot and the page source are saved in its tmp dir (the path is printed)."""
     failed_before = request.session.testsfailed
     driver.set_window_size(1280, 900)
+    driver.implicitly_wait(10)  # a page still loading: elements are waited for, not missed
     driver.get(console.url + "/signin")
     driver.delete_all_cookies()
     yield driver
@@ -268,7 +269,18 @@ def _browser_sign_in(browser: Any, console: TestConsole, user: str, password: st
     browser.get(console.url + "/signin")
     browser.find_element(_by("ID"), "user").send_keys(user)
     browser.find_element(_by("ID"), "password").send_keys(password)
-    browser.find_element(_by("ID"), "signin").click()
+    _navigate(browser, browser.find_element(_by("ID"), "signin"))
+
+
+def _navigate(browser: Any, element: Any) -> None:
+    """Click ``element`` and wait until the page it loads has replaced this one (a click
+    returns once navigation starts: the old page's elements would still be found)."""
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(_by("TAG_NAME"), "html")
+    element.click()
+    WebDriverWait(browser, 20).until(ec.staleness_of(page))
 
 
 def _column(browser: Any, table: str, index: int) -> list[str]:
@@ -289,28 +301,28 @@ def test_sign_in_see_the_machines_filter_and_page(
     # status as a text label, never colour alone (the ✓/✗ marks are CSS content)
     assert counts["licensed"] == str(len([i for i in range(MACHINES) if _status(i) == "licensed"]))
     assert counts["unknown"] == "1"
-    browser.find_element(_by("LINK_TEXT"), "Machines").click()
+    _navigate(browser, browser.find_element(_by("LINK_TEXT"), "Machines"))
     assert browser.find_element(_by("ID"), "total").text == str(MACHINES + 1)
     assert len(_column(browser, "machines", 1)) == 50  # a page, not the whole table
-    browser.find_element(_by("ID"), "next").click()
+    _navigate(browser, browser.find_element(_by("ID"), "next"))
     assert "page 2 of 3" in browser.find_element(_by("TAG_NAME"), "main").text
 
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element(_by("ID"), "status")).select_by_value("grace")
     Select(browser.find_element(_by("ID"), "channel")).select_by_value("KMS")
-    browser.find_element(_by("ID"), "apply").click()
+    _navigate(browser, browser.find_element(_by("ID"), "apply"))
     wanted = [i for i in range(MACHINES) if _status(i) == "grace" and _channel(i) == "KMS"]
     assert browser.find_element(_by("ID"), "total").text == str(len(wanted))
     assert set(_column(browser, "machines", 2)) == {"grace"}
     assert set(_column(browser, "machines", 3)) == {"KMS"}
     # sorted by expiry, newest first: a click on the header, twice
-    browser.find_element(_by("LINK_TEXT"), "Expires").click()
-    browser.find_element(_by("PARTIAL_LINK_TEXT"), "Expires").click()
+    _navigate(browser, browser.find_element(_by("LINK_TEXT"), "Expires"))
+    _navigate(browser, browser.find_element(_by("PARTIAL_LINK_TEXT"), "Expires"))
     expiries = _column(browser, "machines", 4)
     assert expiries == sorted(expiries, reverse=True) and len(expiries) == len(wanted)
     browser.find_element(_by("ID"), "q").send_keys("pc0001")
-    browser.find_element(_by("ID"), "apply").click()
+    _navigate(browser, browser.find_element(_by("ID"), "apply"))
     names = _column(browser, "machines", 1)
     assert names and all("pc0001" in n for n in names)
 
@@ -338,15 +350,15 @@ def test_delete_an_object_with_confirmation(
     browser: Any, console: TestConsole, slapd: TestSlapd, published: str, ao_name: str
 ) -> None:
     _browser_sign_in(browser, console, "adbaadmin", slapd.admin.password)
-    browser.find_element(_by("LINK_TEXT"), "Activation objects").click()
+    _navigate(browser, browser.find_element(_by("LINK_TEXT"), "Activation objects"))
     row = browser.find_element(
         _by("XPATH"), f"//table[@id='objects']//tr[td[1][normalize-space()='{ao_name}']]"
     )
     assert "verified" in row.text  # checked against the pinned root key, in words
-    row.find_element(_by("LINK_TEXT"), "Delete…").click()
+    _navigate(browser, row.find_element(_by("LINK_TEXT"), "Delete…"))
     assert browser.find_element(_by("ID"), "dn").text == published
     assert _exists(slapd, published)  # asking is not deleting
-    browser.find_element(_by("ID"), "confirm-delete").click()
+    _navigate(browser, browser.find_element(_by("ID"), "confirm-delete"))
     assert published in browser.find_element(_by("ID"), "deleted").text
     assert not _exists(slapd, published)
     assert ao_name not in browser.find_element(_by("TAG_NAME"), "main").text.replace(published, "")
