@@ -39,9 +39,11 @@ from .admission import RejectLog, Slots, source_of
 from .cache import KmsCache, Thresholds
 from .envelope import Opener
 from .protocol import (
-    KIND_HELLO,
+    _RESP_HEAD,
     MAX_REQUEST,
     MAX_SKEW,
+    REQUEST2_SIZE,
+    RESPONSE_MAGIC,
     STATUS_CLOCK_SKEW,
     STATUS_KEY,
     STATUS_NOT_COVERED,
@@ -50,12 +52,13 @@ from .protocol import (
     VERSION,
     VERSION_2,
     HostCertificate,
-    Request,
-    parse_request,
     parse_sealed_header,
-    request_of_plaintext,
+    plaintext_fields,
+    request_fields,
     response_body,
     response_message,
+    sealed_fields,
+    uuid_of,
 )
 from .replay import CAPACITY as REPLAY_CAPACITY
 from .replay import ReplayCache
@@ -80,6 +83,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: what :meth:`KmsHost.ask` hands to :meth:`KmsHost.decide`: version, kind, CMID, SKU,
+#: KMS ID (16 bytes each), client time, nonce, machine name, the host's clock when asked
+Ask = tuple[int, int, bytes, bytes, bytes, int, bytes, str, int]
+_RESP_PREFIX = response_message(b"", b"")
 
 HOST_KEY, HOST_JSON, CSVLK_FILE, RECORDS = "host.key", "host.json", "csvlk.key", "kms.sqlite"
 PENDING_KEY, LOCK = "host.key.pending", "kms.lock"
@@ -385,6 +393,10 @@ class KmsHost:
         self.rejects = RejectLog(log_interval)
         self._sign = identity.private_key.sign
         self._opener = Opener(identity.private_key)
+        self._open = self._opener.open
+        self._key_id = self._opener.key_id
+        self._kms_ids = frozenset(k.bytes for k in identity.kms_ids)
+        self._ids: dict[bytes, uuid.UUID] = {}
         self._certificate = identity.certificate.to_bytes()
         self.replay = ReplayCache(MAX_SKEW, replay_capacity)
         self._stop: asyncio.Event | None = None
@@ -400,29 +412,101 @@ class KmsHost:
         return self.slots.max_connections
 
     # -- the request path (no I/O) -------------------------------------------------------------
+    #
+    # Three steps, so that several processes can share one cache (``kms serve --workers``):
+    # :meth:`ask` (parse, open, the clock rule; no shared state), :meth:`decide` (the replay
+    # cache and the count: the one owner of the shared state) and :meth:`reply` (sign). No
+    # request object on the way: the fields travel as a tuple, UUIDs are built once.
     def respond(self, data: bytes) -> bytes:
         """Answer one request of either version (raises :class:`ProtocolError` for anything
         malformed, and for a v2 request that does not open)."""
-        if len(data) > 4 and data[4] == VERSION_2:
-            return self._respond_v2(data)
-        return self._answer(data, VERSION, parse_request(data), int(self.clock()))
+        asked = self.ask(data)
+        if type(asked) is bytes:
+            return asked
+        assert isinstance(asked, tuple)
+        status, count, _activated = self.decide(asked)
+        return self.reply(data, asked[0], status, asked[6], count)
 
-    def _respond_v2(self, data: bytes) -> bytes:
-        header = parse_sealed_header(data)
+    def ask(self, data: bytes) -> bytes | Ask:
+        """A refusal to send as it is (hello, clock skew, old key), or the request's fields
+        for :meth:`decide`; :class:`ProtocolError` for anything malformed."""
+        if len(data) <= 4 or data[4] != VERSION_2:
+            kind, cmid, sku, kms, when, nonce, machine = request_fields(data)
+            return (VERSION, kind, cmid, sku, kms, when, nonce, machine, 0)
+        if len(data) != REQUEST2_SIZE:
+            header = parse_sealed_header(data)  # a hello (anything else raises)
+            return self._refuse(data, STATUS_KEY, header.nonce, int(self.wall()), "hello")
+        kind, when, nonce, key_id = sealed_fields(data)
         wall = int(self.wall())
-        if header.kind == KIND_HELLO:
-            return self._refuse(data, STATUS_KEY, header.nonce, wall, "hello")
-        if abs(header.time - wall) > MAX_SKEW:
-            return self._refuse(data, STATUS_CLOCK_SKEW, header.nonce, wall, "clock-skew")
-        if header.key_id != self._opener.key_id:
-            return self._refuse(data, STATUS_KEY, header.nonce, wall, "old-key")
-        request = request_of_plaintext(header, self._opener.open(data))
-        if not self.replay.admit(header.nonce, header.time, wall):
-            return self._refuse(data, STATUS_REPLAYED, header.nonce, wall, "replayed")
-        return self._answer(data, VERSION_2, request, int(self.clock()))
+        if abs(when - wall) > MAX_SKEW:
+            return self._refuse(data, STATUS_CLOCK_SKEW, nonce, wall, "clock-skew")
+        if key_id != self._key_id:
+            return self._refuse(data, STATUS_KEY, nonce, wall, "old-key")
+        cmid, sku, kms, machine = plaintext_fields(self._open(data))
+        return (VERSION_2, kind, cmid, sku, kms, when, nonce, machine, wall)
+
+    def decide(self, asked: Ask) -> tuple[int, int, bool]:
+        """(status, count, activated) for a request :meth:`ask` let through: the replay
+        cache (v2) and the count -- the only step that reads or changes shared state."""
+        version, kind, cmid, sku, kms, when, nonce, machine, wall = asked
+        if version == VERSION_2 and not self.replay.admit(nonce, when, wall):
+            self.rejects.note("replayed", None, "")
+            return STATUS_REPLAYED, 0, False
+        now = int(self.clock())
+        if kms in self._kms_ids:
+            kms_id = self._ids.get(kms) or self._intern(kms)
+            sku_id = self._ids.get(sku) or self._intern(sku)
+            count, activated = self.cache.see(uuid_of(cmid), kms_id, sku_id, kind, machine, now)
+            status = STATUS_OK
+        else:
+            count, activated, status = 0, False, STATUS_NOT_COVERED
+        metrics = self.metrics
+        metrics.requests += 1
+        if activated:
+            metrics.activated += 1
+        level = logging.INFO if status == STATUS_OK else logging.DEBUG  # probes ask uncovered IDs
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "event=request machine=%s cmid=%s kms_id=%s kind=%s count=%d activated=%s "
+                "status=%d version=%d",
+                machine,
+                uuid_of(cmid),
+                uuid_of(kms),
+                "server" if kind else "client",
+                count,
+                activated,
+                status,
+                version,
+            )
+        return status, count, activated
+
+    def _intern(self, raw: bytes) -> uuid.UUID:
+        """One UUID object per SKU / KMS ID seen (a few dozen at most; bounded anyway)."""
+        if len(self._ids) >= 4096:
+            self._ids.clear()
+        u = self._ids[raw] = uuid_of(raw)
+        return u
+
+    def reply(self, data: bytes, version: int, status: int, nonce: bytes, count: int) -> bytes:
+        """The signed response to ``data`` (its host time: now)."""
+        body = (
+            _RESP_HEAD.pack(
+                RESPONSE_MAGIC,
+                version,
+                status,
+                nonce,
+                count if count < 0xFFFF else 0xFFFF,
+                self.renewal_minutes,
+                self.retry_minutes,
+                int(self.clock()),
+            )
+            + self._certificate
+        )
+        return body + self._sign(_RESP_PREFIX + data + body)
 
     def _refuse(self, data: bytes, status: int, nonce: bytes, now: int, why: str) -> bytes:
-        """A signed answer that counts nobody: the key (a hello), clock skew, a replay; its
+        """A signed answer that counts nobody: the key (a hello), clock skew, an old key; its
         host time is the real clock the client's was judged against."""
         body = response_body(
             VERSION_2,
@@ -436,41 +520,6 @@ class KmsHost:
         )
         if why != "hello":
             self.rejects.note(why, None, "")
-        return body + self._sign(response_message(data, body))
-
-    def _answer(self, data: bytes, version: int, request: Request, now: int) -> bytes:
-        if request.kms_id in self.identity.kms_ids:
-            count, activated = self.cache.observe(request, now)
-            status = STATUS_OK
-        else:
-            count, activated, status = 0, False, STATUS_NOT_COVERED
-        body = response_body(
-            version,
-            status,
-            request.nonce,
-            min(count, 0xFFFF),
-            self.renewal_minutes,
-            self.retry_minutes,
-            now,
-            self._certificate,
-        )
-        self.metrics.requests += 1
-        self.metrics.activated += activated
-        level = logging.INFO if status == STATUS_OK else logging.DEBUG  # probes ask uncovered IDs
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "event=request machine=%s cmid=%s kms_id=%s kind=%s count=%d activated=%s "
-                "status=%d version=%d",
-                request.machine,
-                request.cmid,
-                request.kms_id,
-                "server" if request.kind else "client",
-                count,
-                activated,
-                status,
-                version,
-            )
         return body + self._sign(response_message(data, body))
 
     # -- the server ----------------------------------------------------------------------------
