@@ -278,7 +278,9 @@ def install_host(work: Work) -> tuple[Path, dict[str, str]]:
     return state, {"sku": str(edition.sku), "kms_id": str(edition.group)}
 
 
-def start_host(work: Work, state: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_host(
+    work: Work, state: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = open(state / "kms.log", "ab")  # noqa: SIM115 - owned by the process
     proc = work.popen(
@@ -297,6 +299,7 @@ def start_host(work: Work, state: Path) -> tuple[subprocess.Popen[bytes], int]:
             "--deadline",
             "5",
             "-q",
+            *extra,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -311,6 +314,21 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and of its live children (a host's ``--workers``)."""
+    total = cpu_seconds(pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pid:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def proc_status(pid: int, field: str) -> str:
@@ -351,7 +369,8 @@ def loopback_settings() -> str:
 def run_load(work: Work, server_pid: int, cfgs: list[dict[str, object]]) -> dict[str, object]:
     """Start one load process per config, let them get ready, release them together.
 
-    Returns the merged results and the server's CPU seconds over the run."""
+    Returns the merged results and the server's CPU seconds over the run (its live children
+    included: a host's workers)."""
     procs = [
         work.popen([PY, "-c", LOAD, json.dumps(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         for cfg in cfgs
@@ -361,7 +380,7 @@ def run_load(work: Work, server_pid: int, cfgs: list[dict[str, object]]) -> dict
         line = p.stdout.readline()
         if line.strip() != b"ready":
             raise RuntimeError(f"load process {p.pid} failed to start ({line!r})")
-    cpu0 = cpu_seconds(server_pid)
+    cpu0 = tree_cpu_seconds(server_pid)
     t0 = time.monotonic()
     for p in procs:
         assert p.stdin is not None
@@ -373,7 +392,7 @@ def run_load(work: Work, server_pid: int, cfgs: list[dict[str, object]]) -> dict
         results.append(json.loads(out.splitlines()[-1]))
         work.procs.remove(p)
     wall = time.monotonic() - t0
-    cpu = cpu_seconds(server_pid) - cpu0
+    cpu = tree_cpu_seconds(server_pid) - cpu0
     fail: dict[str, int] = {}
     for r in results:
         for k, v in r["fail"].items():

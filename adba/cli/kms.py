@@ -30,7 +30,9 @@ IPv4 and IPv6, port 1688 by default. At most 512 connections at once, 64 from on
 (or IPv6 /64); a request's first byte within 1 s, all of it within 2 s. One host per state
 dir. Logs one key=value line per event on stdout (rejections in aggregate). With
 --publish, registers the _vlmcs._tcp SRV record (and the host's A/AAAA records) by DNS
-dynamic update (RFC 2136, TSIG) at start and daily.
+dynamic update (RFC 2136, TSIG) at start and daily. --workers N: N processes answer on
+the port (SO_REUSEPORT; the limits are shared out among them) and this one keeps the count,
+the replay cache and the records, so counts are exactly one process's.
 
 example:
   adba kms serve --state-dir {STATE} --metrics-port 9688 \\
@@ -160,6 +162,14 @@ def register(nouns: Any) -> None:
         help="address to listen on (repeatable; default 0.0.0.0 and ::)",
     )
     serve.add_argument("--port", type=port_type, default=1688, help="TCP port (default 1688)")
+    serve.add_argument(
+        "--workers",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="N processes answering on the port (SO_REUSEPORT), one owner of the count and "
+        "the records (default 1: one process)",
+    )
     serve.add_argument(
         "--metrics-port", type=port_type, metavar="PORT", help="serve Prometheus metrics on this port"
     )
@@ -451,6 +461,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--first-byte-deadline {args.first_byte_deadline:g} is longer than --deadline "
             f"{args.deadline:g}"
         )
+    if args.workers > 64:
+        raise InvalidInput(f"--workers {args.workers}: at most 64")
+    if args.workers > 1 and args.port == 0:
+        raise InvalidInput("--workers needs a fixed --port (each worker listens on it)")
+    share = -(-args.max_connections // args.workers), -(-args.max_per_source // args.workers)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger("adba")
@@ -468,13 +483,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 store,
                 deadline=args.deadline,
                 first_byte=args.first_byte_deadline,
-                max_connections=args.max_connections,
-                max_per_source=args.max_per_source,
+                max_connections=share[0],
+                max_per_source=share[1],
                 log_interval=args.log_interval,
             )
+            workers = None
+            if args.workers > 1:  # before any thread or event loop: the workers are forked
+                from ..kms.host import default_addresses
+                from ..kms.workers import fork_workers
+
+                workers = fork_workers(
+                    host, args.workers, args.listen or default_addresses(), args.port
+                )
             if api is not None:
                 api.start()
-            _run_host(host, args, publish)
+            _run_host(host, args, publish, workers)
         finally:
             if api is not None:
                 api.stop()
@@ -509,7 +532,7 @@ def _clients_api(args: argparse.Namespace) -> Any:
     )
 
 
-def _run_host(host: Any, args: argparse.Namespace, publish: Any) -> None:
+def _run_host(host: Any, args: argparse.Namespace, publish: Any, workers: Any = None) -> None:
     import asyncio
     import logging
 
@@ -535,13 +558,20 @@ def _run_host(host: Any, args: argparse.Namespace, publish: Any) -> None:
         task = asyncio.create_task(publisher()) if publish else None
         try:
             await host.serve(
-                args.listen or default_addresses(), args.port, metrics_port=args.metrics_port
+                args.listen or default_addresses(),
+                args.port,
+                metrics_port=args.metrics_port,
+                workers=workers,
             )
         finally:
             if task:
                 task.cancel()
 
     run_loop(main())
+    if host.failure:
+        from ..errors import KmsError
+
+        raise KmsError(host.failure)
 
 
 def _published_json(results: Any) -> str:

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from ..catalog import Catalog
+    from .workers import Worker
 
 __all__ = [
     "HostIdentity",
@@ -406,6 +407,10 @@ class KmsHost:
         self._saved_version = -1 if left_out or store.has_unsaved() else self.cache.version
         self._failures = 0
         self._saver: concurrent.futures.ThreadPoolExecutor | None = None
+        #: in a worker (``--workers``): hands a request's fields to the owner of the cache
+        self.forward: Callable[[_Connection, bytes, Ask], None] | None = None
+        #: why the host stopped on its own (a worker died), for the caller to raise
+        self.failure: str | None = None
 
     @property
     def max_connections(self) -> int:
@@ -650,8 +655,11 @@ class KmsHost:
         *,
         metrics_port: int | None = None,
         ready: Callable[[list[tuple[str, int]]], None] | None = None,
+        workers: list[Worker] | None = None,
     ) -> None:
-        """Serve until SIGTERM/SIGINT (or :meth:`stop`); saves the records on the way out."""
+        """Serve until SIGTERM/SIGINT (or :meth:`stop`); saves the records on the way out.
+        With ``workers`` (:func:`~adba.kms.workers.fork_workers`), they listen and this
+        process owns the cache, the replay cache and the store (:mod:`adba.kms.workers`)."""
         self._stop = asyncio.Event()
         self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kms-store")
         loop = asyncio.get_running_loop()
@@ -659,7 +667,10 @@ class KmsHost:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._signalled, sig)
         try:
-            await self._serve(loop, addresses, port, metrics_port, ready)
+            if workers:
+                await self._own(loop, workers, addresses, port, metrics_port, ready)
+            else:
+                await self._serve(loop, addresses, port, metrics_port, ready)
         finally:
             self._saver.shutdown(wait=True)
             self.flush(attempts=6)
@@ -721,6 +732,85 @@ class KmsHost:
                 srv.close()
             self._stop.set()
             await flusher
+
+    async def _own(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        workers: list[Worker],
+        addresses: list[str],
+        port: int,
+        metrics_port: int | None,
+        ready: Callable[[list[tuple[str, int]]], None] | None,
+    ) -> None:
+        """The owner's side of ``--workers``: answer the workers' channels until stopped."""
+        from .workers import OwnerLink
+
+        assert self._stop is not None
+        for w in workers:
+            w.ready, w.lost = loop.create_future(), loop.create_future()
+            await loop.connect_accepted_socket(
+                lambda w=w: OwnerLink(self, w), w.channel  # type: ignore[misc]
+            )
+        flusher = asyncio.create_task(self._flusher())
+        try:
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(w.ready for w in workers if w.ready is not None)), 20.0
+                )
+            except TimeoutError:
+                raise KmsError("the KMS workers did not start listening within 20 s") from None
+            if metrics_port is not None:
+                self.metrics.start_exporter(self.cache, self.slots, addresses[0], metrics_port)
+            log.info(
+                "event=listening addresses=%s workers=%d pids=%s max_connections=%d "
+                "max_per_source=%d deadline=%g first_byte=%g loop=%s",
+                " ".join(f"{a}:{port}" for a in addresses),
+                len(workers),
+                ",".join(str(w.pid) for w in workers),
+                self.slots.max_connections * len(workers),
+                self.slots.max_per_source * len(workers),
+                self.deadline,
+                self.first_byte,
+                type(loop).__module__.split(".")[0],
+            )
+            if ready is not None:
+                ready([(a, port) for a in addresses])
+            lost: list[asyncio.Future[Any]] = [w.lost for w in workers if w.lost is not None]
+            stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+            done, _ = await asyncio.wait([stopped, *lost], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if stopped not in done:
+                gone = [w for w in workers if w.lost is not None and w.lost.done()]
+                self.failure = f"KMS worker {gone[0].index} (pid {gone[0].pid}) exited"
+                log.critical("event=worker-lost worker=%d pid=%d", gone[0].index, gone[0].pid)
+        finally:
+            await self._stop_workers(workers)
+            self._stop.set()
+            await flusher
+
+    async def _stop_workers(self, workers: list[Worker]) -> None:
+        """SIGTERM, then wait for each to answer what it holds and close its channel (the
+        owner answers meanwhile); SIGKILL what is still there after the deadline."""
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGTERM)
+        lost = [w.lost for w in workers if w.lost is not None and not w.lost.done()]
+        if lost:
+            await asyncio.wait(lost, timeout=self.deadline + 5.0)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5.0
+        for w in workers:
+            while w.exit_code is None:
+                pid, status = os.waitpid(w.pid, os.WNOHANG)
+                if pid:
+                    w.exit_code = os.waitstatus_to_exitcode(status)
+                    break
+                if loop.time() > end:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(w.pid, signal.SIGKILL)
+                    end += 5.0
+                await asyncio.sleep(0.02)
+            w.channel.close()
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -797,11 +887,22 @@ class _Connection(asyncio.Protocol):
             transport.close()
             self.transport = None
             return False
+        host = self.host
+        data = bytes(self.buf)
         try:
-            reply = self.host.respond(bytes(self.buf))
+            if host.forward is None:
+                reply = host.respond(data)
+            else:  # a worker: the owner of the cache decides, the answer comes back
+                asked = host.ask(data)
+                if type(asked) is not bytes:
+                    assert isinstance(asked, tuple)
+                    host.forward(self, data, asked)
+                    return True
+                reply = asked
         except ProtocolError as exc:
-            self.host._reject(self, "malformed", exc.message)
+            host._reject(self, "malformed", exc.message)
             return False
+        assert isinstance(reply, bytes)
         transport.write(reply)
         transport.close()
         return True
