@@ -40,9 +40,11 @@ example:
       --dns-server 192.0.2.53 --tsig-key-file /etc/adba/kms-update.key --host-name kms1.example.test
 """
 PROBE = """\
-Sends one well-formed request for an activation group no host covers and waits for the
-signed answer: a real round trip through the host's event loop, counted nowhere. Exit 0 when
-the host answers, 19 when it does not (a health check).
+A protocol v2 round trip that counts nothing: a hello for the host's certificate, then a
+request sealed to it for an activation group no host covers, which the host opens, judges
+and answers, signed (both signatures are checked). Through the host's event loop, its
+decryption and, with --workers, the owner of the count. Exit 0 when the host answers, 19
+when it does not (a health check).
 
 example:
   adba kms probe 127.0.0.1:1688
@@ -463,8 +465,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if args.workers > 64:
         raise InvalidInput(f"--workers {args.workers}: at most 64")
-    if args.workers > 1 and args.port == 0:
-        raise InvalidInput("--workers needs a fixed --port (each worker listens on it)")
     share = -(-args.max_connections // args.workers), -(-args.max_per_source // args.workers)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
@@ -707,25 +707,9 @@ def cmd_clients(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    import os
-    import uuid
-
-    from ..errors import KmsError
-    from ..kms.client import _exchange, hostport
-    from ..kms.protocol import STATUS_NOT_COVERED, Request, parse_response
+    from ..kms.client import hostport, probe
 
     host, port = args.address
-    probe = Request(
-        1,
-        uuid.UUID(int=1),
-        uuid.UUID(int=0),
-        uuid.UUID(int=0),
-        int(time.time()),
-        os.urandom(16),
-        "adba-probe",
-    )
-    response = parse_response(_exchange(host, port, probe.encode(), args.timeout))
-    if response.status != STATUS_NOT_COVERED or response.nonce != probe.nonce:
-        raise KmsError(f"{hostport(host, port)} answered oddly")
-    print(f"{hostport(host, port)} answers (ePID {response.certificate.epid})")
+    response = probe(host, port, timeout=args.timeout)
+    print(f"{hostport(host, port)} answers (protocol v2, ePID {response.certificate.epid})")
     return 0
