@@ -45,6 +45,7 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     assert "licensed (ADBA)" in res.stdout
     assert "not renewed" in res.stdout and "still licensed until" in res.stdout
     assert "$ adba kms serve" in res.stdout and "activated by KMS host" in res.stdout
+    assert "--workers 2" in res.stdout and "answers (protocol v2" in res.stdout
     assert "$ adba authority serve" in res.stdout and "activated by MAK" in res.stdout
     assert "no activation objects" in res.stdout
     assert (
