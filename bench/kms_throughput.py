@@ -19,15 +19,16 @@ N = 1, 4 and 16 concurrent clients (1x1, 2x2, 4x4 processes x threads):
   (``--vlmcs-args``, a template); nothing is built or fetched (bench/README.md: how to build
   it with threads by hand).
 
-Load for the ADBA servers: blocking-socket Python clients, a NEW TCP connection per request
-(connect, send, shutdown(SHUT_WR), read to EOF), each a client-kind request with its own CMID
-and nonce; v2 requests are sealed before the measured window (a pool per process). Replies
-are checked (244 bytes, magic, status OK, our nonce); signatures are not verified.
+Load for the ADBA servers: bench/kms_load.c (built here with cc; ``--load python`` or no
+compiler: blocking-socket Python threads), so that ADBA's clients cost about what vlmcs costs
+vlmcsd -- a NEW TCP connection per request (connect, send, shutdown(SHUT_WR), read to EOF),
+each a client-kind request with its own CMID and nonce; v2 requests are sealed before the
+measured window (a pool per process). Replies are checked (244 bytes, magic, status OK, our
+nonce); signatures are not verified.
 
 How to read it: "req/s" is answered requests per second; "CPU/1000" is the server process's
 utime+stime (its threads, its live workers, and the children of a forking vlmcsd) per
-1,000 answers, the number that does not
-depend on how much of the 2 cores the clients take. Ratios: host/floor throughput (goal >=
+1,000 answers, the number that does not depend on how much of the 2 cores the clients take. Ratios: host/floor throughput (goal >=
 0.8) and, with vlmcsd, host/vlmcsd throughput (goal >= 1.0) and CPU (goal <= 1.0). The
 clients share the cores, so compare servers within a run, not runs on different days.
 
@@ -52,6 +53,8 @@ from _kms import (
     ENV,
     PY,
     Work,
+    build_c_load,
+    c_load_argvs,
     exit_on_signals,
     free_port,
     install_host,
@@ -86,6 +89,7 @@ def _row(name: str, n: int, r: dict[str, Any]) -> dict[str, Any]:
         f"{out['cpu']:.3f} s | p50 {out['p50']:.2f} p99 {out['p99']:.2f} ms | failed "
         f"{out['failed']} {r['fail'] or ''}"
         + (f" | sealed in window {out['live']}" if out["live"] else "")
+        + (f" | pool ran out ({r['pool_empty']} threads)" if r.get("pool_empty") else "")
         + f" | clients CPU {r['client_cpu']:.1f} s",
         flush=True,
     )
@@ -93,11 +97,22 @@ def _row(name: str, n: int, r: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(
-    work: Work, pid: int, port: int, n: int, seconds: float, extra: dict[str, Any]
+    work: Work,
+    pid: int,
+    port: int,
+    n: int,
+    seconds: float,
+    extra: dict[str, Any],
+    loader: str | None,
+    rate_hint: float,
 ) -> dict[str, Any]:
     procs, threads = SHAPES[n]
     cfg = {"mode": "time", "port": port, "threads": threads, "seconds": seconds, **extra}
-    return run_load(work, pid, [cfg] * procs)
+    if loader is None:
+        return run_load(work, pid, [cfg] * procs)
+    if extra.get("version") == 2:  # enough sealed requests for the window, with a margin
+        cfg["pool"] = max(2000, int(1.5 * rate_hint * seconds / procs))
+    return run_load(work, pid, [cfg] * procs, c_load_argvs(work, loader, [cfg] * procs))
 
 
 def _cpu_with_children(pid: int) -> float:
@@ -165,6 +180,13 @@ def main() -> None:
         help="vlmcs binary ($VLMCS, else PATH)",
     )
     ap.add_argument("--vlmcs-args", default=VLMCS_ARGS, help=f"template ({VLMCS_ARGS!r})")
+    ap.add_argument(
+        "--load",
+        choices=("c", "python"),
+        default="c",
+        help="ADBA's load generator: bench/kms_load.c built with cc (c, the default; Python "
+        "when there is no compiler) or Python threads",
+    )
     args = ap.parse_args()
     ns = [int(x) for x in args.n.split(",")]
     if any(n not in SHAPES for n in ns):
@@ -181,6 +203,11 @@ def main() -> None:
         ).stdout.strip()
         print(f"loopback: {loopback_settings()}")
         print(f"event loop (host and floor): {loop}")
+        loader = build_c_load(work) if args.load == "c" else None
+        print(
+            "load generator: "
+            + ("bench/kms_load.c (C threads)" if loader else "Python threads (blocking sockets)")
+        )
         state, ids = install_host(work)
         cert = json.loads((state / "host.json").read_text())["certificate"]
         if args.workers:  # the same identity in a state dir of its own (one host per dir)
@@ -220,7 +247,8 @@ def main() -> None:
                 runs.append((wname, work_proc.pid, work_port, {**runs[2][3]}))
             for _round in range(args.repeat):
                 for name, pid, port, extra in runs:
-                    r = measure(work, pid, port, n, args.seconds, extra)
+                    hint = rows[(name, n)][-1]["rate"] if (name, n) in rows else 10000.0
+                    r = measure(work, pid, port, n, args.seconds, extra, loader, hint)
                     rows.setdefault((name, n), []).append(_row(name, n, r))
                 if anchors:
                     r = measure_vlmcsd(

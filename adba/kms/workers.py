@@ -93,8 +93,10 @@ def _worker_main(
 ) -> int:
     from .host import run_loop
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)  # the worker's loop installs its own
+    # the parent stops its workers (SIGTERM) once it is told to stop: a Ctrl-C, which reaches
+    # the whole process group, is the parent's to handle (in order: workers, then the save)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the worker's loop installs its own
     result = [0]
     run_loop(_serve_worker(host, index, channel, addresses, port, result))
     return result[0]
@@ -112,8 +114,7 @@ async def _serve_worker(
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     link = WorkerLink(host, loop)
     transport, _ = await loop.connect_accepted_socket(lambda: link, channel)
     host.forward = link.forward

@@ -187,7 +187,10 @@ def test_a_replay_is_refused_whichever_worker_it_reaches(
     answers = [_exchange(host.port, (nonce, data)) for _ in range(30)]
     assert answers[0] == (STATUS_OK, 1)  # the probes counted nothing
     assert answers[1:] == [(STATUS_REPLAYED, 0)] * 29
-    host.stop()
+    assert host.proc is not None
+    host.proc.send_signal(signal.SIGINT)  # Ctrl-C: the workers first, then the save; 130
+    assert host.proc.wait(15) == 130
+    host.proc = None
     served = _worker_requests(host)
     assert sum(1 for n in served if n) >= 2, f"all 30 connections reached one worker: {served}"
 
