@@ -31,8 +31,9 @@ IPv4 and IPv6, port 1688 by default. At most 512 connections at once, 64 from on
 dir. Logs one key=value line per event on stdout (rejections in aggregate). With
 --publish, registers the _vlmcs._tcp SRV record (and the host's A/AAAA records) by DNS
 dynamic update (RFC 2136, TSIG) at start and daily. --workers N: N processes answer on
-the port (SO_REUSEPORT; the limits are shared out among them) and this one keeps the count,
-the replay cache and the records, so counts are exactly one process's.
+the port (SO_REUSEPORT; the limits are shared out among them), this one among them, and
+this one keeps the count, the replay cache and the records, so counts are exactly one
+process's.
 
 example:
   adba kms serve --state-dir {STATE} --metrics-port 9688 \\
@@ -492,8 +493,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 from ..kms.host import default_addresses
                 from ..kms.workers import fork_workers
 
-                workers = fork_workers(
-                    host, args.workers, args.listen or default_addresses(), args.port
+                workers = fork_workers(  # and this process is worker 0
+                    host, args.workers - 1, args.listen or default_addresses(), args.port
                 )
             if api is not None:
                 api.start()

@@ -411,6 +411,8 @@ class KmsHost:
         self.forward: Callable[[_Connection, bytes, Ask], None] | None = None
         #: why the host stopped on its own (a worker died), for the caller to raise
         self.failure: str | None = None
+        #: answers this process sent (with --workers: its own share of the connections)
+        self.served = 0
 
     @property
     def max_connections(self) -> int:
@@ -752,6 +754,7 @@ class KmsHost:
                 lambda w=w: OwnerLink(self, w), w.channel  # type: ignore[misc]
             )
         flusher = asyncio.create_task(self._flusher())
+        servers: list[asyncio.AbstractServer] = []
         try:
             try:
                 await asyncio.wait_for(
@@ -759,16 +762,28 @@ class KmsHost:
                 )
             except TimeoutError:
                 raise KmsError("the KMS workers did not start listening within 20 s") from None
+            for address in addresses:  # the owner answers too (worker 0), deciding locally
+                with contextlib.suppress(OSError):  # the workers listen there already
+                    servers.append(
+                        await loop.create_server(
+                            lambda: _Connection(self),
+                            host=address,
+                            port=port,
+                            reuse_address=True,
+                            reuse_port=True,
+                            backlog=1024,
+                        )
+                    )
             if metrics_port is not None:
                 self.metrics.start_exporter(self.cache, self.slots, addresses[0], metrics_port)
             log.info(
                 "event=listening addresses=%s workers=%d pids=%s max_connections=%d "
                 "max_per_source=%d deadline=%g first_byte=%g loop=%s",
                 " ".join(f"{a}:{port}" for a in addresses),
-                len(workers),
+                len(workers) + bool(servers),
                 ",".join(str(w.pid) for w in workers),
-                self.slots.max_connections * len(workers),
-                self.slots.max_per_source * len(workers),
+                self.slots.max_connections * (len(workers) + 1),
+                self.slots.max_per_source * (len(workers) + 1),
                 self.deadline,
                 self.first_byte,
                 type(loop).__module__.split(".")[0],
@@ -784,9 +799,17 @@ class KmsHost:
                 self.failure = f"KMS worker {gone[0].index} (pid {gone[0].pid}) exited"
                 log.critical("event=worker-lost worker=%d pid=%d", gone[0].index, gone[0].pid)
         finally:
+            for srv in servers:
+                srv.close()
             await self._stop_workers(workers)
             self._stop.set()
             await flusher
+            log.info(
+                "event=worker-stop worker=0 pid=%d requests=%d rejected=%d",
+                os.getpid(),
+                self.served,
+                self.metrics.rejected,
+            )
 
     async def _stop_workers(self, workers: list[Worker]) -> None:
         """SIGTERM, then wait for each to answer what it holds and close its channel (the
@@ -905,6 +928,7 @@ class _Connection(asyncio.Protocol):
         assert isinstance(reply, bytes)
         transport.write(reply)
         transport.close()
+        host.served += 1
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:

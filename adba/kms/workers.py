@@ -2,16 +2,19 @@
 
 The count a client gets must be the one a single process would give for the same requests,
 and a replayed v2 request must be refused whichever process it reaches, so the shared state
-(the cache, the replay cache, the store) has ONE owner: the parent process. It forks N
-workers before it starts anything else (no thread, no event loop yet); each worker listens
-on the port with ``SO_REUSEPORT`` (the kernel spreads the connections over them) and does
-everything that needs no shared state -- the connection limits and deadlines, parsing, the
-v2 opening (X25519, HKDF, ChaCha20-Poly1305), the clock rule, the Ed25519 signature -- and
-hands the owner, over a Unix socket pair, the fields :meth:`~adba.kms.host.KmsHost.decide`
-needs (150 bytes); the owner answers with the status and the count (8 bytes) and the worker
-signs and sends the response. The owner batches: what one read brings is answered in one
-write. The owner also saves (once a second, in its own thread), exports the metrics and
-publishes.
+(the cache, the replay cache, the store) has ONE owner: the parent process. It forks N - 1
+workers before it starts anything else (no thread, no event loop yet); they and the parent
+(worker 0) listen on the port with ``SO_REUSEPORT`` (the kernel spreads the connections over
+them). A worker does everything that needs no shared state -- the connection limits and
+deadlines, parsing, the v2 opening (X25519, HKDF, ChaCha20-Poly1305), the clock rule, the
+Ed25519 signature -- and hands the owner, over a Unix socket pair, the fields
+:meth:`~adba.kms.host.KmsHost.decide` needs (150 bytes); the owner answers with the status
+and the count (8 bytes) and the worker signs and sends the response. Both ends batch: what
+one loop iteration forwards goes in one write, what one read brings is answered in one
+write. The owner answers its own share of the connections as a single host does (deciding
+in place), and saves (once a second, in its own thread), exports the metrics and publishes.
+Measured on 2 busy cores (bench/kms_throughput.py) one process and two are about even; the
+option is for machines with more cores than that.
 
 Nothing acknowledged is lost on a stop: the parent stops the workers first (they answer what
 they hold), then saves. A worker that dies stops the host (exit code of a KMS error) for its
@@ -65,10 +68,10 @@ class Worker:
 
 
 def fork_workers(host: KmsHost, n: int, addresses: list[str], port: int) -> list[Worker]:
-    """Fork ``n`` workers (call before any thread or event loop exists); in each child this
-    never returns (it serves, then ``os._exit``)."""
+    """Fork ``n`` workers, numbered 1..n (call before any thread or event loop exists); in
+    each child this never returns (it serves, then ``os._exit``)."""
     workers: list[Worker] = []
-    for index in range(n):
+    for index in range(1, n + 1):
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:  # the worker
