@@ -224,3 +224,15 @@ def test_restart_keeps_every_acknowledged_machine(
     assert not alive, f"workers {alive} outlived their killed owner"
     host.proc = None
     assert _saved(host) == {str(c) for c in second}
+
+
+def test_a_dead_worker_stops_the_host_with_a_kms_error(host: TestKmsHost) -> None:
+    pids = _start(host, WORKERS)
+    os.kill(pids[0], signal.SIGKILL)
+    assert host.proc is not None
+    assert host.proc.wait(20) == 19  # KmsError: for the supervisor to restart it whole
+    host.proc = None
+    text = host.log_path.read_text()
+    assert f"event=worker-lost worker=1 pid={pids[0]}" in text
+    assert f"KMS worker 1 (pid {pids[0]}) exited" in text
+    assert not [pid for pid in pids if _alive(pid)]
