@@ -358,9 +358,7 @@ def install_host(work: Work) -> tuple[Path, dict[str, str]]:
     return state, {"sku": str(edition.sku), "kms_id": str(edition.group)}
 
 
-def start_host(
-    work: Work, state: Path, *extra: str
-) -> tuple[subprocess.Popen[bytes], int]:
+def start_host(work: Work, state: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = open(state / "kms.log", "ab")  # noqa: SIM115 - owned by the process
     proc = work.popen(

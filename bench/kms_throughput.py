@@ -287,9 +287,7 @@ def main() -> None:
                 )
             )
         print("\nratios (v2: the host on protocol v2, one process; " + wname + ": with workers)")
-        print(
-            "N   server      v2/floor  v2/vlmcsd-threads rate  v2/vlmcsd-threads CPU per 1,000"
-        )
+        print("N   server      v2/floor  v2/vlmcsd-threads rate  v2/vlmcsd-threads CPU per 1,000")
         for n in ns:
             f = med[("floor", n)]
             for name in hosts:

@@ -751,7 +751,8 @@ class KmsHost:
         for w in workers:
             w.ready, w.lost = loop.create_future(), loop.create_future()
             await loop.connect_accepted_socket(
-                lambda w=w: OwnerLink(self, w), w.channel  # type: ignore[misc]
+                lambda w=w: OwnerLink(self, w),
+                w.channel,  # type: ignore[misc]
             )
         flusher = asyncio.create_task(self._flusher())
         servers: list[asyncio.AbstractServer] = []

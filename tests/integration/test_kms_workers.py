@@ -148,7 +148,9 @@ def _saved(host: TestKmsHost) -> set[str]:
 
 def _worker_requests(host: TestKmsHost) -> list[int]:
     text = host.log_path.read_text()
-    return [int(m) for m in re.findall(r"event=worker-stop worker=\d+ pid=\d+ requests=(\d+)", text)]
+    return [
+        int(m) for m in re.findall(r"event=worker-stop worker=\d+ pid=\d+ requests=(\d+)", text)
+    ]
 
 
 def test_workers_count_exactly_as_one_process(
@@ -195,9 +197,7 @@ def test_a_replay_is_refused_whichever_worker_it_reaches(
     assert sum(1 for n in served if n) >= 2, f"all 30 connections reached one worker: {served}"
 
 
-def test_restart_keeps_every_acknowledged_machine(
-    host: TestKmsHost, authority_dir: Path
-) -> None:
+def test_restart_keeps_every_acknowledged_machine(host: TestKmsHost, authority_dir: Path) -> None:
     root = LocalAuthority.open(authority_dir).root_public_key
     cert = _certificate(host)
     pids = _start(host, WORKERS)
