@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -750,10 +751,7 @@ class KmsHost:
         assert self._stop is not None
         for w in workers:
             w.ready, w.lost = loop.create_future(), loop.create_future()
-            await loop.connect_accepted_socket(
-                lambda w=w: OwnerLink(self, w),
-                w.channel,  # type: ignore[misc]
-            )
+            await loop.connect_accepted_socket(functools.partial(OwnerLink, self, w), w.channel)
         flusher = asyncio.create_task(self._flusher())
         servers: list[asyncio.AbstractServer] = []
         try:
