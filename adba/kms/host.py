@@ -294,6 +294,13 @@ class Metrics:
         self.refused_source = 0
         self.evicted = 0
         self.activated = 0
+        #: the other processes' connection counters (with --workers: rejected, refused,
+        #: refused_source, evicted, open), as they last reported them (once a second)
+        self.others: Callable[[], tuple[int, int, int, int, int]] = lambda: (0, 0, 0, 0, 0)
+
+    def connection_counters(self, open_now: int) -> tuple[int, int, int, int, int]:
+        """(rejected, refused, refused_source, evicted, open) of this process."""
+        return self.rejected, self.refused, self.refused_source, self.evicted, open_now
 
     def start_exporter(self, cache: KmsCache, slots: Slots[Any], address: str, port: int) -> None:
         from prometheus_client import CollectorRegistry, start_http_server
@@ -303,27 +310,28 @@ class Metrics:
 
         class _Collector:
             def collect(self) -> Any:
+                rejected, refused, refused_source, evicted, open_elsewhere = metrics.others()
                 for name, text, value in (
                     ("adba_kms_requests", "Valid activation requests answered.", metrics.requests),
                     (
                         "adba_kms_rejected",
                         "Connections closed: malformed or late request.",
-                        metrics.rejected,
+                        metrics.rejected + rejected,
                     ),
                     (
                         "adba_kms_refused",
                         "Connections refused at the connection limit.",
-                        metrics.refused,
+                        metrics.refused + refused,
                     ),
                     (
                         "adba_kms_refused_per_source",
                         "Connections refused: their source held its share of the slots.",
-                        metrics.refused_source,
+                        metrics.refused_source + refused_source,
                     ),
                     (
                         "adba_kms_evicted",
                         "Connections dropped to make room (from the source holding the most).",
-                        metrics.evicted,
+                        metrics.evicted + evicted,
                     ),
                     (
                         "adba_kms_activated",
@@ -333,7 +341,9 @@ class Metrics:
                 ):
                     yield CounterMetricFamily(name, text, value=value)
                 yield GaugeMetricFamily(
-                    "adba_kms_open_connections", "Connections being served.", value=slots.open
+                    "adba_kms_open_connections",
+                    "Connections being served.",
+                    value=slots.open + open_elsewhere,
                 )
                 yield GaugeMetricFamily(
                     "adba_kms_count",
@@ -774,6 +784,7 @@ class KmsHost:
                         )
                     )
             if metrics_port is not None:
+                self.metrics.others = lambda: _sums(w.counters for w in workers)
                 self.metrics.start_exporter(self.cache, self.slots, addresses[0], metrics_port)
             log.info(
                 "event=listening addresses=%s workers=%d pids=%s max_connections=%d "
@@ -837,6 +848,13 @@ class KmsHost:
     def stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
+
+
+def _sums(rows: Any) -> tuple[int, int, int, int, int]:
+    a = b = c = d = e = 0
+    for r in rows:
+        a, b, c, d, e = a + r[0], b + r[1], c + r[2], d + r[3], e + r[4]
+    return a, b, c, d, e
 
 
 class _Connection(asyncio.Protocol):

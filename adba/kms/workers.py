@@ -12,7 +12,8 @@ Ed25519 signature -- and hands the owner, over a Unix socket pair, the fields
 and the count (8 bytes) and the worker signs and sends the response. Both ends batch: what
 one loop iteration forwards goes in one write, what one read brings is answered in one
 write. The owner answers its own share of the connections as a single host does (deciding
-in place), and saves (once a second, in its own thread), exports the metrics and publishes.
+in place), and saves (once a second, in its own thread), publishes, and exports the metrics
+(the workers report their connection counters once a second).
 Measured on 2 busy cores (bench/kms_throughput.py) one process and two are about even; the
 option is for machines with more cores than that.
 
@@ -50,8 +51,11 @@ log = logging.getLogger(__name__)
 ASK = struct.Struct(">IBBq16s16s16s16sB63sq")
 #: owner -> worker: seq, status, count, activated
 ANSWER = struct.Struct(">IBHB")
-#: control records (version 0): the worker listens / could not listen (errno in ``kind``)
-READY, FAILED = 0xFFFFFFFF, 0xFFFFFFFE
+#: control records (version 0): the worker listens / could not listen / its connection
+#: counters (rejected, refused, refused per source, evicted, open: 5 x 8 bytes in the
+#: CMID, SKU and KMS ID fields), sent once a second for the owner's metrics
+READY, FAILED, COUNTERS = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD
+_COUNTERS = struct.Struct(">5Q8x")
 assert ASK.size == 150 and ANSWER.size == 8
 
 
@@ -65,6 +69,9 @@ class Worker:
     ready: asyncio.Future[None] | None = None
     lost: asyncio.Future[None] | None = None
     exit_code: int | None = field(default=None)
+    #: its connection counters as it last reported them (rejected, refused, refused per
+    #: source, evicted, open)
+    counters: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
 
 def fork_workers(host: KmsHost, n: int, addresses: list[str], port: int) -> list[Worker]:
@@ -148,7 +155,7 @@ async def _serve_worker(
         result[0] = 1
         return
     link.control(READY)
-    flusher = asyncio.ensure_future(_ticks(host, stop))
+    flusher = asyncio.ensure_future(_ticks(host, link, stop))
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), link.lost]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for srv in servers:
@@ -172,12 +179,18 @@ async def _serve_worker(
     )
 
 
-async def _ticks(host: KmsHost, stop: asyncio.Event) -> None:
-    """The worker's rejection log closes its windows once a second, as the host's does."""
+async def _ticks(host: KmsHost, link: WorkerLink, stop: asyncio.Event) -> None:
+    """Once a second: the worker's rejection log closes its windows (as the host's does) and
+    its connection counters go to the owner (for the metrics)."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
         host.rejects.tick()
+        if link.transport is not None:
+            blob = _COUNTERS.pack(*host.metrics.connection_counters(host.slots.open))
+            link.transport.write(
+                ASK.pack(COUNTERS, 0, 0, 0, b"", blob[:16], blob[16:32], blob[32:], 0, b"", 0)
+            )
 
 
 class WorkerLink(asyncio.Protocol):
@@ -275,7 +288,11 @@ class OwnerLink(asyncio.Protocol):
         for rec in ASK.iter_unpack(memoryview(buf)[: n * size]):
             seq, version, kind, when, nonce, cmid, sku, kms, nlen, name, wall = rec
             if version == 0:
-                self._control(seq, kind)
+                if seq == COUNTERS:
+                    a, b, c, d, e = _COUNTERS.unpack(cmid + sku + kms)
+                    self.worker.counters = (a, b, c, d, e)
+                else:
+                    self._control(seq, kind)
                 continue
             machine = name[:nlen].decode()
             status, count, activated = decide(

@@ -236,3 +236,32 @@ def test_a_dead_worker_stops_the_host_with_a_kms_error(host: TestKmsHost) -> Non
     assert f"event=worker-lost worker=1 pid={pids[0]}" in text
     assert f"KMS worker 1 (pid {pids[0]}) exited" in text
     assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_the_metrics_add_up_every_process(host: TestKmsHost) -> None:
+    import urllib.request
+
+    cert = _certificate(host)
+    metrics_port = free_port()
+    host.start("--workers", str(WORKERS), "--metrics-port", str(metrics_port))
+    _start_wait = time.monotonic() + 20
+    while "event=listening" not in host.log_path.read_text():
+        assert time.monotonic() < _start_wait, host.log_tail()
+        time.sleep(0.05)
+    for _ in range(40):  # malformed: each process that gets one rejects it
+        with socket.create_connection(("127.0.0.1", host.port), timeout=5) as s:
+            s.sendall(b"ADBK\x01nonsense")
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(512) == b""
+    assert _counts(host.port, _wire(cert, 6 << 64, 60)) == Counter(
+        {**{c: 1 for c in range(1, CAPACITY)}, CAPACITY: 11}
+    )
+    time.sleep(2.5)  # the workers report once a second
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert "adba_kms_requests_total 60.0" in text
+    assert "adba_kms_rejected_total 40.0" in text  # the sum over the processes
+    assert f"adba_kms_count {CAPACITY}.0" in text
+    host.stop()
+    served = _worker_requests(host)
+    assert sum(1 for n in served if n) >= 2, served
