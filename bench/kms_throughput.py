@@ -111,7 +111,7 @@ def measure(
     if loader is None:
         return run_load(work, pid, [cfg] * procs)
     if extra.get("version") == 2:  # enough sealed requests for the window, with a margin
-        cfg["pool"] = max(2000, int(1.5 * rate_hint * seconds / procs))
+        cfg["pool"] = max(2000, int(2.5 * rate_hint * seconds / procs))
     return run_load(work, pid, [cfg] * procs, c_load_argvs(work, loader, [cfg] * procs))
 
 
