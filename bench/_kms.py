@@ -172,6 +172,86 @@ print(json.dumps({
 """
 
 
+#: a pool of sealed v2 requests for the C load generator: records of nonce (16) + request
+SEAL_POOL = r"""
+import json, os, sys, time, uuid
+from adba.kms.envelope import seal
+from adba.kms.protocol import KIND_CLIENT, HostCertificate, Request
+
+cfg = json.loads(sys.argv[1])
+cert = HostCertificate.from_bytes(bytes.fromhex(cfg["cert"]))
+sku, kms_id = uuid.UUID(cfg["sku"]), uuid.UUID(cfg["kms_id"])
+with open(cfg["path"], "wb") as fh:
+    for _ in range(cfg["n"]):
+        r = Request(KIND_CLIENT, uuid.uuid4(), sku, kms_id, int(time.time()), os.urandom(16),
+                    "bench-pc")
+        fh.write(r.nonce + seal(r, cert))
+"""
+
+
+def build_c_load(work: Work) -> str | None:
+    """bench/kms_load.c compiled into the work dir with the system's cc (None: no compiler)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    out = work.dir / "kms_load"
+    res = subprocess.run(
+        [cc, "-O2", "-pthread", "-o", str(out), str(ROOT / "bench" / "kms_load.c")],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        print(f"kms_load.c did not build (Python clients instead): {res.stderr.strip()[:300]}")
+        return None
+    return str(out)
+
+
+def c_load_argvs(work: Work, loader: str, cfgs: list[dict[str, object]]) -> list[list[str]]:
+    """The C load generator's command lines for ``cfgs`` (the Python load's configs), its
+    request files written first: a v1 template, or v2 pools sealed in parallel processes."""
+    import uuid
+
+    from adba.kms.protocol import KIND_CLIENT, Request
+
+    argvs, sealers = [], []
+    for k, cfg in enumerate(cfgs):
+        path = work.dir / f"load-{k}.bin"
+        if cfg.get("version", 1) == 2:
+            job = {"cert": cfg["cert"], "sku": cfg["sku"], "kms_id": cfg["kms_id"]}
+            job.update(n=cfg["pool"], path=str(path))
+            sealers.append(work.popen([PY, "-c", SEAL_POOL, json.dumps(job)]))
+            mode, size = "pool", "200"
+        else:
+            template = Request(
+                KIND_CLIENT,
+                uuid.uuid4(),
+                uuid.UUID(str(cfg["sku"])),
+                uuid.UUID(str(cfg["kms_id"])),
+                int(time.time()),
+                bytes(16),
+                "bench-pc",
+            ).encode()
+            path.write_bytes(template)
+            mode, size = "v1", "144"
+        argvs.append(
+            [
+                loader,
+                str(cfg["port"]),
+                str(cfg["threads"]),
+                str(cfg["seconds"]),
+                mode,
+                str(path),
+                size,
+                "1" if cfg.get("check") else "0",
+            ]
+        )
+    for proc in sealers:
+        if proc.wait(600) != 0:
+            raise RuntimeError("sealing the v2 pool failed")
+        work.procs.remove(proc)
+    return argvs
+
+
 def exit_on_signals() -> None:
     """SIGTERM/SIGHUP raise SystemExit so every ``finally`` (process and temp-dir cleanup) runs."""
 
@@ -278,7 +358,7 @@ def install_host(work: Work) -> tuple[Path, dict[str, str]]:
     return state, {"sku": str(edition.sku), "kms_id": str(edition.group)}
 
 
-def start_host(work: Work, state: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_host(work: Work, state: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = open(state / "kms.log", "ab")  # noqa: SIM115 - owned by the process
     proc = work.popen(
@@ -297,6 +377,7 @@ def start_host(work: Work, state: Path) -> tuple[subprocess.Popen[bytes], int]:
             "--deadline",
             "5",
             "-q",
+            *extra,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -311,6 +392,21 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and of its live children (a host's ``--workers``)."""
+    total = cpu_seconds(pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pid:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def proc_status(pid: int, field: str) -> str:
@@ -348,20 +444,26 @@ def loopback_settings() -> str:
     )
 
 
-def run_load(work: Work, server_pid: int, cfgs: list[dict[str, object]]) -> dict[str, object]:
-    """Start one load process per config, let them get ready, release them together.
+def run_load(
+    work: Work,
+    server_pid: int,
+    cfgs: list[dict[str, object]],
+    argvs: list[list[str]] | None = None,
+) -> dict[str, object]:
+    """Start one load process per config (or per command line of ``argvs``: the C load
+    generator), let them get ready, release them together.
 
-    Returns the merged results and the server's CPU seconds over the run."""
-    procs = [
-        work.popen([PY, "-c", LOAD, json.dumps(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        for cfg in cfgs
-    ]
+    Returns the merged results and the server's CPU seconds over the run (its live children
+    included: a host's workers)."""
+    if argvs is None:
+        argvs = [[PY, "-c", LOAD, json.dumps(cfg)] for cfg in cfgs]
+    procs = [work.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for argv in argvs]
     for p in procs:
         assert p.stdout is not None
         line = p.stdout.readline()
         if line.strip() != b"ready":
             raise RuntimeError(f"load process {p.pid} failed to start ({line!r})")
-    cpu0 = cpu_seconds(server_pid)
+    cpu0 = tree_cpu_seconds(server_pid)
     t0 = time.monotonic()
     for p in procs:
         assert p.stdin is not None
@@ -373,7 +475,7 @@ def run_load(work: Work, server_pid: int, cfgs: list[dict[str, object]]) -> dict
         results.append(json.loads(out.splitlines()[-1]))
         work.procs.remove(p)
     wall = time.monotonic() - t0
-    cpu = cpu_seconds(server_pid) - cpu0
+    cpu = tree_cpu_seconds(server_pid) - cpu0
     fail: dict[str, int] = {}
     for r in results:
         for k, v in r["fail"].items():
@@ -388,6 +490,7 @@ def run_load(work: Work, server_pid: int, cfgs: list[dict[str, object]]) -> dict
         "cpu": cpu,
         "client_cpu": sum(r["cpu"] for r in results),
         "live": sum(r.get("live", 0) for r in results),
+        "pool_empty": sum(r.get("pool_empty", 0) for r in results),
     }
 
 

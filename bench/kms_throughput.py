@@ -11,23 +11,29 @@ N = 1, 4 and 16 concurrent clients (1x1, 2x2, 4x4 processes x threads):
   sign (Ed25519), save once a second;
 - host v2: the same process, 200-byte sealed requests: the same plus the X25519 exchange,
   HKDF and ChaCha20-Poly1305 opening, the clock rule and the replay cache;
-- vlmcsd, when ``vlmcsd`` and ``vlmcs`` are on PATH or given (``--vlmcsd``, ``--vlmcs``):
-  vlmcsd serving, N ``vlmcs`` processes asking it over a new TCP connection per request
+- host v2 wK: ``adba kms serve --workers K`` (``--workers``, default 2; 0: not measured):
+  K processes on the port with SO_REUSEPORT and the parent owning the count, v2 requests;
+- vlmcsd, when ``vlmcsd`` and ``vlmcs`` are on PATH or given (``--vlmcsd``, ``--vlmcs``, or
+  the ``VLMCSD`` / ``VLMCS`` environment variables): vlmcsd serving (no logging, as the host
+  runs ``-q``), N ``vlmcs`` processes asking it over a new TCP connection per request
   (``--vlmcs-args``, a template); nothing is built or fetched (bench/README.md: how to build
-  it by hand).
+  it with threads by hand).
 
-Load for the ADBA servers: blocking-socket Python clients, a NEW TCP connection per request
-(connect, send, shutdown(SHUT_WR), read to EOF), each a client-kind request with its own CMID
-and nonce; v2 requests are sealed before the measured window (a pool per process). Replies
-are checked (244 bytes, magic, status OK, our nonce); signatures are not verified.
+Load for the ADBA servers: bench/kms_load.c (built here with cc; ``--load python`` or no
+compiler: blocking-socket Python threads), so that ADBA's clients cost about what vlmcs costs
+vlmcsd -- a NEW TCP connection per request (connect, send, shutdown(SHUT_WR), read to EOF),
+each a client-kind request with its own CMID and nonce; v2 requests are sealed before the
+measured window (a pool per process). Replies are checked (244 bytes, magic, status OK, our
+nonce); signatures are not verified.
 
 How to read it: "req/s" is answered requests per second; "CPU/1000" is the server process's
-utime+stime (children too, for a forking vlmcsd) per 1,000 answers, the number that does not
-depend on how much of the 2 cores the clients take. Ratios: host/floor throughput (goal >=
+utime+stime (its threads, its live workers, and the children of a forking vlmcsd) per
+1,000 answers, the number that does not depend on how much of the 2 cores the clients take. Ratios: host/floor throughput (goal >=
 0.8) and, with vlmcsd, host/vlmcsd throughput (goal >= 1.0) and CPU (goal <= 1.0). The
 clients share the cores, so compare servers within a run, not runs on different days.
 
-    python bench/kms_throughput.py [--seconds 5] [--n 1,4,16] [--vlmcsd PATH --vlmcs PATH]
+    python bench/kms_throughput.py [--seconds 5] [--n 1,4,16] [--workers 2]
+        [--vlmcsd PATH --vlmcs PATH]
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from _kms import (
     ENV,
     PY,
     Work,
+    build_c_load,
+    c_load_argvs,
     exit_on_signals,
     free_port,
     install_host,
@@ -81,6 +89,7 @@ def _row(name: str, n: int, r: dict[str, Any]) -> dict[str, Any]:
         f"{out['cpu']:.3f} s | p50 {out['p50']:.2f} p99 {out['p99']:.2f} ms | failed "
         f"{out['failed']} {r['fail'] or ''}"
         + (f" | sealed in window {out['live']}" if out["live"] else "")
+        + (f" | pool ran out ({r['pool_empty']} threads)" if r.get("pool_empty") else "")
         + f" | clients CPU {r['client_cpu']:.1f} s",
         flush=True,
     )
@@ -88,11 +97,22 @@ def _row(name: str, n: int, r: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(
-    work: Work, pid: int, port: int, n: int, seconds: float, extra: dict[str, Any]
+    work: Work,
+    pid: int,
+    port: int,
+    n: int,
+    seconds: float,
+    extra: dict[str, Any],
+    loader: str | None,
+    rate_hint: float,
 ) -> dict[str, Any]:
     procs, threads = SHAPES[n]
     cfg = {"mode": "time", "port": port, "threads": threads, "seconds": seconds, **extra}
-    return run_load(work, pid, [cfg] * procs)
+    if loader is None:
+        return run_load(work, pid, [cfg] * procs)
+    if extra.get("version") == 2:  # enough sealed requests for the window, with a margin
+        cfg["pool"] = max(2000, int(2.5 * rate_hint * seconds / procs))
+    return run_load(work, pid, [cfg] * procs, c_load_argvs(work, loader, [cfg] * procs))
 
 
 def _cpu_with_children(pid: int) -> float:
@@ -107,7 +127,7 @@ def measure_vlmcsd(
     run lasts about ``seconds``); the answered count is what they asked minus failures."""
     port = free_port()
     server = work.popen(
-        [vlmcsd, "-D", "-e", "-L", f"127.0.0.1:{port}"],
+        [vlmcsd, "-D", "-L", f"127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
@@ -146,9 +166,27 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=3, help="rounds, interleaved; medians are compared (3)"
     )
-    ap.add_argument("--vlmcsd", default=shutil.which("vlmcsd"), help="vlmcsd binary (PATH)")
-    ap.add_argument("--vlmcs", default=shutil.which("vlmcs"), help="vlmcs binary (PATH)")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="also the host with --workers K (2; 0: not)"
+    )
+    ap.add_argument(
+        "--vlmcsd",
+        default=os.environ.get("VLMCSD") or shutil.which("vlmcsd"),
+        help="vlmcsd binary ($VLMCSD, else PATH)",
+    )
+    ap.add_argument(
+        "--vlmcs",
+        default=os.environ.get("VLMCS") or shutil.which("vlmcs"),
+        help="vlmcs binary ($VLMCS, else PATH)",
+    )
     ap.add_argument("--vlmcs-args", default=VLMCS_ARGS, help=f"template ({VLMCS_ARGS!r})")
+    ap.add_argument(
+        "--load",
+        choices=("c", "python"),
+        default="c",
+        help="ADBA's load generator: bench/kms_load.c built with cc (c, the default; Python "
+        "when there is no compiler) or Python threads",
+    )
     args = ap.parse_args()
     ns = [int(x) for x in args.n.split(",")]
     if any(n not in SHAPES for n in ns):
@@ -165,10 +203,23 @@ def main() -> None:
         ).stdout.strip()
         print(f"loopback: {loopback_settings()}")
         print(f"event loop (host and floor): {loop}")
+        loader = build_c_load(work) if args.load == "c" else None
+        print(
+            "load generator: "
+            + ("bench/kms_load.c (C threads)" if loader else "Python threads (blocking sockets)")
+        )
         state, ids = install_host(work)
         cert = json.loads((state / "host.json").read_text())["certificate"]
+        if args.workers:  # the same identity in a state dir of its own (one host per dir)
+            state_w = work.dir / "kms-workers"
+            state_w.mkdir(mode=0o700)
+            for name in ("host.key", "host.json", "csvlk.key"):
+                shutil.copy2(state / name, state_w / name)
         base_proc, base_port = start_baseline(work)
         host_proc, host_port = start_host(work, state)
+        wname = f"host-v2-w{args.workers}"
+        if args.workers:
+            work_proc, work_port = start_host(work, state_w, "--workers", str(args.workers))
         anchors = bool(args.vlmcsd and args.vlmcs)
         print(
             "vlmcsd: "
@@ -192,9 +243,12 @@ def main() -> None:
                     },
                 ),
             ]
+            if args.workers:
+                runs.append((wname, work_proc.pid, work_port, {**runs[2][3]}))
             for _round in range(args.repeat):
                 for name, pid, port, extra in runs:
-                    r = measure(work, pid, port, n, args.seconds, extra)
+                    hint = rows[(name, n)][-1]["rate"] if (name, n) in rows else 10000.0
+                    r = measure(work, pid, port, n, args.seconds, extra, loader, hint)
                     rows.setdefault((name, n), []).append(_row(name, n, r))
                 if anchors:
                     r = measure_vlmcsd(
@@ -203,12 +257,13 @@ def main() -> None:
                         args.vlmcs,
                         n,
                         args.seconds,
-                        rows[("host-v2", n)][-1]["rate"],
+                        max(r[-1]["rate"] for k, r in rows.items() if k[1] == n),
                         args.vlmcs_args,
                     )
                     rows.setdefault(("vlmcsd", n), []).append(_row("vlmcsd", n, r))
-        if host_proc.poll() is not None:
-            print(f"host exited with {host_proc.returncode} during the run")
+        for proc in [host_proc] + ([work_proc] if args.workers else []):
+            if proc.poll() is not None:
+                print(f"host {proc.pid} exited with {proc.returncode} during the run")
         log = (state / "kms.log").read_text(errors="replace").splitlines()
         warnings = [line for line in log if " WARNING " in line or " ERROR " in line]
         print(
@@ -220,7 +275,8 @@ def main() -> None:
             for k, v in rows.items()
         }
         print(f"\nmedians of {args.repeat} rounds: req/s and server CPU s per 1,000 activations")
-        names = ["floor", "host-v1", "host-v2"] + (["vlmcsd"] if anchors else [])
+        hosts = ["host-v2"] + ([wname] if args.workers else [])
+        names = ["floor", "host-v1", *hosts] + (["vlmcsd"] if anchors else [])
         print("N   " + "".join(f"{name:>20}" for name in names))
         for n in ns:
             print(
@@ -230,21 +286,18 @@ def main() -> None:
                     for name in names
                 )
             )
-        head = "\nN   v1/floor  v2/floor  v2-v1 CPU ms/activation"
-        print(head + ("  v2/vlmcsd rate  v2/vlmcsd CPU" if anchors else ""))
+        print("\nratios (v2: the host on protocol v2, one process; " + wname + ": with workers)")
+        print("N   server      v2/floor  v2/vlmcsd-threads rate  v2/vlmcsd-threads CPU per 1,000")
         for n in ns:
-            f, v1, v2 = med[("floor", n)], med[("host-v1", n)], med[("host-v2", n)]
-            line = (
-                f"{n:<3} {v1['rate'] / f['rate']:8.2f}  {v2['rate'] / f['rate']:8.2f}  "
-                f"{v2['cpu'] - v1['cpu']:+.3f}"
-            )
-            if anchors:
-                c = med[("vlmcsd", n)]
-                line += (
-                    f"                  {v2['rate'] / c['rate']:6.2f}  {v2['cpu'] / c['cpu']:13.2f}"
-                )
-            print(line)
-        print("goals: v2/floor >= 0.8; v2/vlmcsd rate >= 1.0, CPU <= 1.0")
+            f = med[("floor", n)]
+            for name in hosts:
+                h = med[(name, n)]
+                line = f"{n:<3} {name:11} {h['rate'] / f['rate']:8.2f}"
+                if anchors:
+                    c = med[("vlmcsd", n)]
+                    line += f"  {h['rate'] / c['rate']:22.2f}  {h['cpu'] / c['cpu']:31.2f}"
+                print(line)
+        print("goals: v2/floor >= 0.8; v2/vlmcsd-threads rate >= 1.0, CPU <= 1.0")
         total_failed = sum(r["failed"] for v in rows.values() for r in v)
         print(f"failed requests, all runs: {total_failed}")
     finally:

@@ -190,9 +190,18 @@ def _kms_part(
     serve = ["kms", "serve", "--state-dir", state, "--listen", "127.0.0.1", "--port", str(port)]
     serve += ["--clients-api", str(api_port), "--clients-token-file", str(token)]
     host = _Background(
-        step, "the host starts answering (in the background)", serve, work / "kms.log", port
+        step,
+        "the host starts answering: two processes on one port, one count (in the background)",
+        [*serve, "--workers", "2"],
+        work / "kms.log",
+        port,
     )
     try:
+        step(
+            "a health check: a protocol v2 round trip that counts nothing",
+            ["kms", "probe", f"127.0.0.1:{port}"],
+            require="protocol v2",
+        )
         for i in range(1, 6):
             cfg = work / f"server{i}.toml"
             cfg.write_text(

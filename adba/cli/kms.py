@@ -32,7 +32,10 @@ dir. Logs one key=value line per event on stdout (rejections in aggregate). With
 --publish, registers the _vlmcs._tcp SRV record (and the host's A/AAAA records) by DNS
 dynamic update (RFC 2136, TSIG) at start and daily, with --priority and --weight (default
 0 and 0, as Windows). Several hosts publish into one domain side by side: each update
-touches only this host's own records. Each host keeps its own counts.
+touches only this host's own records. Each host keeps its own counts. --workers N: N
+processes answer on the port (SO_REUSEPORT; the limits are shared out among them), this one
+among them, and this one keeps the count, the replay cache and the records, so counts are
+exactly one process's.
 
 example:
   adba kms serve --state-dir {STATE} --metrics-port 9688 --weight 60 \\
@@ -40,9 +43,11 @@ example:
       --dns-server 192.0.2.53 --tsig-key-file /etc/adba/kms-update.key --host-name kms1.example.test
 """
 PROBE = """\
-Sends one well-formed request for an activation group no host covers and waits for the
-signed answer: a real round trip through the host's event loop, counted nowhere. Exit 0 when
-the host answers, 19 when it does not (a health check).
+A protocol v2 round trip that counts nothing: a hello for the host's certificate, then a
+request sealed to it for an activation group no host covers, which the host opens, judges
+and answers, signed (both signatures are checked). Through the host's event loop, its
+decryption and, with --workers, the owner of the count. Exit 0 when the host answers, 19
+when it does not (a health check).
 
 example:
   adba kms probe 127.0.0.1:1688
@@ -171,6 +176,14 @@ def register(nouns: Any) -> None:
         help="address to listen on (repeatable; default 0.0.0.0 and ::)",
     )
     serve.add_argument("--port", type=port_type, default=1688, help="TCP port (default 1688)")
+    serve.add_argument(
+        "--workers",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="N processes answering on the port (SO_REUSEPORT), one owner of the count and "
+        "the records (default 1: one process)",
+    )
     serve.add_argument(
         "--metrics-port", type=port_type, metavar="PORT", help="serve Prometheus metrics on this port"
     )
@@ -467,6 +480,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--first-byte-deadline {args.first_byte_deadline:g} is longer than --deadline "
             f"{args.deadline:g}"
         )
+    if args.workers > 64:
+        raise InvalidInput(f"--workers {args.workers}: at most 64")
+    share = -(-args.max_connections // args.workers), -(-args.max_per_source // args.workers)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger("adba")
@@ -484,13 +500,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 store,
                 deadline=args.deadline,
                 first_byte=args.first_byte_deadline,
-                max_connections=args.max_connections,
-                max_per_source=args.max_per_source,
+                max_connections=share[0],
+                max_per_source=share[1],
                 log_interval=args.log_interval,
             )
+            workers = None
+            if args.workers > 1:  # before any thread or event loop: the workers are forked
+                from ..kms.host import default_addresses
+                from ..kms.workers import fork_workers
+
+                workers = fork_workers(  # and this process is worker 0
+                    host, args.workers - 1, args.listen or default_addresses(), args.port
+                )
             if api is not None:
                 api.start()
-            _run_host(host, args, publication)
+            _run_host(host, args, publication, workers)
         finally:
             if api is not None:
                 api.stop()
@@ -525,7 +549,9 @@ def _clients_api(args: argparse.Namespace) -> Any:
     )
 
 
-def _run_host(host: Any, args: argparse.Namespace, publication: Any) -> None:
+def _run_host(
+    host: Any, args: argparse.Namespace, publication: Any, workers: Any = None
+) -> None:
     import asyncio
 
     from ..kms.host import default_addresses, run_loop
@@ -539,13 +565,20 @@ def _run_host(host: Any, args: argparse.Namespace, publication: Any) -> None:
         )
         try:
             await host.serve(
-                args.listen or default_addresses(), args.port, metrics_port=args.metrics_port
+                args.listen or default_addresses(),
+                args.port,
+                metrics_port=args.metrics_port,
+                workers=workers,
             )
         finally:
             if task:
                 task.cancel()
 
     run_loop(main())
+    if host.failure:
+        from ..errors import KmsError
+
+        raise KmsError(host.failure)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -681,25 +714,9 @@ def cmd_clients(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    import os
-    import uuid
-
-    from ..errors import KmsError
-    from ..kms.client import _exchange, hostport
-    from ..kms.protocol import STATUS_NOT_COVERED, Request, parse_response
+    from ..kms.client import hostport, probe
 
     host, port = args.address
-    probe = Request(
-        1,
-        uuid.UUID(int=1),
-        uuid.UUID(int=0),
-        uuid.UUID(int=0),
-        int(time.time()),
-        os.urandom(16),
-        "adba-probe",
-    )
-    response = parse_response(_exchange(host, port, probe.encode(), args.timeout))
-    if response.status != STATUS_NOT_COVERED or response.nonce != probe.nonce:
-        raise KmsError(f"{hostport(host, port)} answered oddly")
-    print(f"{hostport(host, port)} answers (ePID {response.certificate.epid})")
+    response = probe(host, port, timeout=args.timeout)
+    print(f"{hostport(host, port)} answers (protocol v2, ePID {response.certificate.epid})")
     return 0

@@ -38,7 +38,7 @@ class Thresholds:
         return self.client if kind == KIND_CLIENT else self.server
 
 
-@dataclass
+@dataclass(slots=True)
 class ClientRecord:
     kms_id: uuid.UUID
     cmid: uuid.UUID
@@ -113,26 +113,41 @@ class KmsCache:
 
     def observe(self, request: Request, now: int) -> tuple[int, bool]:
         """Record one request; returns (count, activated) to answer with."""
-        threshold = self.thresholds.for_kind(request.kind)
+        return self.see(
+            request.cmid, request.kms_id, request.sku, request.kind, request.machine, now
+        )
+
+    def see(
+        self,
+        cmid: uuid.UUID,
+        kms_id: uuid.UUID,
+        sku: uuid.UUID,
+        kind: int,
+        machine: str,
+        now: int,
+    ) -> tuple[int, bool]:
+        """:meth:`observe` from the request's fields (the host's path: no request object)."""
+        threshold = self.thresholds.client if kind == KIND_CLIENT else self.thresholds.server
         if 2 * threshold > self.capacity:  # 10, then 50 once a client asks; never shrinks
             self.capacity = 2 * threshold
-        self.expire(now)
         entries = self.entries
-        rec = entries.pop(request.cmid, None)
+        if entries:
+            oldest = next(iter(entries.values()))
+            if oldest.last_seen <= now - self.thresholds.expiry:
+                self.expire(now)
+        rec = entries.pop(cmid, None)
         if rec is None:
-            rec = ClientRecord(
-                request.kms_id, request.cmid, request.sku, request.kind, request.machine, now, now
-            )
+            rec = ClientRecord(kms_id, cmid, sku, kind, machine, now, now)
         else:  # a renewal replaces the client's record: its 30 days start again
-            rec.kms_id, rec.sku, rec.kind = request.kms_id, request.sku, request.kind
-            rec.machine, rec.last_seen = request.machine, now
-        entries[request.cmid] = rec
+            rec.kms_id, rec.sku, rec.kind = kms_id, sku, kind
+            rec.machine, rec.last_seen = machine, now
+        entries[cmid] = rec
         while len(entries) > self.capacity:
             entries.popitem(last=False)
         count = len(entries)
-        rec.activated = count >= threshold
+        rec.activated = activated = count >= threshold
         self.version += 1
-        return count, rec.activated
+        return count, activated
 
     def count(self, now: int) -> int:
         self.expire(now)

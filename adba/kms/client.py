@@ -30,10 +30,12 @@ from typing import Any, NamedTuple
 
 from ..errors import KmsError
 from .protocol import (
+    KIND_SERVER,
     MAX_SKEW,
     RESPONSE_SIZE,
     STATUS_CLOCK_SKEW,
     STATUS_KEY,
+    STATUS_NOT_COVERED,
     STATUS_OK,
     STATUS_REPLAYED,
     VERSION,
@@ -59,6 +61,7 @@ __all__ = [
     "ask_first",
     "hello",
     "hostport",
+    "probe",
 ]
 
 
@@ -211,6 +214,58 @@ def hello(
     if abs(sent_at - response.host_time) > MAX_SKEW:
         raise _skew(where, sent_at, response)
     return response.certificate
+
+
+def probe(address: str, port: int, *, timeout: float = 2.0) -> Response:
+    """A health check's round trip in protocol v2 that counts nothing: a hello for the host's
+    certificate, then a request sealed to it for an activation group no host covers (KMS ID
+    0), which the host opens, judges (clock, replay cache: with ``--workers``, through the
+    owner of the count) and answers with status 1, signed. Both answers' host signatures are
+    checked under the certificate they carry (whether the host is *trusted* is the agent's
+    question: no root key here). Returns the sealed request's answer; raises
+    :class:`KmsUnreachable` when the host does not answer, :class:`KmsError` when it answers
+    anything else."""
+    from .envelope import seal
+
+    where = hostport(address, port)
+    sent_at, nonce = int(time.time()), os.urandom(16)
+    payload = pack_hello(sent_at, nonce)
+    key = _self_signed(where, payload, _exchange(address, port, payload, timeout), nonce)
+    if key.status != STATUS_KEY:
+        raise KmsError(f"{where} answered a hello with status {key.status}")
+    request = Request(
+        KIND_SERVER,
+        uuid.UUID(int=1),
+        uuid.UUID(int=0),
+        uuid.UUID(int=0),
+        sent_at,
+        os.urandom(16),
+        "adba-probe",
+    )
+    payload = seal(request, key.certificate)
+    answer = _self_signed(where, payload, _exchange(address, port, payload, timeout), request.nonce)
+    if answer.status != STATUS_NOT_COVERED:
+        raise KmsError(f"{where} answered the probe with status {answer.status} (expected 1)")
+    return answer
+
+
+def _self_signed(where: str, payload: bytes, data: bytes, nonce: bytes) -> Response:
+    """A v2 answer to ``payload`` signed by the key of the certificate it carries."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        response = parse_response(data)
+        Ed25519PublicKey.from_public_bytes(response.certificate.public_key).verify(
+            response.signature, response_message(payload, data[:-64])
+        )
+    except KmsError as exc:
+        raise KmsError(f"{where} answered oddly: {exc.message}") from exc
+    except (InvalidSignature, ValueError) as exc:
+        raise KmsError(f"{where} sent an answer its own key did not sign") from exc
+    if response.nonce != nonce or response.version != VERSION_2:
+        raise KmsError(f"{where} answered oddly (not our nonce, or not protocol v2)")
+    return response
 
 
 def ask(

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidTag
 
 from ..errors import ProtocolError
 from .protocol import (
@@ -27,13 +29,17 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 __all__ = ["Opener", "key_id", "seal", "x25519_public_of"]
 
 _P = 2**255 - 19
 _SALT = b"ADBA-KMS-V2"
 _ZERO_NONCE = bytes(12)
+_hmac = hmac.digest
 
 
 def key_id(ed25519_public: bytes) -> bytes:
@@ -50,6 +56,19 @@ def x25519_public_of(ed25519_public: bytes) -> bytes:
         raise ProtocolError("not a usable Ed25519 public key")
     u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
     return u.to_bytes(32, "little")
+
+
+def _public_key_loader(cls: Any) -> Callable[[bytes], X25519PublicKey]:
+    """The X25519 public-key loader without the per-call backend check of the public
+    classmethod (the binding it ends in; the classmethod where the binding is not there)."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        loader: Callable[[bytes], X25519PublicKey] = rust_openssl.x25519.from_public_bytes
+        return loader
+    except (ImportError, AttributeError):  # pragma: no cover - another cryptography layout
+        fallback: Callable[[bytes], X25519PublicKey] = cls.from_public_bytes
+        return fallback
 
 
 def _aead_key(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
@@ -85,7 +104,7 @@ def seal(request: Request, certificate: HostCertificate) -> bytes:
 class Opener:
     """The host's side: opens requests sealed to its key (one per host, reused)."""
 
-    __slots__ = ("_chacha", "_exchange", "_public_of", "key_id", "public")
+    __slots__ = ("_chacha", "_exchange", "_info_tail", "_public_of", "key_id", "public")
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         from cryptography.hazmat.primitives.asymmetric.x25519 import (
@@ -102,20 +121,20 @@ class Opener:
             raise ProtocolError("the host's X25519 key does not match its certified key")
         self.key_id = key_id(ed_public)
         self._exchange = x_private.exchange
-        self._public_of = X25519PublicKey.from_public_bytes
+        self._public_of = _public_key_loader(X25519PublicKey)
         self._chacha = ChaCha20Poly1305
+        self._info_tail = self.public + b"\x01"
 
     def open(self, data: bytes) -> bytes:
         """The plaintext of a 200-byte v2 request; :class:`ProtocolError` if it does not
         open (wrong key, any byte changed, a low-order ephemeral key)."""
-        from cryptography.exceptions import InvalidTag
-
-        header = data[:SEALED_HEADER_SIZE]
         ephemeral = data[40:72]
         try:
             shared = self._exchange(self._public_of(ephemeral))
-            return self._chacha(_aead_key(shared, ephemeral, self.public)).decrypt(
-                _ZERO_NONCE, data[SEALED_HEADER_SIZE:], header
+            prk = _hmac(_SALT, shared, "sha256")
+            key = _hmac(prk, ephemeral + self._info_tail, "sha256")  # == _aead_key(...)
+            return self._chacha(key).decrypt(
+                _ZERO_NONCE, data[SEALED_HEADER_SIZE:], data[:SEALED_HEADER_SIZE]
             )
         except (InvalidTag, ValueError) as exc:
             raise ProtocolError("the sealed request does not open (altered or not for us)") from exc

@@ -116,10 +116,14 @@ __all__ = [
     "parse_request",
     "parse_response",
     "parse_sealed_header",
+    "plaintext_fields",
     "plaintext_of",
+    "request_fields",
     "request_of_plaintext",
     "response_body",
     "response_message",
+    "sealed_fields",
+    "uuid_of",
 ]
 
 VERSION = 1
@@ -132,6 +136,7 @@ STATUS_CLOCK_SKEW, STATUS_REPLAYED, STATUS_KEY = 2, 3, 4  # version 2 only
 #: the host refuses a v2 request whose client time is further than this from its own
 MAX_SKEW = 4 * 3600
 NAME_MAX = 63
+_NO_CMID = bytes(16)
 EPID_SIZE = 24
 
 _REQ = struct.Struct(">4sBBH16s16s16sq16sB63s")
@@ -183,19 +188,9 @@ class Request:
 
 
 def parse_request(data: bytes) -> Request:
-    """Strict: anything but a well-formed version-1 request raises :class:`ProtocolError`."""
-    if len(data) != REQUEST_SIZE:
-        raise ProtocolError(f"request is {len(data)} bytes, expected {REQUEST_SIZE}")
-    magic, version, kind, flags, cmid, sku, kms, when, nonce, nlen, name = _REQ.unpack(data)
-    if magic != REQUEST_MAGIC:
-        raise ProtocolError("not an ADBA KMS request")
-    if version != VERSION:
-        raise ProtocolError(f"unsupported protocol version {version}")
-    if kind not in (KIND_CLIENT, KIND_SERVER) or flags != 0:
-        raise ProtocolError("bad kind or flags")
-    machine = _machine_of(nlen, name)
-    if cmid == bytes(16):
-        raise ProtocolError("empty CMID")
+    """Strict: anything but a well-formed version-1 request raises :class:`ProtocolError`
+    (the checks are :func:`request_fields`', which the host uses without this object)."""
+    kind, cmid, sku, kms, when, nonce, machine = request_fields(data)
     return Request(
         kind,
         uuid.UUID(bytes=cmid),
@@ -260,14 +255,65 @@ def parse_sealed_header(data: bytes) -> SealedHeader:
         if magic != REQUEST_MAGIC or version != VERSION_2 or kind != KIND_HELLO or flags:
             raise ProtocolError("not an ADBA KMS hello")
         return SealedHeader(kind, when, nonce)
+    kind, when, nonce, key_id = sealed_fields(data)  # the host's checks, one copy
+    return SealedHeader(kind, when, nonce, key_id, data[40:72])
+
+
+def sealed_fields(data: bytes) -> tuple[int, int, bytes, bytes]:
+    """(kind, client time, nonce, key ID) of a 200-byte v2 request, checked as
+    :func:`parse_sealed_header` checks it (the host's path: no header object)."""
     if len(data) != REQUEST2_SIZE:
         raise ProtocolError(f"v2 request is {len(data)} bytes, expected {REQUEST2_SIZE}")
-    magic, version, kind, flags, when, nonce, key_id, eph = _SEALED_HEAD.unpack_from(data)
+    magic, version, kind, flags, when, nonce, key_id, _eph = _SEALED_HEAD.unpack_from(data)
     if magic != REQUEST_MAGIC or version != VERSION_2:
         raise ProtocolError("not an ADBA KMS v2 request")
-    if kind not in (KIND_CLIENT, KIND_SERVER) or flags != 0:
+    if (kind != KIND_CLIENT and kind != KIND_SERVER) or flags != 0:
         raise ProtocolError("bad kind or flags")
-    return SealedHeader(kind, when, nonce, key_id, eph)
+    return kind, when, nonce, key_id
+
+
+def plaintext_fields(plain: bytes) -> tuple[bytes, bytes, bytes, str]:
+    """(CMID, SKU, KMS ID as 16 bytes each, machine name) of an opened v2 plaintext,
+    validated as :func:`request_of_plaintext` validates it."""
+    if len(plain) != PLAINTEXT_SIZE:
+        raise ProtocolError("bad sealed plaintext size")
+    cmid, sku, kms, nlen, name = _PLAIN.unpack(plain)
+    machine = _machine_of(nlen, name)
+    if cmid == _NO_CMID:
+        raise ProtocolError("empty CMID")
+    return cmid, sku, kms, machine
+
+
+def request_fields(data: bytes) -> tuple[int, bytes, bytes, bytes, int, bytes, str]:
+    """(kind, CMID, SKU, KMS ID, client time, nonce, machine) of a v1 request, checked as
+    :func:`parse_request` checks it (the host's path: no request object)."""
+    if len(data) != REQUEST_SIZE:
+        raise ProtocolError(f"request is {len(data)} bytes, expected {REQUEST_SIZE}")
+    magic, version, kind, flags, cmid, sku, kms, when, nonce, nlen, name = _REQ.unpack(data)
+    if magic != REQUEST_MAGIC:
+        raise ProtocolError("not an ADBA KMS request")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    if (kind != KIND_CLIENT and kind != KIND_SERVER) or flags != 0:
+        raise ProtocolError("bad kind or flags")
+    machine = _machine_of(nlen, name)
+    if cmid == _NO_CMID:
+        raise ProtocolError("empty CMID")
+    return kind, cmid, sku, kms, when, nonce, machine
+
+
+_new_object = object.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def uuid_of(raw: bytes) -> uuid.UUID:
+    """``uuid.UUID(bytes=raw)`` for 16 bytes, without its argument checks (the host's path:
+    the caller unpacked exactly 16 bytes). Equal to, and hashing as, the checked one."""
+    u: uuid.UUID = _new_object(uuid.UUID)
+    _set(u, "int", int.from_bytes(raw, "big"))
+    _set(u, "is_safe", _UNKNOWN)
+    return u
 
 
 def plaintext_of(request: Request) -> bytes:
@@ -277,13 +323,9 @@ def plaintext_of(request: Request) -> bytes:
 
 
 def request_of_plaintext(header: SealedHeader, plain: bytes) -> Request:
-    """The request a v2 header and its opened plaintext make (validated as v1's fields)."""
-    if len(plain) != PLAINTEXT_SIZE:
-        raise ProtocolError("bad sealed plaintext size")
-    cmid, sku, kms, nlen, name = _PLAIN.unpack(plain)
-    machine = _machine_of(nlen, name)
-    if cmid == bytes(16):
-        raise ProtocolError("empty CMID")
+    """The request a v2 header and its opened plaintext make (validated as v1's fields, by
+    :func:`plaintext_fields`)."""
+    cmid, sku, kms, machine = plaintext_fields(plain)
     return Request(
         header.kind,
         uuid.UUID(bytes=cmid),

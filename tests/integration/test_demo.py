@@ -48,6 +48,7 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     assert "$ adba kms serve" in res.stdout and "activated by KMS host" in res.stdout
     assert "--publish lab.example.test --weight 2" in res.stdout  # several hosts, in DNS
     assert "(priority 0, weight 2, via" in res.stdout and "DNS gives kms" in res.stdout
+    assert "--workers 2" in res.stdout and "answers (protocol v2" in res.stdout
     assert "$ adba authority serve" in res.stdout and "activated by MAK" in res.stdout
     assert "$ adba avma serve" in res.stdout and "licensed (AVMA)" in res.stdout
     assert res.stdout.count("activated by AVMA host") == 2  # two guests

@@ -525,7 +525,7 @@ def test_probe_answers_without_counting(
     kms: TestKmsHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["kms", "probe", kms.address]) == 0
-    assert "answers" in capsys.readouterr().out
+    assert "answers (protocol v2" in capsys.readouterr().out
     assert main(["kms", "probe", f"127.0.0.1:{dead_port()}", "--timeout", "1"]) == 19
     capsys.readouterr()
     time.sleep(1.2)

@@ -35,6 +35,7 @@ SWEEP: list[tuple[list[str], str, list[str]]] = [
     (["kms", "serve"], "--log-interval", BAD_SECONDS),
     (["kms", "serve"], "--max-connections", BAD_COUNTS),
     (["kms", "serve"], "--max-per-source", BAD_COUNTS),
+    (["kms", "serve"], "--workers", BAD_COUNTS),
     (["kms", "serve"], "--listen", BAD_IPS),
     (["kms", "serve"], "--address", BAD_IPS),
     (["kms", "serve"], "--dns-server", [*BAD_IPS, "127.0.0.1:99999", "[::1]:0"]),
@@ -74,6 +75,7 @@ def test_every_bad_number_or_address_of_a_kms_verb_is_a_one_line_usage_error(
     for extra in (
         ["--max-connections", "8", "--max-per-source", "9"],
         ["--deadline", "1", "--first-byte-deadline", "2"],
+        ["--workers", "65"],
     ):
         assert main(["kms", "serve", "--state-dir", str(tmp_path), *extra]) == 2
         one_line_error(capsys.readouterr().err)

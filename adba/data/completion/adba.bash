@@ -100,7 +100,7 @@ _adba() {
             opts="--apply-cid --authority --authority-ca-file --catalog --get-iid --help --host-id --json --key --key-file --online --reactivate --root-key --state-dir --verbose -v"; valued="--state-dir --key-file --key --online --authority --apply-cid --authority-ca-file --root-key --host-id --catalog"
             ;;
         "kms/serve")
-            opts="--address --clients-api --clients-tls-cert --clients-tls-key --clients-token-file --deadline --dns-server --first-byte-deadline --help --host-name --listen --log-interval --max-connections --max-per-source --metrics-port --port --priority --publish --quiet --state-dir --tsig-key-file --verbose --weight -q -v"; valued="--state-dir --listen --port --metrics-port --deadline --first-byte-deadline --max-connections --max-per-source --log-interval --publish --priority --weight --dns-server --tsig-key-file --host-name --address --clients-api --clients-token-file --clients-tls-cert --clients-tls-key"
+            opts="--address --clients-api --clients-tls-cert --clients-tls-key --clients-token-file --deadline --dns-server --first-byte-deadline --help --host-name --listen --log-interval --max-connections --max-per-source --metrics-port --port --priority --publish --quiet --state-dir --tsig-key-file --verbose --weight --workers -q -v"; valued="--state-dir --listen --port --workers --metrics-port --deadline --first-byte-deadline --max-connections --max-per-source --log-interval --publish --priority --weight --dns-server --tsig-key-file --host-name --address --clients-api --clients-token-file --clients-tls-cert --clients-tls-key"
             ;;
         "kms/probe")
             opts="--help --timeout --verbose -v"; valued="--timeout"
