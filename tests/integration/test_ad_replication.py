@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 SERVER_CSVLK = "Nimbus Server 2026 CSVLK"
 PRIMARY_IP, REPLICA_IP = "127.0.0.6", "127.0.0.5"
 #: how long a change may take to reach the other DC (change notification: 2-7 s measured)
-REPLICATION_BUDGET = 60.0
+REPLICATION_BUDGET = 90.0
 
 
 def _unavailable() -> str | None:
@@ -70,11 +70,24 @@ def _present(dc: Any, dn: str) -> bool:
         return bool(conn.entries)
 
 
-def _wait(dc: Any, dn: str, *, present: bool) -> float:
+def _wait(dc: Any, dn: str, *, present: bool, source: Any) -> float:
+    """Seconds until ``dn`` is (or is no longer) on ``dc``. The DCs replicate by themselves
+    (change notification); when that has not happened within half the budget (Samba's
+    notification is sometimes late on a busy machine), ``dc`` is asked once to pull from
+    ``source`` now (`samba-tool drs replicate`, a real DRS replication) and said so."""
     t0 = time.monotonic()
+    asked = False
     while time.monotonic() - t0 < REPLICATION_BUDGET:
         if _present(dc, dn) is present:
             return time.monotonic() - t0
+        if not asked and time.monotonic() - t0 > REPLICATION_BUDGET / 2:
+            print(f"not replicated by itself in {REPLICATION_BUDGET / 2:.0f} s: drs replicate")
+            dc._tool(
+                "samba-tool", "drs", "replicate", dc.ip, source.ip,
+                f"CN=Configuration,{dc.suffix}", "-s", str(dc.conf),
+                f"-U{dc.domain}\\Administrator%{dc.admin_password}",
+            )  # fmt: skip
+            asked = True
         time.sleep(0.5)
     raise AssertionError(f"{dn} {'absent' if present else 'still there'} on {dc.uri}")
 
@@ -85,7 +98,7 @@ def test_publish_on_one_dc_activate_through_the_other(
     dc1, dc2 = pair
     dn = dc1.publish_csvlk(authority_dir, SERVER_CSVLK, ao_name, NOW)
     try:
-        print(f"DC1 -> DC2 {_wait(dc2, dn, present=True):.1f} s")
+        print(f"DC1 -> DC2 {_wait(dc2, dn, present=True, source=dc1):.1f} s")
         agent = Agent(tmp_path, dc2, authority_dir)  # dc_uris = [DC2] only
         [outcome] = agent.run().outcomes
         assert outcome.activated, outcome
@@ -93,7 +106,7 @@ def test_publish_on_one_dc_activate_through_the_other(
         assert st["channel"] == "ADBA" and st["object_dn"].lower() == dn.lower()
         assert main(["ao", "delete", "--yes", dn, *dc2.cli_args("admin")]) == 0
         assert not _present(dc2, dn)
-        print(f"delete DC2 -> DC1 {_wait(dc1, dn, present=False):.1f} s")
+        print(f"delete DC2 -> DC1 {_wait(dc1, dn, present=False, source=dc2):.1f} s")
     finally:
         with session(dc1.options(dc1.root)) as conn:
             conn.delete(dn)
