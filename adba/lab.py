@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 from urllib.parse import quote
 
 from .errors import AdbaError
@@ -109,7 +109,41 @@ class Identity:
     password_file: str
 
 
-class Slapd:
+class _Throwaway:
+    """A throwaway server as a context manager: started on entry (destroyed again when the
+    start fails), destroyed on exit. ``_quiet_exit``: an error while destroying on exit is
+    swallowed, so that it cannot hide the block's own."""
+
+    _quiet_exit = True
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def destroy(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._quiet_exit:
+            self.destroy()
+            return
+        with contextlib.suppress(Exception):
+            self.destroy()
+
+
+class Slapd(_Throwaway):
     """A throwaway slapd. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
     suffix = "dc=lab,dc=example,dc=test"
@@ -477,27 +511,11 @@ userPassword: {ssha(self.computer.password)}
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Slapd:
-        try:
-            return self.start()
-        except BaseException:
-            self.destroy()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            self.destroy()
-
 
 NAMED = "/usr/sbin/named"
 
 
-class Named:
+class Named(_Throwaway):
     """A throwaway BIND9 named on 127.0.0.1, primary for ``zone`` and updatable (RFC 2136)
     with the TSIG key in :attr:`key_file` (``zonesub ANY``): the DNS server ``adba demo``'s KMS
     hosts publish their SRV records into. Lifecycle as for :class:`Slapd`: render named.conf
@@ -622,22 +640,6 @@ ns1  IN A   {self.host}
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Named:
-        try:
-            return self.start()
-        except BaseException:
-            self.destroy()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            self.destroy()
-
 
 POSTGRES_BIN = "/usr/lib/postgresql/15/bin"
 POSTGRES_USER = "adba-test"
@@ -686,13 +688,15 @@ def _postgres_account() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-class Postgres:
+class Postgres(_Throwaway):
     """A throwaway PostgreSQL (Debian's ``postgresql`` 15): ``initdb`` into a temp dir as a
     non-root user, on a free port of 127.0.0.1 and a unix socket in that dir, trust
     authentication for the user ``adba``; ready when a real query round trip succeeds.
     :meth:`stop` is a fast shutdown (SIGINT: sessions are ended, the data kept) and
     :meth:`start` again reuses the data; :meth:`destroy` deletes the dir unless ``keep``.
     ``durable=False`` (tests) turns fsync off."""
+
+    _quiet_exit = False  # an error while destroying it is raised
 
     def __init__(
         self,
@@ -833,17 +837,3 @@ class Postgres:
             return
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Postgres:
-        try:
-            return self.start()
-        except BaseException:
-            self.destroy()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.destroy()
