@@ -275,12 +275,24 @@ def _browser_sign_in(browser: Any, console: TestConsole, user: str, password: st
 def _navigate(browser: Any, element: Any) -> None:
     """Click ``element`` and wait until the page it loads has replaced this one (a click
     returns once navigation starts: the old page's elements would still be found)."""
-    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element(_by("TAG_NAME"), "html")
     element.click()
-    WebDriverWait(browser, 20).until(ec.staleness_of(page))
+
+    def replaced(_driver: Any) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:  # chromium's word for a node of a page gone
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(browser, 20).until(replaced)
 
 
 def _column(browser: Any, table: str, index: int) -> list[str]:
