@@ -33,15 +33,15 @@ import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from ..errors import KmsError, KmsHostNotReady, ProtocolError
-from .admission import RejectLog, Slots, source_of
+from ..errors import KmsError, KmsHostNotReady
+from .admission import RejectLog, Slots
 from .cache import KmsCache, Thresholds
 from .envelope import Opener
+from .listener import Held, Listener, listen_all
 from .protocol import (
     _RESP_HEAD,
-    MAX_REQUEST,
     MAX_SKEW,
     REQUEST2_SIZE,
     RESPONSE_MAGIC,
@@ -400,7 +400,7 @@ class KmsHost:
         self.retry_minutes = retry_minutes
         self.deadline = deadline
         self.first_byte = min(first_byte, deadline)
-        self.slots: Slots[_Connection] = Slots(max_connections, max_per_source)
+        self.slots: Slots[Held] = Slots(max_connections, max_per_source)
         self.flush_interval = flush_interval
         self.metrics = Metrics()
         self.rejects = RejectLog(log_interval)
@@ -420,7 +420,7 @@ class KmsHost:
         self._failures = 0
         self._saver: concurrent.futures.ThreadPoolExecutor | None = None
         #: in a worker (``--workers``): hands a request's fields to the owner of the cache
-        self.forward: Callable[[_Connection, bytes, Ask], None] | None = None
+        self.forward: Callable[[Held, bytes, Ask], None] | None = None
         #: why the host stopped on its own (a worker died), for the caller to raise
         self.failure: str | None = None
         #: answers this process sent (with --workers: its own share of the connections)
@@ -542,35 +542,6 @@ class KmsHost:
         return body + self._sign(response_message(data, body))
 
     # -- the server ----------------------------------------------------------------------------
-    def _reject(self, conn: _Connection, reason: str, detail: str = "") -> None:
-        """Close a connection whose request is malformed or late (logged in aggregate)."""
-        self.metrics.rejected += 1
-        transport = conn.transport
-        conn.transport = None
-        if transport is not None:
-            self.rejects.note(reason, transport.get_extra_info("peername"), detail)
-            transport.abort()
-        conn.release()
-
-    def _admit(self, conn: _Connection, transport: asyncio.Transport, source: str) -> bool:
-        refusal, victim = self.slots.admit(conn, source)
-        if refusal is not None:
-            if refusal == "full":
-                self.metrics.refused += 1
-            else:
-                self.metrics.refused_source += 1
-            self.rejects.note(refusal, transport.get_extra_info("peername"))
-            transport.abort()
-            return False
-        if victim is not None:
-            self.metrics.evicted += 1
-            victim.counted = False  # its slot went to the newcomer
-            if victim.transport is not None:
-                self.rejects.note("evicted", victim.transport.get_extra_info("peername"))
-                victim.transport.abort()
-                victim.transport = None
-        return True
-
     async def _flusher(self) -> None:
         assert self._stop is not None
         delay = self.flush_interval
@@ -700,32 +671,11 @@ class KmsHost:
         ready: Callable[[list[tuple[str, int]]], None] | None,
     ) -> None:
         assert self._stop is not None
-        servers = []
-        for address in addresses:
-            try:
-                servers.append(
-                    await loop.create_server(
-                        lambda: _Connection(self),
-                        host=address,
-                        port=port,
-                        reuse_address=True,
-                        backlog=1024,
-                    )
-                )
-            except OSError as exc:
-                if len(addresses) == 1:
-                    raise KmsError(
-                        f"cannot listen on {address} port {port}: {exc.strerror}"
-                    ) from exc
-                log.warning(
-                    "event=listen-failed address=%s port=%d reason=%s", address, port, exc.strerror
-                )
-        if not servers:
-            raise KmsError(f"cannot listen on any of {addresses} port {port}")
+        listener = Listener(self, loop, listen_all(addresses, port))
         if metrics_port is not None:
             self.metrics.start_exporter(self.cache, self.slots, addresses[0], metrics_port)
             log.info("event=metrics address=%s port=%d", addresses[0], metrics_port)
-        bound = [s.getsockname()[:2] for srv in servers for s in srv.sockets]
+        bound = listener.bound
         log.info(
             "event=listening addresses=%s max_connections=%d max_per_source=%d deadline=%g "
             "first_byte=%g loop=%s sign=%s",
@@ -743,8 +693,8 @@ class KmsHost:
         try:
             await self._stop.wait()
         finally:
-            for srv in servers:
-                srv.close()
+            listener.close()
+            await self._drain(listener)
             self._stop.set()
             await flusher
 
@@ -765,7 +715,7 @@ class KmsHost:
             w.ready, w.lost = loop.create_future(), loop.create_future()
             await loop.connect_accepted_socket(functools.partial(OwnerLink, self, w), w.channel)
         flusher = asyncio.create_task(self._flusher())
-        servers: list[asyncio.AbstractServer] = []
+        listener: Listener | None = None
         try:
             try:
                 await asyncio.wait_for(
@@ -773,18 +723,9 @@ class KmsHost:
                 )
             except TimeoutError:
                 raise KmsError("the KMS workers did not start listening within 20 s") from None
-            for address in addresses:  # the owner answers too (worker 0), deciding locally
-                with contextlib.suppress(OSError):  # the workers listen there already
-                    servers.append(
-                        await loop.create_server(
-                            lambda: _Connection(self),
-                            host=address,
-                            port=port,
-                            reuse_address=True,
-                            reuse_port=True,
-                            backlog=1024,
-                        )
-                    )
+            with contextlib.suppress(KmsError):  # the workers listen there already
+                # the owner answers too (worker 0), deciding locally
+                listener = Listener(self, loop, listen_all(addresses, port, reuse_port=True))
             if metrics_port is not None:
                 self.metrics.others = lambda: _sums(w.counters for w in workers)
                 self.metrics.start_exporter(self.cache, self.slots, addresses[0], metrics_port)
@@ -792,7 +733,7 @@ class KmsHost:
                 "event=listening addresses=%s workers=%d pids=%s max_connections=%d "
                 "max_per_source=%d deadline=%g first_byte=%g loop=%s sign=%s",
                 " ".join(f"{a}:{port}" for a in addresses),
-                len(workers) + bool(servers),
+                len(workers) + (listener is not None),
                 ",".join(str(w.pid) for w in workers),
                 self.slots.max_connections * (len(workers) + 1),
                 self.slots.max_per_source * (len(workers) + 1),
@@ -812,9 +753,11 @@ class KmsHost:
                 self.failure = f"KMS worker {gone[0].index} (pid {gone[0].pid}) exited"
                 log.critical("event=worker-lost worker=%d pid=%d", gone[0].index, gone[0].pid)
         finally:
-            for srv in servers:
-                srv.close()
+            if listener is not None:
+                listener.close()
             await self._stop_workers(workers)
+            if listener is not None:
+                await self._drain(listener)
             self._stop.set()
             await flusher
             log.info(
@@ -823,6 +766,14 @@ class KmsHost:
                 self.served,
                 self.metrics.rejected,
             )
+
+    async def _drain(self, listener: Listener) -> None:
+        """Let the held connections finish (each has its deadline), then close what is left."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.deadline + 0.5
+        while listener.held and loop.time() < end:
+            await asyncio.sleep(0.02)
+        listener.abort_all()
 
     async def _stop_workers(self, workers: list[Worker]) -> None:
         """SIGTERM, then wait for each to answer what it holds and close its channel (the
@@ -858,104 +809,6 @@ def _sums(rows: Any) -> tuple[int, int, int, int, int]:
     for r in rows:
         a, b, c, d, e = a + r[0], b + r[1], c + r[2], d + r[3], e + r[4]
     return a, b, c, d, e
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: collect at most one request until the client half-closes,
-    answer, close. A plain protocol (no stream objects, no task per connection): the host
-    spends its time on the request, not on the event-loop machinery.
-
-    Two deadlines: the first byte within ``first_byte`` (1 s), the whole request within
-    ``deadline`` (2 s) of connecting. The timer runs until the connection is gone, so a
-    client that neither sends nor reads is cut off too."""
-
-    __slots__ = ("buf", "counted", "host", "source", "timer", "transport")
-
-    def __init__(self, host: KmsHost) -> None:
-        self.host = host
-        self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.counted = False
-        self.source = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # a stream transport (uvloop's are not subclasses of asyncio.Transport: no isinstance)
-        transport = cast("asyncio.Transport", transport)
-        host = self.host
-        self.source = source_of(transport.get_extra_info("peername"))
-        if not host._admit(self, transport, self.source):
-            return
-        self.counted = True
-        self.transport = transport
-        loop = asyncio.get_running_loop()
-        if host.first_byte < host.deadline:
-            self.timer = loop.call_later(host.first_byte, self._first_byte)
-        else:
-            self.timer = loop.call_later(host.deadline, self._late)
-
-    def release(self) -> None:
-        if self.counted:
-            self.counted = False
-            self.host.slots.release(self, self.source)
-
-    def _first_byte(self) -> None:
-        if self.transport is None:
-            return
-        if not self.buf:
-            self.host._reject(self, "idle")
-            return
-        host = self.host
-        self.timer = asyncio.get_running_loop().call_later(
-            host.deadline - host.first_byte, self._late
-        )
-
-    def _late(self) -> None:
-        if self.transport is not None:
-            self.host._reject(self, "deadline")
-
-    def data_received(self, data: bytes) -> None:
-        if self.transport is None:
-            return
-        self.buf += data
-        if len(self.buf) > MAX_REQUEST:
-            self.host._reject(self, "too-long")
-
-    def eof_received(self) -> bool:
-        transport = self.transport
-        if transport is None:
-            return False
-        if not self.buf:  # a health check's probe: connected, sent nothing, closed
-            log.debug("event=probe peer=%s", transport.get_extra_info("peername"))
-            transport.close()
-            self.transport = None
-            return False
-        host = self.host
-        data = bytes(self.buf)
-        try:
-            if host.forward is None:
-                reply = host.respond(data)
-            else:  # a worker: the owner of the cache decides, the answer comes back
-                asked = host.ask(data)
-                if type(asked) is not bytes:
-                    assert isinstance(asked, tuple)
-                    host.forward(self, data, asked)
-                    return True
-                reply = asked
-        except ProtocolError as exc:
-            host._reject(self, "malformed", exc.message)
-            return False
-        assert isinstance(reply, bytes)
-        transport.write(reply)
-        transport.close()
-        host.served += 1
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.release()  # (an evicted connection's slot was handed on already)
-        self.transport = None
 
 
 def signer(private_key: Ed25519PrivateKey) -> Callable[[bytes], bytes]:

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import KmsError
 
 if TYPE_CHECKING:
-    from .host import Ask, KmsHost, _Connection
+    from .host import Ask, KmsHost
+    from .listener import Held
 
 __all__ = ["OwnerLink", "Worker", "WorkerLink", "fork_workers"]
 
@@ -120,7 +121,7 @@ async def _serve_worker(
     port: int,
     result: list[int],
 ) -> None:
-    from .host import _Connection
+    from .listener import Listener, listen_all
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -128,28 +129,12 @@ async def _serve_worker(
     link = WorkerLink(host, loop)
     transport, _ = await loop.connect_accepted_socket(lambda: link, channel)
     host.forward = link.forward
-    servers = []
-    for address in addresses:
-        try:
-            servers.append(
-                await loop.create_server(
-                    lambda: _Connection(host),
-                    host=address,
-                    port=port,
-                    reuse_address=True,
-                    reuse_port=True,
-                    backlog=1024,
-                )
-            )
-        except OSError as exc:
-            log.warning(
-                "event=listen-failed worker=%d address=%s port=%d reason=%s",
-                index,
-                address,
-                port,
-                exc.strerror,
-            )
-    if not servers:
+    try:
+        listener = Listener(
+            host, loop, listen_all(addresses, port, reuse_port=True, who=f" worker={index}")
+        )
+    except KmsError as exc:
+        log.warning("event=listen-failed worker=%d reason=%s", index, exc)
         link.control(FAILED)
         transport.close()
         result[0] = 1
@@ -158,12 +143,14 @@ async def _serve_worker(
     flusher = asyncio.ensure_future(_ticks(host, link, stop))
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), link.lost]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    for srv in servers:
-        srv.close()
+    listener.close()
     # answer what is in flight (the owner is still there unless it was lost)
     deadline = loop.time() + host.deadline + 1.0
     while link.pending and not link.lost.done() and loop.time() < deadline:
         await asyncio.sleep(0.01)
+    while listener.held and loop.time() < deadline:  # let the held connections finish
+        await asyncio.sleep(0.01)
+    listener.abort_all()
     stop.set()
     await flusher
     for w in waiters:
@@ -201,7 +188,7 @@ class WorkerLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.seq = 0
-        self.pending: dict[int, tuple[_Connection, bytes, int, bytes]] = {}
+        self.pending: dict[int, tuple[Held, bytes, int, bytes]] = {}
         self.lost: asyncio.Future[None] = loop.create_future()
         self.answered = 0
         self.loop = loop
@@ -216,10 +203,10 @@ class WorkerLink(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(ASK.pack(what, 0, detail, 0, b"", b"", b"", b"", 0, b"", 0))
 
-    def forward(self, conn: _Connection, data: bytes, asked: Ask) -> None:
+    def forward(self, conn: Held, data: bytes, asked: Ask) -> None:
         transport = self.transport
         if transport is None or self.lost.done():
-            conn.host._reject(conn, "owner-gone")
+            conn.reject("owner-gone")
             return
         version, kind, cmid, sku, kms, when, nonce, machine, wall = asked
         name = machine.encode()
@@ -247,19 +234,16 @@ class WorkerLink(asyncio.Protocol):
             if item is None:
                 continue
             conn, request, version, nonce = item
-            transport = conn.transport
-            if transport is None:  # cut off meanwhile (deadline): counted, not answered
+            if conn.fd < 0:  # cut off meanwhile (deadline): counted, not answered
                 continue
-            transport.write(reply(request, version, status, nonce, count))
-            transport.close()
+            conn.answer(reply(request, version, status, nonce, count))
             self.answered += 1
         del buf[: n * size]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         for conn, _data, _version, _nonce in self.pending.values():
-            if conn.transport is not None:
-                conn.host._reject(conn, "owner-gone")
+            conn.reject("owner-gone")
         self.pending.clear()
         if not self.lost.done():
             self.lost.set_result(None)
