@@ -358,10 +358,17 @@ class TestKmsHost(_ServerProcess):
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, *extra: str) -> TestKmsHost:
+    def start(self, *extra: str, nofile: int | None = None) -> TestKmsHost:
+        """Serve; ``nofile``: the process's limit of open files (RLIMIT_NOFILE), to run it
+        out of descriptors."""
+        import resource
         import sys
 
         from adba.lab import free_port
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         self.port = self.port or free_port()
         log = open(self.dir / "kms.log", "ab")  # noqa: SIM115 - owned by the process
@@ -385,6 +392,7 @@ class TestKmsHost(_ServerProcess):
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=limit if nofile is not None else None,
         )
         log.close()
         wait_for_port(self.port, self.proc, "kms host", self.log_tail)

@@ -72,7 +72,7 @@ def test_every_prefix_of_a_request_waits_and_the_whole_is_its_size(make, size) -
     "data",
     [
         b"X",
-        b"AD",
+        b"AB",
         b"ADBX",
         b"ADBR",
         b"ADBK\x00",
