@@ -101,6 +101,37 @@ def seal(request: Request, certificate: HostCertificate) -> bytes:
     return header + sealed
 
 
+def _same(data: bytes) -> bytes:
+    return data
+
+
+def _sodium_exchange(
+    scalar: bytes, reference: Callable[[Any], bytes]
+) -> Callable[[bytes], bytes] | None:
+    """libsodium's X25519 (PyNaCl, the ``fast`` extra) for ``scalar``, where it is installed
+    and gives what ``cryptography``'s gives (checked once on a fresh point): on the host it
+    runs beside libsodium's Ed25519 signing, so the two share their field arithmetic in the
+    caches, and it builds no key object per request. Raises ValueError for a low-order
+    point, as ``cryptography`` does."""
+    try:
+        from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
+        from nacl.exceptions import CryptoError
+    except ImportError:
+        return None
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    def exchange(point: bytes) -> bytes:
+        try:
+            return crypto_scalarmult(scalar, point)
+        except CryptoError as exc:  # all-zero output: a low-order point
+            raise ValueError("low-order X25519 point") from exc
+
+    probe = crypto_scalarmult_base(hashlib.sha256(scalar + b"probe").digest())
+    if exchange(probe) != reference(X25519PublicKey.from_public_bytes(probe)):
+        return None
+    return exchange
+
+
 class Opener:
     """The host's side: opens requests sealed to its key (one per host, reused)."""
 
@@ -120,8 +151,11 @@ class Opener:
         if self.public != x25519_public_of(ed_public):  # the map and the expansion agree
             raise ProtocolError("the host's X25519 key does not match its certified key")
         self.key_id = key_id(ed_public)
-        self._exchange = x_private.exchange
-        self._public_of = _public_key_loader(X25519PublicKey)
+        self._exchange: Callable[[Any], bytes] = x_private.exchange
+        self._public_of: Callable[[bytes], Any] = _public_key_loader(X25519PublicKey)
+        fast = _sodium_exchange(hashlib.sha512(seed).digest()[:32], x_private.exchange)
+        if fast is not None:
+            self._exchange, self._public_of = fast, _same
         self._chacha = ChaCha20Poly1305
         self._info_tail = self.public + b"\x01"
 

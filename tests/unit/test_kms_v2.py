@@ -79,12 +79,33 @@ def test_another_hosts_key_does_not_open_it() -> None:
         Opener(Ed25519PrivateKey.generate()).open(sealed)
 
 
-def test_a_low_order_ephemeral_key_is_refused() -> None:
+@pytest.mark.parametrize("engine", ["libsodium", "openssl"])
+def test_a_low_order_ephemeral_key_is_refused(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adba.kms import envelope
+
+    if engine == "openssl":
+        monkeypatch.setattr(envelope, "_sodium_exchange", lambda *a: None)
     key = Ed25519PrivateKey.generate()
     sealed = seal(_request(), _cert(key))
-    zero = sealed[:40] + bytes(32) + sealed[72:]
-    with pytest.raises(ProtocolError):
-        Opener(key).open(zero)
+    # u = 0, u = 1 and a point of order 8: each gives an all-zero shared secret
+    order8 = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+    for point in (bytes(32), b"\x01" + bytes(31), order8):
+        with pytest.raises(ProtocolError):
+            Opener(key).open(sealed[:40] + point + sealed[72:])
+
+
+def test_libsodium_and_openssl_open_the_same_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adba.kms import envelope
+
+    key = Ed25519PrivateKey.generate()
+    fast = Opener(key)
+    assert getattr(fast._exchange, "__self__", None) is None  # libsodium's, not a key object
+    monkeypatch.setattr(envelope, "_sodium_exchange", lambda *a: None)
+    slow = Opener(key)
+    assert getattr(slow._exchange, "__self__", None) is not None  # cryptography's
+    for _ in range(50):
+        sealed = seal(_request(), _cert(key))
+        assert fast.open(sealed) == slow.open(sealed)
 
 
 @pytest.mark.parametrize(
