@@ -64,6 +64,62 @@ else:
         asyncio.run(main())
 """
 
+#: the cryptography floor: the host's own listener (adba/kms/listener.py: the same accept,
+#: batches, read, write and close) answering each complete request with one X25519 exchange
+#: and one Ed25519 signature over it (libsodium, as the host with the ``fast`` extra) and a
+#: fixed 244-byte reply -- what the two operations protocol v2 requires cost per connection,
+#: with nothing else of the host (no parsing, HKDF, AEAD, counting or saving).
+CRYPTO_FLOOR_SERVER = r"""
+import asyncio, hashlib, os, sys
+from adba.kms.admission import RejectLog, Slots
+from adba.kms.listener import Listener, listen
+from adba.kms.host import run_loop
+
+REPLY = b"ADBR\x01\x00" + bytes(238)
+try:
+    from nacl.bindings import (
+        crypto_scalarmult, crypto_scalarmult_base, crypto_sign, crypto_sign_keypair)
+    SCALAR = hashlib.sha256(b"bench").digest()
+    POINT = crypto_scalarmult_base(os.urandom(32))
+    SECRET = crypto_sign_keypair()[1]
+    def exchange():
+        crypto_scalarmult(SCALAR, POINT)
+    def sign(data):
+        crypto_sign(data, SECRET)
+except ImportError:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    X = X25519PrivateKey.generate(); P = X25519PrivateKey.generate().public_key()
+    E = Ed25519PrivateKey.generate()
+    def exchange():
+        X.exchange(P)
+    def sign(data):
+        E.sign(data)
+
+class Metrics:
+    rejected = refused = refused_source = evicted = 0
+
+class Host:
+    first_byte, deadline, forward, served = 1.0, 5.0, None, 0
+    def __init__(self):
+        self.slots, self.metrics, self.rejects = Slots(512, 64), Metrics(), RejectLog(10)
+    # the listener's three passes: open (X25519), decide (nothing), sign (Ed25519)
+    def ask(self, data):
+        exchange()
+        return (2, 0, b"", b"", b"", 0, b"", "", 0)
+    def decide(self, asked):
+        return 0, 0, False
+    def reply(self, data, version, status, nonce, count):
+        sign(data)
+        return REPLY
+
+async def main():
+    Listener(Host(), asyncio.get_running_loop(), listen("127.0.0.1", int(sys.argv[1])))
+    await asyncio.Event().wait()
+
+run_loop(main())
+"""
+
 #: one load process: THREADS threads, each a loop of new-connection requests (blocking
 #: sockets: the cheapest client per request in CPython). It prints "ready", waits for a line
 #: on stdin, runs, and prints one JSON line of results.
@@ -321,6 +377,14 @@ def start_baseline(work: Work, loop: str = "") -> tuple[subprocess.Popen[bytes],
     argv = [PY, "-c", BASELINE_SERVER, str(port), *([loop] if loop else [])]
     proc = work.popen(argv, stdin=subprocess.DEVNULL)
     wait_listening(proc, port, "baseline server")
+    return proc, port
+
+
+def start_crypto_floor(work: Work) -> tuple[subprocess.Popen[bytes], int]:
+    """The cryptography floor (:data:`CRYPTO_FLOOR_SERVER`) on a free port."""
+    port = free_port()
+    proc = work.popen([PY, "-c", CRYPTO_FLOOR_SERVER, str(port)], stdin=subprocess.DEVNULL)
+    wait_listening(proc, port, "cryptography floor")
     return proc, port
 
 

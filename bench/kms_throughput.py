@@ -7,6 +7,10 @@ N = 1, 4 and 16 concurrent clients (1x1, 2x2, 4x4 processes x threads):
 - floor: a bare asyncio Protocol on asyncio's own event loop that reads to EOF and writes a
   fixed 244-byte reply (the issue's anchor: "the bare asyncio floor"); floor-uv: the same
   on uvloop, when it is installed -- what an asyncio Protocol costs at best;
+- floor-crypto: the host's own listener (adba/kms/listener.py) answering each request with
+  one X25519 exchange and one Ed25519 signature and nothing else -- the two operations
+  protocol v2 needs per activation; with vlmcsd, its CPU per activation against vlmcsd's is
+  printed as the bound the host v2 ratio cannot go below;
 - host v1: ``adba kms serve -q`` in a fresh state dir (its CSVLK minted by a local authority
   and installed with ``adba kms install-key``), 144-byte requests in clear: parse, count,
   sign (Ed25519), save once a second;
@@ -63,6 +67,7 @@ from _kms import (
     percentile,
     run_load,
     start_baseline,
+    start_crypto_floor,
     start_host,
     wait_listening,
 )
@@ -217,6 +222,7 @@ def main() -> None:
             for name in ("host.key", "host.json", "csvlk.key"):
                 shutil.copy2(state / name, state_w / name)
         base_proc, base_port = start_baseline(work, "asyncio")
+        crypto_proc, crypto_port = start_crypto_floor(work)
         uv = loop == "uvloop"
         if uv:
             uv_proc, uv_port = start_baseline(work)
@@ -234,6 +240,7 @@ def main() -> None:
             runs: list[tuple[str, int, int, dict[str, Any]]] = [
                 ("floor", base_proc.pid, base_port, {"check": False, **ids}),
                 *([("floor-uv", uv_proc.pid, uv_port, {"check": False, **ids})] if uv else []),
+                ("floor-crypto", crypto_proc.pid, crypto_port, {"check": False, **ids}),
                 ("host-v1", host_proc.pid, host_port, {"check": True, **ids}),
                 (
                     "host-v2",
@@ -281,7 +288,7 @@ def main() -> None:
         }
         print(f"\nmedians of {args.repeat} rounds: req/s and server CPU s per 1,000 activations")
         hosts = ["host-v2"] + ([wname] if args.workers else [])
-        names = ["floor", *(["floor-uv"] if uv else []), "host-v1", *hosts] + (
+        names = ["floor", *(["floor-uv"] if uv else []), "floor-crypto", "host-v1", *hosts] + (
             ["vlmcsd"] if anchors else []
         )
         print("N   " + "".join(f"{name:>20}" for name in names))
@@ -310,6 +317,15 @@ def main() -> None:
                     line += f"  {h['rate'] / c['rate']:22.2f}  {h['cpu'] / c['cpu']:31.2f}"
                 print(line)
         print("goals: v2/floor (asyncio) >= 0.8; v2/vlmcsd-threads rate >= 1.0, CPU <= 1.0")
+        if anchors:
+            print(
+                "floor-crypto / vlmcsd-threads CPU per 1,000 (X25519 + Ed25519 alone on the "
+                "host's listener): "
+                + ", ".join(
+                    f"N={n} {med[('floor-crypto', n)]['cpu'] / med[('vlmcsd', n)]['cpu']:.2f}"
+                    for n in ns
+                )
+            )
         total_failed = sum(r["failed"] for v in rows.values() for r in v)
         print(f"failed requests, all runs: {total_failed}")
     finally:
