@@ -13,7 +13,7 @@ from adba.kms.host import signer, signer_name
 
 
 def test_the_fast_signer_gives_cryptographys_bytes() -> None:
-    pytest.importorskip("nacl.bindings")
+    pytest.importorskip("nacl._sodium")
     for _ in range(20):
         key = Ed25519PrivateKey.generate()
         sign = signer(key)
@@ -25,7 +25,22 @@ def test_the_fast_signer_gives_cryptographys_bytes() -> None:
 
 
 def test_without_pynacl_the_signer_is_cryptographys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "nacl.bindings", None)  # import fails
+    monkeypatch.setitem(sys.modules, "nacl._sodium", None)  # import fails
+    key = Ed25519PrivateKey.generate()
+    sign = signer(key)
+    assert signer_name(sign) == "openssl" and sign(b"m") == key.sign(b"m")
+
+
+def test_a_signer_that_disagrees_with_cryptography_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nacl import _sodium
+
+    class Lib:
+        def crypto_sign(self, *args: object) -> int:
+            return 0  # claims to have signed, writes nothing
+
+    monkeypatch.setattr(_sodium, "lib", Lib())
     key = Ed25519PrivateKey.generate()
     sign = signer(key)
     assert signer_name(sign) == "openssl" and sign(b"m") == key.sign(b"m")

@@ -84,7 +84,7 @@ def test_a_low_order_ephemeral_key_is_refused(engine: str, monkeypatch: pytest.M
     from adba.kms import envelope
 
     if engine == "openssl":
-        monkeypatch.setattr(envelope, "_sodium_exchange", lambda *a: None)
+        monkeypatch.setattr(envelope, "_sodium_engine", lambda *a: None)
     key = Ed25519PrivateKey.generate()
     sealed = seal(_request(), _cert(key))
     # u = 0, u = 1 and a point of order 8: each gives an all-zero shared secret
@@ -99,13 +99,68 @@ def test_libsodium_and_openssl_open_the_same_requests(monkeypatch: pytest.Monkey
 
     key = Ed25519PrivateKey.generate()
     fast = Opener(key)
-    assert getattr(fast._exchange, "__self__", None) is None  # libsodium's, not a key object
-    monkeypatch.setattr(envelope, "_sodium_exchange", lambda *a: None)
+    assert fast.engine == "libsodium"
+    monkeypatch.setattr(envelope, "_sodium_engine", lambda *a: None)
     slow = Opener(key)
-    assert getattr(slow._exchange, "__self__", None) is not None  # cryptography's
+    assert slow.engine == "openssl"
     for _ in range(50):
         sealed = seal(_request(), _cert(key))
         assert fast.open(sealed) == slow.open(sealed)
+        for at in (0, 39, 72, 150, REQUEST2_SIZE - 1):  # header, ciphertext, tag
+            bad = sealed[:at] + bytes([sealed[at] ^ 1]) + sealed[at + 1 :]
+            for opener in (fast, slow):
+                with pytest.raises(ProtocolError):
+                    opener.open(bad)
+        for short in (sealed[:-1], sealed + b"\0"):
+            for opener in (fast, slow):
+                with pytest.raises(ProtocolError):
+                    opener.open(short)
+
+
+def test_a_libsodium_that_disagrees_with_cryptography_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast engine is checked once against cryptography's: one whose exchange gives
+    other bytes, or whose AEAD claims to open the probe (or refuses it), is left out."""
+    from nacl import _sodium
+
+    real = _sodium.lib
+
+    class Lib:
+        def __init__(self, mult: int, decrypt: int) -> None:
+            self.mult, self.decrypt = mult, decrypt
+
+        def crypto_scalarmult(self, out: object, scalar: bytes, point: bytes) -> int:
+            if self.mult == 1:
+                return int(real.crypto_scalarmult(out, scalar, point))
+            return self.mult  # claims success (or failure) without writing anything
+
+        def crypto_aead_chacha20poly1305_ietf_decrypt(self, *args: object) -> int:
+            if self.decrypt == 1:
+                return int(real.crypto_aead_chacha20poly1305_ietf_decrypt(*args))
+            return self.decrypt
+
+    key = Ed25519PrivateKey.generate()
+    assert Opener(key).engine == "libsodium"
+    monkeypatch.setattr(_sodium, "lib", Lib(1, 1))
+    assert Opener(key).engine == "libsodium"  # the fake passes through: it is used
+    for mult, decrypt in ((0, 1), (-1, 1), (1, 0), (1, -1)):
+        monkeypatch.setattr(_sodium, "lib", Lib(mult, decrypt))
+        assert Opener(key).engine == "openssl", (mult, decrypt)
+
+
+def test_without_pynacl_requests_open_through_cryptography(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nacl._sodium", None)  # import fails
+    key = Ed25519PrivateKey.generate()
+    opener = Opener(key)
+    assert opener.engine == "openssl"
+    req = _request()
+    sealed = seal(req, _cert(key))
+    assert request_of_plaintext(parse_sealed_header(sealed), opener.open(sealed)) == req
 
 
 @pytest.mark.parametrize(
