@@ -66,8 +66,8 @@ else:
 
 #: the cryptography floor: the host's own listener (adba/kms/listener.py: the same accept,
 #: batches, read, write and close) answering each complete request with one X25519 exchange
-#: and one Ed25519 signature over it (libsodium, as the host with the ``fast`` extra) and a
-#: fixed 244-byte reply -- what the two operations protocol v2 requires cost per connection,
+#: and one Ed25519 signature over it (the host's own engines: libsodium's with the ``fast``
+#: extra) and a fixed 244-byte reply -- what the two operations protocol v2 requires cost per connection,
 #: with nothing else of the host (no parsing, HKDF, AEAD, counting or saving).
 CRYPTO_FLOOR_SERVER = r"""
 import asyncio, hashlib, os, sys
@@ -76,25 +76,19 @@ from adba.kms.listener import Listener, listen
 from adba.kms.host import run_loop
 
 REPLY = b"ADBR\x01\x00" + bytes(238)
-try:
-    from nacl.bindings import (
-        crypto_scalarmult, crypto_scalarmult_base, crypto_sign, crypto_sign_keypair)
-    SCALAR = hashlib.sha256(b"bench").digest()
-    POINT = crypto_scalarmult_base(os.urandom(32))
-    SECRET = crypto_sign_keypair()[1]
-    def exchange():
-        crypto_scalarmult(SCALAR, POINT)
-    def sign(data):
-        crypto_sign(data, SECRET)
-except ImportError:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    X = X25519PrivateKey.generate(); P = X25519PrivateKey.generate().public_key()
-    E = Ed25519PrivateKey.generate()
-    def exchange():
-        X.exchange(P)
-    def sign(data):
-        E.sign(data)
+# the host's own engines: its Opener's exchange and its signer (libsodium's C functions with
+# the fast extra, else cryptography's)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from adba.kms.envelope import Opener
+from adba.kms.host import signer
+KEY = Ed25519PrivateKey.generate()
+X, SIGN = Opener(KEY)._exchange, signer(KEY)
+POINT = X25519PrivateKey.generate().public_key().public_bytes_raw()
+def exchange():
+    X(POINT)
+def sign(data):
+    SIGN(data)
 
 class Metrics:
     rejected = refused = refused_source = evicted = 0
