@@ -868,19 +868,30 @@ class TestSambaReplica(TestSambaDC):
         self.conf.write_text(self.gen_config())
 
     def start(self) -> TestSambaReplica:
+        import sys
+        import time
+
         super().start()
         # the primary learns to pull from its new partner when its KCC runs (every 5 min):
-        # run it now, so that changes made here replicate back at once
+        # run it now, so that changes made here replicate back at once. On a busy machine
+        # DsExecuteKCC can time out (NT_STATUS_IO_TIMEOUT, seen in CI): retry, and if it
+        # still fails go on -- the KCC's own run, or an explicit `drs replicate`, will do
         for dc in (self.primary, self):
-            self._tool(
-                "samba-tool",
-                "drs",
-                "kcc",
-                dc.ip,
-                "-s",
-                str(dc.conf),
-                f"-U{self.domain}\\Administrator%{self.admin_password}",
-            )
+            for attempt in range(3):
+                try:
+                    self._tool(
+                        "samba-tool",
+                        "drs",
+                        "kcc",
+                        dc.ip,
+                        "-s",
+                        str(dc.conf),
+                        f"-U{self.domain}\\Administrator%{self.admin_password}",
+                    )
+                    break
+                except RuntimeError as exc:
+                    print(f"kcc on {dc.ip}, try {attempt + 1}: {exc}", file=sys.stderr)
+                    time.sleep(3)
         return self
 
 

@@ -74,20 +74,25 @@ def _wait(dc: Any, dn: str, *, present: bool, source: Any) -> float:
     """Seconds until ``dn`` is (or is no longer) on ``dc``. The DCs replicate by themselves
     (change notification); when that has not happened within half the budget (Samba's
     notification is sometimes late on a busy machine), ``dc`` is asked once to pull from
-    ``source`` now (`samba-tool drs replicate`, a real DRS replication) and said so."""
+    ``source`` now (`samba-tool drs replicate`, a real DRS replication; the source is named by
+    its server name, which samba-tool looks up -- an address is not found) and said so."""
     t0 = time.monotonic()
-    asked = False
+    next_ask = REPLICATION_BUDGET / 2
     while time.monotonic() - t0 < REPLICATION_BUDGET:
         if _present(dc, dn) is present:
             return time.monotonic() - t0
-        if not asked and time.monotonic() - t0 > REPLICATION_BUDGET / 2:
-            print(f"not replicated by itself in {REPLICATION_BUDGET / 2:.0f} s: drs replicate")
-            dc._tool(
-                "samba-tool", "drs", "replicate", dc.ip, source.ip,
-                f"CN=Configuration,{dc.suffix}", "-s", str(dc.conf),
-                f"-U{dc.domain}\\Administrator%{dc.admin_password}",
-            )  # fmt: skip
-            asked = True
+        if time.monotonic() - t0 > next_ask:
+            print(f"not replicated by itself in {next_ask:.0f} s: drs replicate")
+            try:
+                dc._tool(
+                    "samba-tool", "drs", "replicate", dc.ip, source.host_name,
+                    f"CN=Configuration,{dc.suffix}", "-s", str(dc.conf),
+                    f"-U{dc.domain}\\Administrator%{dc.admin_password}",
+                )  # fmt: skip
+                next_ask = REPLICATION_BUDGET
+            except RuntimeError as exc:  # a busy DC can time out: ask again shortly
+                print(exc)
+                next_ask += 10
         time.sleep(0.5)
     raise AssertionError(f"{dn} {'absent' if present else 'still there'} on {dc.uri}")
 
