@@ -131,17 +131,14 @@ def _cryptography_engine(
     return exchange, decrypt
 
 
-def _sodium_engine(
-    reference: tuple[Callable[[bytes], bytes], Callable[[bytes, bytes], bytes]],
-) -> tuple[Callable[[bytes], bytes], Callable[[bytes, bytes], bytes]] | None:
-    """(exchange, decrypt): the exchange stays ``reference``'s (OpenSSL's X25519), the AEAD
-    goes straight through libsodium's C function (PyNaCl, the ``fast`` extra) where it is
-    installed and agrees with ``reference`` (checked once: a probe sealed by
+def _sodium_decrypt() -> Callable[[bytes, bytes], bytes] | None:
+    """The AEAD decrypt straight through libsodium's C function (PyNaCl, the ``fast`` extra)
+    where it is installed and agrees with ``cryptography`` (checked once: a probe sealed by
     ``cryptography`` opened, and refused once altered). No cipher object per request, no
-    argument checks beyond the sizes. The exchange is not libsodium's: the copy PyNaCl bundles
-    uses the portable ref10 field arithmetic, measured at about 105 us an exchange against
-    OpenSSL's 70 us on these machines (bench/README.md). Output buffers are new on each call,
-    so any thread may use them."""
+    argument checks beyond the sizes. Output buffers are new on each call, so any thread may
+    use it. The exchange is not taken from libsodium: the copy PyNaCl bundles uses the
+    portable ref10 field arithmetic, measured at about 105 us an exchange against OpenSSL's
+    70 us on these machines (bench/README.md)."""
     try:
         from nacl._sodium import ffi, lib
     except ImportError:
@@ -184,7 +181,7 @@ def _sodium_engine(
     try:
         decrypt(key, probe[:-1] + bytes([probe[-1] ^ 1]))
     except ProtocolError:
-        return reference[0], decrypt  # it opened the probe, and refused it altered
+        return decrypt  # it opened the probe, and refused it altered
     return None
 
 
@@ -204,9 +201,10 @@ class Opener:
         if self.public != x25519_public_of(ed_public):  # the map and the expansion agree
             raise ProtocolError("the host's X25519 key does not match its certified key")
         self.key_id = key_id(ed_public)
-        reference = _cryptography_engine(x_private)
-        fast = _sodium_engine(reference)
-        self._exchange, self._decrypt = fast or reference
+        self._exchange, self._decrypt = _cryptography_engine(x_private)
+        fast = _sodium_decrypt()
+        if fast is not None:
+            self._decrypt = fast
         #: which library decrypts requests ("libsodium" or "openssl"), for the log; the
         #: exchange is OpenSSL's either way
         self.engine = "openssl" if fast is None else "libsodium"
