@@ -164,9 +164,12 @@ class Slapd(_Throwaway):
         ports: tuple[int, int] | None = None,
         listen: str | None = None,
         tls_names: tuple[str, ...] = (),
+        empty: bool = False,
     ) -> None:
         """A throwaway server in a new temp dir by default; with ``directory``, a lasting one
-        (a container's volume): configured once, its passwords kept in ``<dir>/*.password``."""
+        (a container's volume): configured once, its passwords kept in ``<dir>/*.password``.
+        ``empty``: the database starts without the lab tree (a server that joins a
+        replicating group receives it from its peers; its identities are then theirs)."""
         for binary in (SLAPD, SLAPADD):
             if not os.access(binary, os.X_OK):
                 raise LabError(
@@ -185,6 +188,7 @@ class Slapd(_Throwaway):
         self.fixed_ports = ports
         self.listen = listen or self.host
         self.tls_names = tls_names
+        self.empty = empty
         self.port = 0
         self.tls_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -346,7 +350,16 @@ userPassword: {ssha(self.computer.password)}
         tls = self.dir / "tls"
         tls.mkdir(mode=0o700)
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.host)])
+        # each lab server is its own CA: a name of its own, so that a bundle of several
+        # servers' certificates (replication peers) finds each one's issuer by name
+        name = x509.Name(
+            [
+                x509.NameAttribute(
+                    NameOID.ORGANIZATION_NAME, f"{self.organization} {self.dir.name}"
+                ),
+                x509.NameAttribute(NameOID.COMMON_NAME, self.host),
+            ]
+        )
         now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
@@ -393,7 +406,6 @@ userPassword: {ssha(self.computer.password)}
         (self.dir / "slapd.d").mkdir()
         self._make_tls()
         (self.dir / "config.ldif").write_text(self.gen_config())
-        (self.dir / "dit.ldif").write_text(self.gen_dit())
         self._run(
             SLAPADD,
             "-F",
@@ -404,7 +416,9 @@ userPassword: {ssha(self.computer.password)}
             "-l",
             str(self.dir / "config.ldif"),
         )
-        self.slapadd(self.dir / "dit.ldif")
+        if not self.empty:
+            (self.dir / "dit.ldif").write_text(self.gen_dit())
+            self.slapadd(self.dir / "dit.ldif")
         self._configured = True
 
     def slapadd(self, ldif: Path | str) -> None:
@@ -836,4 +850,3 @@ class Postgres(_Throwaway):
             log.warning("PostgreSQL kept: %s (log %s)", self.dir, self.log_path)
             return
         shutil.rmtree(self.dir, ignore_errors=True)
-

@@ -216,12 +216,9 @@ def ldap() -> int:
                 return
             issue(self.dir / "tls", [LDAP_NAME, f"{LDAP_NAME}.{ZONE}"])
 
-        def slapadd(self, ldif: Path | str) -> None:
-            if holds_tree or Path(ldif).name != "dit.ldif":  # a joiner starts empty
-                super().slapadd(ldif)
-
     lab = Server(
         directory=DATA,
+        empty=not holds_tree,  # a joiner starts empty and receives the tree
         ports=(LDAP_PORT, LDAPS_PORT),
         listen="0.0.0.0",
         tls_names=(LDAP_NAME, f"{LDAP_NAME}.{ZONE}"),

@@ -77,8 +77,8 @@ class TestSlapd(Slapd):
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self) -> None:
-        super().__init__(prefix="adba-test-")
+    def __init__(self, *, empty: bool = False) -> None:
+        super().__init__(prefix="adba-test-", empty=empty)
 
     def adba_init(self) -> None:
         from adba.directory import openldap
@@ -1031,9 +1031,8 @@ class ClusterSlapd(TestSlapd):
     debug_level = 256
 
     def __init__(self, *, empty: bool, ca: TestCA) -> None:
-        self.empty = empty
         self.ca = ca
-        super().__init__()
+        super().__init__(empty=empty)
 
     @property
     def ca_file(self) -> str:
@@ -1044,13 +1043,6 @@ class ClusterSlapd(TestSlapd):
         tls = self.dir / "tls"
         tls.mkdir(mode=0o700)
         self.ca.issue(tls / "cert.pem", tls / "key.pem", self.host)
-
-    def slapadd(self, ldif: object) -> None:
-        from pathlib import Path
-
-        if self.empty and Path(str(ldif)).name == "dit.ldif":
-            return
-        super().slapadd(ldif)  # type: ignore[arg-type]
 
     def kill(self) -> None:
         """``kill -9``: no clean shutdown."""

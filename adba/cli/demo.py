@@ -24,7 +24,10 @@ DEMO = """\
 Starts a throwaway slapd on 127.0.0.1, prepares it with `adba directory init`, creates an
 activation authority, mints a CSVLK, publishes an activation object, lists and shows it (as
 a computer, verifying the license), runs the client agent (activated through ADBA) and asks
-its status, deletes the object; then installs a KMS host key, serves KMS, and boots five
+its status, deletes the object; a second slapd joins as a replicating provider (`directory
+replicate`), an object published on the first is verified on the second, the client fails
+over to it while the first is down, and a delete made there meanwhile reaches the first when
+it is back; then installs a KMS host key, serves KMS, and boots five
 servers outside any domain until the count activates them; starts two more KMS hosts that
 publish their own SRV records (weights 2 and 1) into a throwaway named, and boots a server
 that finds them in DNS and moves to the other host when its own stops; a laptop activates a
@@ -233,6 +236,189 @@ def _kms_part(
         )
     finally:
         host.stop()
+
+
+def _replication_part(
+    step: _Step,
+    lab: Any,
+    work: Path,
+    key_file: Path,
+    authority: str,
+    root_key: str,
+    agent_toml: Path,
+    cleanup: list[Any],
+    *,
+    keep: bool,
+) -> None:
+    """A second OpenLDAP provider joins the lab's (multi-provider syncrepl over TLS, a
+    replication identity that reads everything and writes nothing): an object published on
+    one is verified on the other, the client fails over to it while the first is down, and a
+    delete made meanwhile reaches the first when it is back. Both serve the rest of the demo."""
+    import secrets
+
+    from ..lab import Slapd
+
+    print("\n--- a replicated directory: two OpenLDAP providers ---")
+    ldap2 = Slapd(empty=True, keep=keep)
+    cleanup.append(ldap2.destroy)
+    ldap2.start()
+    ldap2.admin, ldap2.computer = lab.admin, lab.computer  # from the tree it receives
+    print(
+        f"ldap2: a second slapd {ldap2.uri} (ldaps {ldap2.ldaps_uri}, ldapi {ldap2.dir}/ldapi), "
+        f"pid {ldap2.proc.pid if ldap2.proc else '?'}, with an empty database"
+    )
+    peers_ca = work / "peers-ca.pem"  # each lab server's certificate is its own CA
+    peers_ca.write_text(Path(lab.ca_file).read_text() + Path(ldap2.ca_file).read_text())
+    password = work / "replicator.password"
+    password.write_text(secrets.token_urlsafe(16) + "\n")
+    password.chmod(0o600)
+    common = [
+        "--replicator-password-file",
+        str(password),
+        "--peer-ca-file",
+        str(peers_ca),
+        "--timeout",
+        "2",
+    ]
+    for n, (server, peer, title) in enumerate(
+        (
+            (lab, ldap2, "ldap1, which holds the tree, becomes provider 1 of a group with ldap2"),
+            (ldap2, lab, "ldap2 joins as provider 2: it receives the tree from ldap1"),
+        ),
+        start=1,
+    ):
+        step(
+            f"{title} (over ldapi as root)",
+            [
+                "directory",
+                "replicate",
+                "--server-id",
+                str(n),
+                "--peer",
+                peer.ldaps_uri,
+                *common,
+                "--config-uri",
+                server.ldapi_uri,
+                "-H",
+                server.uri,
+                "--ca-file",
+                server.ca_file,
+                "-b",
+                server.suffix,
+                "-D",
+                server.root.dn,
+                "--password-file",
+                server.root.password_file,
+            ],
+            require="replicating with",
+        )
+    as_root2 = ["-H", ldap2.uri, "--ca-file", ldap2.ca_file, "-b", ldap2.suffix]
+    as_root2 += ["-D", ldap2.root.dn, "--password-file", ldap2.root.password_file]
+    _wait_replicated(ldap2, lab.computers, present=True)
+    step(
+        "ldap2 gets its cn=config part: schema, index, limits, ACLs (the tree came by replication)",
+        [
+            "directory",
+            "init",
+            "--config-uri",
+            ldap2.ldapi_uri,
+            "--admin-group",
+            lab.admin_group,
+            "--computers",
+            lab.computers,
+            *as_root2,
+        ],
+    )
+    on1 = ["-H", lab.uri, "--ca-file", lab.ca_file, "-b", lab.suffix]
+    on2 = ["-H", ldap2.uri, "--ca-file", ldap2.ca_file, "-b", ldap2.suffix]
+    admin = ["-D", lab.admin.dn, "--password-file", lab.admin.password_file]
+    computer = ["-D", lab.computer.dn, "--password-file", lab.computer.password_file]
+    step(
+        "ldap1 checks its peer: reachable, the same contextCSN, the identity's read rights",
+        ["directory", "check", "--config-uri", lab.ldapi_uri, *on1, *admin],
+        require="ldap",
+    )
+    published = step(
+        "the admin publishes the CSVLK's object on ldap1 (no new activation)",
+        [
+            "ao",
+            "publish",
+            "--key-file",
+            str(key_file),
+            "--authority",
+            authority,
+            "--json",
+            *on1,
+            *admin,
+        ],
+    )
+    import json
+
+    dn = json.loads(published)["dn"]
+    took = _wait_replicated(ldap2, dn, present=True)
+    print(f"\n(on ldap2 {took * 1000:.0f} ms after ldap1 acknowledged it)")
+    step(
+        "a computer reads it on ldap2 and verifies its license",
+        ["ao", "list", "--root-key", root_key, *on2, *computer],
+        require="verified",
+    )
+    config = (
+        agent_toml.read_text()
+        .replace(f'dc_uris = ["{lab.uri}"]', f'dc_uris = ["{lab.uri}", "{ldap2.uri}"]')
+        .replace(f'ca_file = "{lab.ca_file}"', f'ca_file = "{peers_ca}"')
+    )
+    agent_toml.write_text(config)
+    print(
+        f'\nthe client\'s {agent_toml.name} now lists both: dc_uris = ["{lab.uri}", "{ldap2.uri}"]'
+    )
+    lab.stop()
+    print("ldap1 stopped")
+    step(
+        "the client boots with ldap1 down: its agent activates through ldap2",
+        ["agent", "run", "--once", "--config", str(agent_toml)],
+        require=ldap2.uri,
+    )
+    step(
+        "the admin deletes the object on ldap2 meanwhile",
+        ["ao", "delete", "--yes", dn, *on2, *admin],
+    )
+    lab.restart()
+    took = _wait_replicated(lab, dn, present=False)
+    print(f"\nldap1 started again: the delete reached it {took * 1000:.0f} ms after it answered")
+    step("nothing left on ldap1 either", ["ao", "list", *on1, *admin])
+
+
+def _wait_replicated(server: Any, dn: str, *, present: bool, timeout: float = 10.0) -> float:
+    """Seconds until ``dn`` is there (or gone) on ``server``, read as its root DN."""
+    from ..directory.connection import ConnectionOptions, session
+
+    options = ConnectionOptions(
+        uri=server.uri,
+        bind_dn=server.root.dn,
+        password=server.root.password,
+        ca_file=server.ca_file,
+        connect_timeout=2.0,
+    )
+    start = time.monotonic()
+    while True:
+        try:
+            with session(options) as conn:
+                while True:
+                    conn.search(dn, "(objectClass=*)", "BASE", attributes=["1.1"])
+                    if (conn.result["result"] == 0) == present:
+                        return time.monotonic() - start
+                    if time.monotonic() - start > timeout:
+                        break
+                    time.sleep(0.005)
+        except AdbaError:
+            if time.monotonic() - start > timeout:
+                raise
+            time.sleep(0.05)
+            continue
+        raise AdbaError(
+            f"demo: {dn} not {'replicated to' if present else 'gone from'} "
+            f"{server.uri} within {timeout:.0f} s"
+        )
 
 
 def _kms_hosts_part(step: _Step, work: Path, url: str, root_key: str, *, keep: bool) -> None:
@@ -835,6 +1021,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "the next boot finds no object: still licensed until the 180 days run out",
                 ["agent", "run", "--once", *agent_cfg],
                 require="still licensed until",
+            )
+            _replication_part(
+                step,
+                lab,
+                work,
+                key_file,
+                authority,
+                root_key,
+                agent_toml,
+                cleanup,
+                keep=args.keep,
             )
             inventory = str(work / "inventory.sqlite")
             _kms_part(step, work, authority, url, root_key, inventory)

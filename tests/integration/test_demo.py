@@ -45,6 +45,14 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     assert "verified" in res.stdout
     assert "licensed (ADBA)" in res.stdout
     assert "not renewed" in res.stdout and "still licensed until" in res.stdout
+    # a second provider joins, receives the tree, and serves the client while the first is down
+    assert res.stdout.count("$ adba directory replicate --server-id") == 2
+    assert "replication-lag: 2 servers agree on every contextCSN" in res.stdout
+    ldap2 = re.search(r"ldap2: a second slapd (ldap://\S+) ", res.stdout)
+    assert ldap2, res.stdout
+    assert re.search(r"\(on ldap2 \d+ ms after ldap1 acknowledged it\)", res.stdout)
+    assert f"via {ldap2.group(1)}, valid until" in res.stdout
+    assert re.search(r"the delete reached it \d+ ms after it answered", res.stdout)
     assert "$ adba kms serve" in res.stdout and "activated by KMS host" in res.stdout
     assert "--publish lab.example.test --weight 2" in res.stdout  # several hosts, in DNS
     assert "(priority 0, weight 2, via" in res.stdout and "DNS gives kms" in res.stdout
