@@ -237,26 +237,17 @@ def main() -> None:
         )
         rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for n in ns:
+            # v2, sealed and checked: the one load both v2 hosts get (one process, workers)
+            v2 = {"check": True, "version": 2, "cert": cert, "pool": 12000 // SHAPES[n][0], **ids}
             runs: list[tuple[str, int, int, dict[str, Any]]] = [
                 ("floor", base_proc.pid, base_port, {"check": False, **ids}),
                 *([("floor-uv", uv_proc.pid, uv_port, {"check": False, **ids})] if uv else []),
                 ("floor-crypto", crypto_proc.pid, crypto_port, {"check": False, **ids}),
                 ("host-v1", host_proc.pid, host_port, {"check": True, **ids}),
-                (
-                    "host-v2",
-                    host_proc.pid,
-                    host_port,
-                    {
-                        "check": True,
-                        "version": 2,
-                        "cert": cert,
-                        "pool": 12000 // SHAPES[n][0],
-                        **ids,
-                    },
-                ),
+                ("host-v2", host_proc.pid, host_port, dict(v2)),
             ]
             if args.workers:
-                runs.append((wname, work_proc.pid, work_port, {**runs[2][3]}))
+                runs.append((wname, work_proc.pid, work_port, dict(v2)))
             for _round in range(args.repeat):
                 for name, pid, port, extra in runs:
                     hint = rows[(name, n)][-1]["rate"] if (name, n) in rows else 10000.0
