@@ -797,8 +797,7 @@ class LocalAuthority:
         else:
             limit = AVMA_CSVLK_HOST_LIMIT
         row = db.execute(
-            "SELECT host_key, certifications FROM avma_grants WHERE key_sha256 = ?"
-            " AND host_id = ?",
+            "SELECT host_key, certifications FROM avma_grants WHERE key_sha256 = ? AND host_id = ?",
             (digest, host_id),
         ).fetchone()
         if row is not None and row[0] == host_key:

@@ -308,9 +308,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from ..confirmation import Installation
 
     installation = Installation.parse(args.installation_id)
-    cid = _open(args).confirm(
-        installation, catalog(args), now=int(time.time())
-    )
+    cid = _open(args).confirm(installation, catalog(args), now=int(time.time()))
     if args.json:
         emit_json(
             {

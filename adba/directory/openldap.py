@@ -317,9 +317,7 @@ def init(
             report.add(
                 "audit",
                 True,
-                trail.configure(
-                    conn, db_dn, root=root, root_dn=root_dn, admin_group=admin_group
-                ),
+                trail.configure(conn, db_dn, root=root, root_dn=root_dn, admin_group=admin_group),
             )
         else:
             report.add("audit", True, "not configured (--no-audit)", skipped=True)

@@ -14,9 +14,10 @@ one loop iteration forwards goes in one write, what one read brings is answered 
 write. The owner answers its own share of the connections as a single host does (deciding
 in place), and saves (once a second, in its own thread), publishes, and exports the metrics
 (the workers report their connection counters once a second).
-Measured on 2 cores shared with the clients (bench/kms_throughput.py), two processes answer
-1.4 times what one does at N = 4 and 16 concurrent clients, at 0.7-0.8 of its CPU per
-activation (each process's batches are fuller).
+Measured on 2 cores shared with the clients (bench/kms_throughput.py, sealed v2 requests),
+two processes answer 0.68-0.79 times what one does at N = 1 and 4 concurrent clients and 1.07
+times at N = 16, at 1.4-1.6 times its CPU per activation: the round trip to the owner wakes
+both processes for each request a worker takes.
 
 Nothing acknowledged is lost on a stop: the parent stops the workers first (they answer what
 they hold), then saves. A worker that dies stops the host (exit code of a KMS error) for its

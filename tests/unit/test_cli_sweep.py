@@ -54,8 +54,7 @@ SKIP = {("demo",)}
 
 #: defects in verbs owned elsewhere, found by this sweep and not fixed yet: (verb, option) ->
 #: what is wrong. Their problems make the test xfail (not fail) until fixed; then it passes.
-KNOWN: dict[tuple[tuple[str, ...], str], str] = {
-}
+KNOWN: dict[tuple[tuple[str, ...], str], str] = {}
 #: good values given only to verbs that require the option (slow to fail otherwise)
 ONLY_IF_REQUIRED = {"--online"}
 #: cases not run at all because the defect above makes them start a server
