@@ -249,11 +249,12 @@ def _replication_part(
     cleanup: list[Any],
     *,
     keep: bool,
-) -> None:
+) -> Path:
     """A second OpenLDAP provider joins the lab's (multi-provider syncrepl over TLS, a
     replication identity that reads everything and writes nothing): an object published on
     one is verified on the other, the client fails over to it while the first is down, and a
-    delete made meanwhile reaches the first when it is back. Both serve the rest of the demo."""
+    delete made meanwhile reaches the first when it is back. Both serve the rest of the demo.
+    Returns the second server's directory."""
     import secrets
 
     from ..lab import Slapd
@@ -336,7 +337,7 @@ def _replication_part(
     step(
         "ldap1 checks its peer: reachable, the same contextCSN, the identity's read rights",
         ["directory", "check", "--config-uri", lab.ldapi_uri, *on1, *admin],
-        require="ldap",
+        require="agree on every contextCSN",
     )
     published = step(
         "the admin publishes the CSVLK's object on ldap1 (no new activation)",
@@ -386,6 +387,7 @@ def _replication_part(
     took = _wait_replicated(lab, dn, present=False)
     print(f"\nldap1 started again: the delete reached it {took * 1000:.0f} ms after it answered")
     step("nothing left on ldap1 either", ["ao", "list", *on1, *admin])
+    return ldap2.dir
 
 
 def _wait_replicated(server: Any, dn: str, *, present: bool, timeout: float = 10.0) -> float:
@@ -1022,7 +1024,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 ["agent", "run", "--once", *agent_cfg],
                 require="still licensed until",
             )
-            _replication_part(
+            ldap2_dir = _replication_part(
                 step,
                 lab,
                 work,
@@ -1044,7 +1046,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 step, lab, work, inventory, url, mak_file, as_root, keep_running=args.console
             )
             if args.keep:
-                print(f"\nkept {lab.dir} and {work}")
+                print(f"\nkept {lab.dir}, {ldap2_dir} and {work}")
     finally:  # an error goes on to main()'s one error printer, after the clean-up
         for stop in reversed(cleanup):
             stop()
@@ -1054,6 +1056,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
             shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\ndemo finished in {time.monotonic() - started:.1f} s; servers stopped, temp files removed"
+        f"\ndemo finished in {time.monotonic() - started:.1f} s; servers stopped, temp files "
+        + ("kept" if args.keep else "removed")
     )
     return 0
