@@ -244,10 +244,10 @@ def main() -> None:
                 *([("floor-uv", uv_proc.pid, uv_port, {"check": False, **ids})] if uv else []),
                 ("floor-crypto", crypto_proc.pid, crypto_port, {"check": False, **ids}),
                 ("host-v1", host_proc.pid, host_port, {"check": True, **ids}),
-                ("host-v2", host_proc.pid, host_port, dict(v2)),
+                ("host-v2", host_proc.pid, host_port, v2),
             ]
             if args.workers:
-                runs.append((wname, work_proc.pid, work_port, dict(v2)))
+                runs.append((wname, work_proc.pid, work_port, v2))
             for _round in range(args.repeat):
                 for name, pid, port, extra in runs:
                     hint = rows[(name, n)][-1]["rate"] if (name, n) in rows else 10000.0

@@ -153,6 +153,38 @@ class _Background:
         self.log.close()
 
 
+def _flags(server: Any, ident: Any) -> list[str]:
+    """``adba`` connection flags for ``server`` (its URI, its certificate, the forest root) as
+    the lab identity ``ident``."""
+    return [
+        "-H",
+        server.uri,
+        "--ca-file",
+        server.ca_file,
+        "-b",
+        server.suffix,
+        "-D",
+        ident.dn,
+        "--password-file",
+        ident.password_file,
+    ]
+
+
+def _write_agent_toml(
+    path: Path, lab: Any, work: Path, root_key: str, dc_uris: list[str], ca_file: str
+) -> None:
+    """The client's agent.toml: its DCs, the CA it checks them with, both products."""
+    uris = ", ".join(f'"{uri}"' for uri in dc_uris)
+    path.write_text(
+        f'dc_uris = [{uris}]\nbase = "{lab.suffix}"\nca_file = "{ca_file}"\n'
+        f'root_key = "{root_key}"\nstate_path = "{work / "agent-state.json"}"\n\n'
+        f'[machine]\ndn = "{lab.computer.dn}"\n'
+        f'password_file = "{lab.computer.password_file}"\n\n'
+        '[[products]]\nedition = "Nimbus Server Standard"\n\n'
+        '[[products]]\nedition = "Nimbus Workstation Enterprise"\n'
+    )
+
+
 def _kms_part(
     step: _Step, work: Path, authority: str, url: str, root_key: str, inventory: str
 ) -> None:
@@ -263,7 +295,6 @@ def _replication_part(
     ldap2 = Slapd(empty=True, keep=keep)
     cleanup.append(ldap2.destroy)
     ldap2.start()
-    ldap2.admin, ldap2.computer = lab.admin, lab.computer  # from the tree it receives
     print(
         f"ldap2: a second slapd {ldap2.uri} (ldaps {ldap2.ldaps_uri}, ldapi {ldap2.dir}/ldapi), "
         f"pid {ldap2.proc.pid if ldap2.proc else '?'}, with an empty database"
@@ -300,21 +331,10 @@ def _replication_part(
                 *common,
                 "--config-uri",
                 server.ldapi_uri,
-                "-H",
-                server.uri,
-                "--ca-file",
-                server.ca_file,
-                "-b",
-                server.suffix,
-                "-D",
-                server.root.dn,
-                "--password-file",
-                server.root.password_file,
+                *_flags(server, server.root),
             ],
             require="replicating with",
         )
-    as_root2 = ["-H", ldap2.uri, "--ca-file", ldap2.ca_file, "-b", ldap2.suffix]
-    as_root2 += ["-D", ldap2.root.dn, "--password-file", ldap2.root.password_file]
     _wait_replicated(ldap2, lab.computers, present=True)
     step(
         "ldap2 gets its cn=config part: schema, index, limits, ACLs (the tree came by replication)",
@@ -327,16 +347,13 @@ def _replication_part(
             lab.admin_group,
             "--computers",
             lab.computers,
-            *as_root2,
+            *_flags(ldap2, ldap2.root),
         ],
     )
-    on1 = ["-H", lab.uri, "--ca-file", lab.ca_file, "-b", lab.suffix]
-    on2 = ["-H", ldap2.uri, "--ca-file", ldap2.ca_file, "-b", ldap2.suffix]
-    admin = ["-D", lab.admin.dn, "--password-file", lab.admin.password_file]
-    computer = ["-D", lab.computer.dn, "--password-file", lab.computer.password_file]
+    admin1, admin2 = _flags(lab, lab.admin), _flags(ldap2, lab.admin)
     step(
         "ldap1 checks its peer: reachable, the same contextCSN, the identity's read rights",
-        ["directory", "check", "--config-uri", lab.ldapi_uri, *on1, *admin],
+        ["directory", "check", "--config-uri", lab.ldapi_uri, *admin1],
         require="agree on every contextCSN",
     )
     published = step(
@@ -349,8 +366,7 @@ def _replication_part(
             "--authority",
             authority,
             "--json",
-            *on1,
-            *admin,
+            *admin1,
         ],
     )
     import json
@@ -360,15 +376,10 @@ def _replication_part(
     print(f"\n(on ldap2 {took * 1000:.0f} ms after ldap1 acknowledged it)")
     step(
         "a computer reads it on ldap2 and verifies its license",
-        ["ao", "list", "--root-key", root_key, *on2, *computer],
+        ["ao", "list", "--root-key", root_key, *_flags(ldap2, lab.computer)],
         require="verified",
     )
-    config = (
-        agent_toml.read_text()
-        .replace(f'dc_uris = ["{lab.uri}"]', f'dc_uris = ["{lab.uri}", "{ldap2.uri}"]')
-        .replace(f'ca_file = "{lab.ca_file}"', f'ca_file = "{peers_ca}"')
-    )
-    agent_toml.write_text(config)
+    _write_agent_toml(agent_toml, lab, work, root_key, [lab.uri, ldap2.uri], str(peers_ca))
     print(
         f'\nthe client\'s {agent_toml.name} now lists both: dc_uris = ["{lab.uri}", "{ldap2.uri}"]'
     )
@@ -381,12 +392,12 @@ def _replication_part(
     )
     step(
         "the admin deletes the object on ldap2 meanwhile",
-        ["ao", "delete", "--yes", dn, *on2, *admin],
+        ["ao", "delete", "--yes", dn, *admin2],
     )
     lab.restart()
     took = _wait_replicated(lab, dn, present=False)
     print(f"\nldap1 started again: the delete reached it {took * 1000:.0f} ms after it answered")
-    step("nothing left on ldap1 either", ["ao", "list", *on1, *admin])
+    step("nothing left on ldap1 either", ["ao", "list", *admin1])
     return ldap2.dir
 
 
@@ -897,16 +908,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"slapd {lab.uri} (ldaps {lab.ldaps_uri}, ldapi {lab.dir}/ldapi), "
                 f"pid {lab.proc.pid if lab.proc else '?'}, forest root {lab.suffix}"
             )
-            tls = ["-H", lab.uri, "--ca-file", lab.ca_file, "-b", lab.suffix]
-            as_root = [*tls, "-D", lab.root.dn, "--password-file", lab.root.password_file]
-            as_admin = [*tls, "-D", lab.admin.dn, "--password-file", lab.admin.password_file]
-            as_computer = [
-                *tls,
-                "-D",
-                lab.computer.dn,
-                "--password-file",
-                lab.computer.password_file,
-            ]
+            as_root = _flags(lab, lab.root)
+            as_admin = _flags(lab, lab.admin)
+            as_computer = _flags(lab, lab.computer)
             authority = str(work / "authority")
             step = _Step()
             step(
@@ -987,14 +991,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             dn = json.loads(listed)[0]["dn"]
             step("show one object", ["ao", "show", dn, "--root-key", root_key, *as_computer])
             agent_toml = work / "agent.toml"
-            agent_toml.write_text(
-                f'dc_uris = ["{lab.uri}"]\nbase = "{lab.suffix}"\nca_file = "{lab.ca_file}"\n'
-                f'root_key = "{root_key}"\nstate_path = "{work / "agent-state.json"}"\n\n'
-                f'[machine]\ndn = "{lab.computer.dn}"\n'
-                f'password_file = "{lab.computer.password_file}"\n\n'
-                '[[products]]\nedition = "Nimbus Server Standard"\n\n'
-                '[[products]]\nedition = "Nimbus Workstation Enterprise"\n'
-            )
+            _write_agent_toml(agent_toml, lab, work, root_key, [lab.uri], lab.ca_file)
             print(f"\nthe client's {agent_toml.name} (both products use their public GVLK):")
             print("    " + agent_toml.read_text().strip().replace("\n", "\n    "))
             agent_cfg = ["--config", str(agent_toml)]
